@@ -1,0 +1,101 @@
+"""The Mechanism contract: every node's causal mechanism abducts, predicts, samples and has a loss."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from imcf.graph import CausalGraph, NodeKind
+
+Noise = Any  # a Tensor, or a small dataclass of tensors (latents plus a pixel residual)
+
+
+class Mechanism(nn.Module, ABC):
+    """One node's mechanism x = f(noise, parents).
+
+    Subclasses set `exact_abduction` honestly: True when `predict(abduct(x, pa), pa)` equals `x`
+    up to floating point, False when abduction is approximate (encoders, amortised posteriors).
+    `config` holds the keyword arguments that rebuild the mechanism (saved with the SCM).
+    """
+
+    exact_abduction: bool = False
+
+    def __init__(self, node: str, kind: NodeKind, parent_kinds: Mapping[str, NodeKind]) -> None:
+        super().__init__()
+        self.node = node
+        self.kind = kind
+        self.parent_kinds = dict(parent_kinds)
+        self.parents: tuple[str, ...] = tuple(parent_kinds)
+        self.config: dict[str, Any] = {}
+        self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
+
+    @classmethod
+    def from_graph(cls, graph: CausalGraph, node: str, **kwargs: Any) -> Mechanism:
+        """Build the mechanism of `node` with its kind and its parents' kinds read from `graph`."""
+        kinds = {p: graph.kinds[p] for p in graph.parents(node)}
+        mech = cls(node, graph.kinds[node], kinds, **kwargs)
+        mech.config = dict(kwargs)
+        return mech
+
+    @property
+    def device(self) -> torch.device:
+        return self._device_anchor.device
+
+    # ----- the contract -----
+    @abstractmethod
+    def abduct(self, x: Tensor, parents: Mapping[str, Tensor]) -> Noise:
+        """Factual value and factual parents -> exogenous noise."""
+
+    @abstractmethod
+    def predict(self, noise: Noise, parents: Mapping[str, Tensor]) -> Tensor:
+        """Noise and (possibly counterfactual) parents -> value."""
+
+    @abstractmethod
+    def sample_noise(self, n: int) -> Noise:
+        """Draw `n` noise values from the prior."""
+
+    def sample(self, parents: Mapping[str, Tensor], n: int | None = None) -> Tensor:
+        """Draw values with fresh noise; `n` is needed only for root nodes."""
+        return self.predict(self.sample_noise(self.batch_size(parents, n)), parents)
+
+    @abstractmethod
+    def loss(self, x: Tensor, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Training objective: {"loss": scalar, other logged terms...}."""
+
+    # ----- helpers for families -----
+    def batch_size(self, parents: Mapping[str, Tensor], n: int | None = None) -> int:
+        """Batch size from the parents, or `n` for a root node."""
+        if self.parents:
+            return int(parents[self.parents[0]].shape[0])
+        if n is None:
+            raise ValueError(f"node {self.node!r} has no parents: pass n to sample()")
+        return int(n)
+
+    def parent_vector(self, parents: Mapping[str, Tensor], batch_size: int = 0) -> Tensor:
+        """Parents flattened and concatenated in graph order as a float (B, D) tensor.
+
+        A root node gets a (batch_size, 0) tensor.
+        """
+        missing = [p for p in self.parents if p not in parents]
+        if missing:
+            raise KeyError(f"mechanism of {self.node!r} needs parents {missing}; got {sorted(parents)}")
+        if not self.parents:
+            return torch.zeros(batch_size, 0, device=self.device)
+        cols = []
+        for p in self.parents:
+            v = parents[p]
+            expected = self.parent_kinds[p].tensor_shape
+            if tuple(v.shape[1:]) != expected:
+                raise ValueError(
+                    f"parent {p!r} of {self.node!r} has shape {tuple(v.shape)}, expected (B, {expected})"
+                )
+            cols.append(v.reshape(v.shape[0], -1).to(self._device_anchor.dtype))
+        return torch.cat(cols, dim=1)
+
+    @property
+    def parent_dim(self) -> int:
+        return sum(k.dim for k in self.parent_kinds.values())

@@ -1,0 +1,239 @@
+"""Structural causal model: sampling, interventions and counterfactuals by abduction-action-prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from imcf.graph import CausalGraph, NodeKind
+from imcf.io import atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
+from imcf.mechanisms.base import Mechanism
+from imcf.registry import MECHANISMS
+
+Batch = dict[str, Tensor]
+
+
+def unit_name(component: tuple[str, ...]) -> str:
+    """File-system name of a training unit (a c-component): its nodes joined by '+'."""
+    return "+".join(component)
+
+
+class SCM(nn.Module):
+    """A causal graph with one mechanism per node."""
+
+    def __init__(
+        self,
+        graph: CausalGraph,
+        mechanisms: Mapping[str, Mechanism],
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        missing = [n for n in graph.nodes if n not in mechanisms]
+        if missing:
+            raise KeyError(f"no mechanism for node(s) {missing}")
+        extra = [n for n in mechanisms if n not in graph]
+        if extra:
+            raise KeyError(f"mechanisms given for node(s) not in the graph: {extra}")
+        for n, m in mechanisms.items():
+            if tuple(m.parents) != graph.parents(n):
+                raise ValueError(
+                    f"mechanism of {n!r} has parents {list(m.parents)}, graph says {list(graph.parents(n))}"
+                )
+            if m.kind != graph.kinds[n]:
+                raise ValueError(f"mechanism of {n!r} is for kind {m.kind}, graph says {graph.kinds[n]}")
+        self.graph = graph
+        self.mechanisms = nn.ModuleDict({n: mechanisms[n] for n in graph.nodes})
+        self.config = dict(config or {})
+
+    # ----- helpers -----
+    def _parents_of(self, node: str, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {p: values[p] for p in self.graph.parents(node)}
+
+    def _check_do(self, do: Mapping[str, Any]) -> None:
+        unknown = [n for n in do if n not in self.graph]
+        if unknown:
+            raise KeyError(f"do() names unknown node(s) {unknown}; graph has {list(self.graph.nodes)}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.mechanisms.values())).device
+
+    # ----- the three rungs -----
+    @torch.no_grad()
+    def sample(self, n: int) -> Batch:
+        """Draw `n` joint samples from the observational distribution."""
+        return self.intervene({}, n)
+
+    @torch.no_grad()
+    def intervene(self, do: Mapping[str, Any], n: int) -> Batch:
+        """Draw `n` samples from the interventional distribution P(V | do(...))."""
+        self._check_do(do)
+        out: Batch = {}
+        for node in self.graph.topological_order:
+            if node in do:
+                out[node] = as_value(self.graph.kinds[node], do[node], n, self.device, node)
+            else:
+                out[node] = self.mechanisms[node].sample(self._parents_of(node, out), n=n)
+        return out
+
+    @torch.no_grad()
+    def abduct(self, factual: Mapping[str, Tensor]) -> dict[str, Any]:
+        """Exogenous noise of every node given a full factual batch."""
+        self._require(factual, self.graph.nodes, "abduction")
+        return {
+            n: self.mechanisms[n].abduct(factual[n], self._parents_of(n, factual))
+            for n in self.graph.topological_order
+        }
+
+    @torch.no_grad()
+    def counterfactual(self, factual: Mapping[str, Tensor], do: Mapping[str, Any]) -> Batch:
+        """Counterfactual batch: intervened nodes set, non-descendants copied, descendants re-predicted.
+
+        `do` maps node -> value: a Python number, a tensor of one sample's shape, or one value per sample.
+        """
+        self._check_do(do)
+        affected = self.graph.descendants(do.keys()) - set(do)
+        needed = set(affected)
+        for n in affected:
+            needed |= set(self.graph.parents(n))
+        needed |= {n for n in self.graph.nodes if n not in do and n not in affected}
+        self._require(factual, needed, "this counterfactual query")
+        batch = next(iter(factual[n] for n in needed)) if needed else None
+        b = batch.shape[0] if batch is not None else _batch_size_from_do(do)
+        out: Batch = {}
+        for node in self.graph.topological_order:
+            if node in do:  # action
+                out[node] = as_value(self.graph.kinds[node], do[node], b, self.device, node)
+            elif node not in affected:  # not downstream of any intervention: unchanged
+                out[node] = factual[node]
+            else:  # abduction under factual parents, prediction under counterfactual parents
+                mech = self.mechanisms[node]
+                noise = mech.abduct(factual[node], self._parents_of(node, factual))
+                out[node] = mech.predict(noise, self._parents_of(node, out))
+        if "_index" in factual:
+            out["_index"] = factual["_index"]
+        return out
+
+    def _require(self, batch: Mapping[str, Tensor], nodes: Any, what: str) -> None:
+        missing = sorted(n for n in nodes if n not in batch)
+        if missing:
+            raise KeyError(f"{what} needs node(s) {missing} in the batch; it has {sorted(batch)}")
+
+    # ----- persistence -----
+    def save(self, directory: str | Path, config: Mapping[str, Any] | None = None) -> Path:
+        """Write graph.yaml, mechanisms.yaml, config.yaml and one checkpoint per c-component."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_yaml(directory / "graph.yaml", self.graph.to_dict())
+        atomic_write_yaml(directory / "mechanisms.yaml", self.mechanism_specs())
+        atomic_write_yaml(directory / "config.yaml", dict(config if config is not None else self.config))
+        for comp in self.graph.c_components():
+            self.save_unit(directory, comp)
+        return directory
+
+    def mechanism_specs(self) -> dict[str, dict[str, Any]]:
+        """Family name and constructor arguments of every node's mechanism."""
+        return {
+            n: {"family": type(m).registry_name, "config": _plain(m.config)}
+            for n, m in self.mechanisms.items()
+        }
+
+    def save_unit(self, directory: str | Path, component: tuple[str, ...]) -> Path:
+        """Atomically write the weights of one c-component's mechanisms to `<unit>.ckpt`."""
+        state = {n: self.mechanisms[n].state_dict() for n in component}
+        return atomic_torch_save({"nodes": list(component), "state_dict": state},
+                                 Path(directory) / f"{unit_name(component)}.ckpt")
+
+    @classmethod
+    def build(cls, graph: CausalGraph, specs: Mapping[str, Mapping[str, Any]]) -> SCM:
+        """Construct fresh mechanisms from {node: {family, config}}."""
+        import imcf.mechanisms  # noqa: F401  (fills the registry)
+
+        mechs = {}
+        for n in graph.nodes:
+            if n not in specs:
+                raise KeyError(f"no mechanism specified for node {n!r}")
+            spec = specs[n]
+            mechs[n] = MECHANISMS[spec["family"]].from_graph(graph, n, **dict(spec.get("config") or {}))
+        return cls(graph, mechs)
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> SCM:
+        """Rebuild an SCM saved by `save` (or by training) from its directory; weights load safely."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"SCM directory not found: {directory}")
+        graph = CausalGraph.from_dict(read_yaml(directory / "graph.yaml"))
+        scm = cls.build(graph, read_yaml(directory / "mechanisms.yaml"))
+        cfg = directory / "config.yaml"
+        scm.config = (read_yaml(cfg) or {}) if cfg.is_file() else {}
+        for comp in graph.c_components():
+            path = directory / f"{unit_name(comp)}.ckpt"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"checkpoint for unit {unit_name(comp)!r} missing: {path} (was the unit trained?)"
+                )
+            scm.load_unit(path)
+        return scm.to(map_location)
+
+    def load_unit(self, path: str | Path) -> None:
+        """Load one unit checkpoint written by `save_unit`."""
+        ckpt = safe_torch_load(path)
+        for n, sd in ckpt["state_dict"].items():
+            if n not in self.mechanisms:
+                raise KeyError(f"checkpoint {path} holds node {n!r}, which is not in the graph")
+            self.mechanisms[n].load_state_dict(sd)
+
+
+def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str = "?") -> Tensor:
+    """Normalise an intervention value to a (n, *kind.tensor_shape) float tensor.
+
+    Accepts a number (categorical: a class index), a tensor of one sample's shape, or one per sample
+    (for continuous/binary nodes a (n,) vector also works; for categorical, (n,) class indices).
+    """
+    shape = kind.tensor_shape
+    v = torch.as_tensor(value, device=device)
+    if kind.name == "categorical" and not torch.is_floating_point(v):
+        k = int(kind.num_classes)
+        if v.ndim > 1 or (v.numel() and (v.min() < 0 or v.max() >= k)):
+            raise ValueError(f"do({node}): class indices must lie in [0, {k}), got {value!r}")
+        v = nn.functional.one_hot(v.long().reshape(-1), k).float()
+        v = v.expand(n, k) if v.shape[0] == 1 else v
+    v = v.float()
+    if kind.name in ("continuous", "binary") and v.ndim <= 1 and v.numel() in (1, n):
+        v = v.reshape(-1, 1)
+    if tuple(v.shape) == shape:
+        v = v.unsqueeze(0)
+    if v.ndim == len(shape) + 1 and tuple(v.shape[1:]) == shape and v.shape[0] == 1:
+        v = v.expand(n, *shape)
+    if tuple(v.shape) != (n, *shape):
+        raise ValueError(
+            f"do({node}): value of shape {tuple(torch.as_tensor(value).shape)} does not fit "
+            f"{n} samples of kind {kind} (expected {(n, *shape)} or one sample's shape)"
+        )
+    if kind.name == "binary" and not torch.all((v == 0) | (v == 1)):
+        raise ValueError(f"do({node}): binary node takes values in {{0, 1}}")
+    return v.clone()
+
+
+def _batch_size_from_do(do: Mapping[str, Any]) -> int:
+    for v in do.values():
+        t = torch.as_tensor(v)
+        if t.ndim >= 1:
+            return int(t.shape[0])
+    return 1
+
+
+def _plain(obj: Any) -> Any:
+    """Convert configs (possibly OmegaConf) to plain YAML-safe data."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "items"):
+        return _plain(dict(obj.items()))
+    return obj
