@@ -65,7 +65,7 @@ class NodeKind:
 
     @classmethod
     def parse(cls, spec: Any, node: str = "?") -> NodeKind:
-        """Parse `continuous`, `binary`, `categorical(10)`, `image(1,32,32)` or a dict with kind/num_classes/shape."""
+        """Parse `continuous`, `binary`, `categorical(10)`, `image(1,32,32)` or a dict."""
         if isinstance(spec, NodeKind):
             return spec
         num_classes = shape = None
@@ -98,7 +98,7 @@ class NodeKind:
 
 
 class CausalGraph:
-    """A causal graph: nodes with kinds, directed edges (parents) and bidirected edges (hidden confounders)."""
+    """A causal graph: nodes with kinds, directed edges (parents), bidirected edges (hidden confounders)."""
 
     def __init__(
         self,
@@ -169,9 +169,9 @@ class CausalGraph:
         """Build from `{node: {kind, parents}, confounded: [[a, b]]}` or the same under a `nodes:` key."""
         if not isinstance(spec, Mapping):
             raise GraphError(f"graph spec must be a mapping, got {type(spec).__name__}")
-        node_specs = spec["nodes"] if "nodes" in spec else {
-            k: v for k, v in spec.items() if k not in _RESERVED_KEYS
-        }
+        node_specs = (
+            spec["nodes"] if "nodes" in spec else {k: v for k, v in spec.items() if k not in _RESERVED_KEYS}
+        )
         if not node_specs:
             raise GraphError("graph has no nodes")
         nodes, parents = {}, {}
@@ -328,8 +328,15 @@ class CausalGraph:
         if self.confounded:
             bi = nx.DiGraph(self.confounded)
             nx.draw_networkx_edges(
-                bi, pos, ax=ax, style="dashed", edge_color="#c0392b", arrows=True,
-                arrowstyle="<|-|>", connectionstyle="arc3,rad=0.35", node_size=1800,
+                bi,
+                pos,
+                ax=ax,
+                style="dashed",
+                edge_color="#c0392b",
+                arrows=True,
+                arrowstyle="<|-|>",
+                connectionstyle="arc3,rad=0.35",
+                node_size=1800,
             )
         ax.set_title(self.name)
         ax.axis("off")

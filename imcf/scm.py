@@ -145,8 +145,9 @@ class SCM(nn.Module):
     def save_unit(self, directory: str | Path, component: tuple[str, ...]) -> Path:
         """Atomically write the weights of one c-component's mechanisms to `<unit>.ckpt`."""
         state = {n: self.mechanisms[n].state_dict() for n in component}
-        return atomic_torch_save({"nodes": list(component), "state_dict": state},
-                                 Path(directory) / f"{unit_name(component)}.ckpt")
+        return atomic_torch_save(
+            {"nodes": list(component), "state_dict": state}, Path(directory) / f"{unit_name(component)}.ckpt"
+        )
 
     @classmethod
     def build(cls, graph: CausalGraph, specs: Mapping[str, Mapping[str, Any]]) -> SCM:
