@@ -1,0 +1,5 @@
+"""Shared neural building blocks (parent encoders, conv encoders/decoders)."""
+
+from imcf.nn.parents import ParentEncoder
+
+__all__ = ["ParentEncoder"]
