@@ -169,9 +169,7 @@ class CausalGraph:
         """Build from `{node: {kind, parents}, confounded: [[a, b]]}` or the same under a `nodes:` key."""
         if not isinstance(spec, Mapping):
             raise GraphError(f"graph spec must be a mapping, got {type(spec).__name__}")
-        node_specs = (
-            spec["nodes"] if "nodes" in spec else {k: v for k, v in spec.items() if k not in _RESERVED_KEYS}
-        )
+        node_specs = spec["nodes"] if "nodes" in spec else {k: v for k, v in spec.items() if k not in _RESERVED_KEYS}
         if not node_specs:
             raise GraphError("graph has no nodes")
         nodes, parents = {}, {}

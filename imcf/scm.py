@@ -85,8 +85,7 @@ class SCM(nn.Module):
         """Exogenous noise of every node given a full factual batch."""
         self._require(factual, self.graph.nodes, "abduction")
         return {
-            n: self.mechanisms[n].abduct(factual[n], self._parents_of(n, factual))
-            for n in self.graph.topological_order
+            n: self.mechanisms[n].abduct(factual[n], self._parents_of(n, factual)) for n in self.graph.topological_order
         }
 
     @torch.no_grad()
@@ -137,10 +136,7 @@ class SCM(nn.Module):
 
     def mechanism_specs(self) -> dict[str, dict[str, Any]]:
         """Family name and constructor arguments of every node's mechanism."""
-        return {
-            n: {"family": type(m).registry_name, "config": _plain(m.config)}
-            for n, m in self.mechanisms.items()
-        }
+        return {n: {"family": type(m).registry_name, "config": _plain(m.config)} for n, m in self.mechanisms.items()}
 
     def save_unit(self, directory: str | Path, component: tuple[str, ...]) -> Path:
         """Atomically write the weights of one c-component's mechanisms to `<unit>.ckpt`."""

@@ -90,9 +90,7 @@ class Mechanism(nn.Module, ABC):
             v = parents[p]
             expected = self.parent_kinds[p].tensor_shape
             if tuple(v.shape[1:]) != expected:
-                raise ValueError(
-                    f"parent {p!r} of {self.node!r} has shape {tuple(v.shape)}, expected (B, {expected})"
-                )
+                raise ValueError(f"parent {p!r} of {self.node!r} has shape {tuple(v.shape)}, expected (B, {expected})")
             cols.append(v.reshape(v.shape[0], -1).to(self._device_anchor.dtype))
         return torch.cat(cols, dim=1)
 

@@ -1,0 +1,15 @@
+"""Evaluate a trained SCM: `python evaluate.py run_dir=runs/<name> [num_samples=...] [metrics=[...]]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from imcf.evaluation import evaluate
+
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Typed schemas that validate what Hydra composes; an unknown or missing key fails with its full path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from imcf.graph import CausalGraph
+
+KIND_GROUP = {"continuous": "attribute", "binary": "discrete", "categorical": "discrete", "image": "image"}
+
+
+class ConfigError(ValueError):
+    """A composed configuration does not match its schema; the message names the key."""
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: str = "data"
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: Any = "32-true"
+    max_epochs: int = 10
+    max_steps: int = -1
+    max_time: str | None = None
+    fast_dev_run: Any = False
+    limit_train_batches: Any = 1.0
+    limit_val_batches: Any = 1.0
+    check_val_every_n_epoch: int = 1
+    gradient_clip_val: float | None = None
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    deterministic: Any = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: str | None = None  # "cosine" or None
+    warmup_steps: int = 0
+
+
+@dataclass
+class LoggerConfig:
+    csv: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "imcf"
+    wandb_entity: str | None = None
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_mode: str = "offline"  # online | offline | disabled
+
+
+@dataclass
+class EvaluateConfig:
+    run_dir: str = MISSING
+    report_dir: str | None = None  # default: reports/<run name>
+    split: str = "test"
+    num_samples: int | None = None  # None: the whole split
+    batch_size: int = 128
+    seed: int = 0
+    accelerator: str = "auto"
+    metrics: list[str] = field(default_factory=lambda: ["effectiveness", "composition", "reversibility", "truth"])
+    cycles: list[int] = field(default_factory=lambda: [1, 10])
+    num_grid: int = 8
+    data_root: str | None = None  # default: the run's dataset.root
+    options: dict[str, Any] = field(default_factory=dict)  # metric-specific settings
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+@dataclass
+class TrainConfig:
+    name: str = "default"
+    seed: int = 0
+    data_root: str = "data"
+    run_dir: str = MISSING
+    units: list[str] | None = None
+    evaluate_after: bool = True
+    resume: bool = True
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    graph: dict[str, Any] = field(default_factory=dict)
+    mechanism: dict[str, Any] = field(default_factory=dict)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(run_dir="${run_dir}"))
+
+
+@dataclass
+class MechanismSpec:
+    family: str = MISSING
+    config: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
+
+
+def validate(cfg: Any, schema: type) -> DictConfig:
+    """Merge `cfg` onto `schema`; raise ConfigError naming the full key path on unknown/missing/mistyped keys."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ConfigError(f"missing required config key(s): {missing}")
+        OmegaConf.resolve(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"invalid config key {key!r}: {e.msg if hasattr(e, 'msg') else e}") from None
+    return merged
+
+
+def mechanism_specs(graph: CausalGraph, mechanism_cfg: Any) -> dict[str, MechanismSpec]:
+    """Pick each node's mechanism: `mechanism.<node>` if given, else the group of its kind.
+
+    Groups: `attribute` (continuous), `discrete` (binary, categorical), `image` (image).
+    """
+    raw = (
+        OmegaConf.to_container(mechanism_cfg, resolve=True)
+        if isinstance(mechanism_cfg, DictConfig)
+        else dict(mechanism_cfg or {})
+    )
+    groups = set(KIND_GROUP.values())
+    unknown = [k for k in raw if k not in groups and k not in graph]
+    if unknown:
+        raise ConfigError(f"mechanism.{unknown[0]}: not a node of graph {graph.name!r} nor a group {sorted(groups)}")
+    out = {}
+    for node in graph.nodes:
+        group = KIND_GROUP[graph.kinds[node].name]
+        base = dict(raw.get(group) or {})
+        override = dict(raw.get(node) or {})
+        spec = {**base, **override}
+        if (
+            "config" in base
+            and "config" in override
+            and override.get("family", base.get("family")) == base.get("family")
+        ):
+            spec["config"] = {**(base["config"] or {}), **(override["config"] or {})}
+        if "family" not in spec:
+            raise ConfigError(
+                f"no mechanism for node {node!r} (kind {graph.kinds[node]}): set mechanism/{group}=<family> "
+                f"or mechanism.{node}.family"
+            )
+        try:
+            out[node] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MechanismSpec), spec))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"mechanism.{node}: {e}") from None
+    return out

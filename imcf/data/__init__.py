@@ -1,0 +1,6 @@
+"""Datasets; importing this package registers every dataset in `imcf.registry.DATASETS`."""
+
+from imcf.data import linear  # noqa: F401
+from imcf.data.base import SPLITS, CausalDataset
+
+__all__ = ["CausalDataset", "SPLITS"]

@@ -1,0 +1,54 @@
+"""The dataset contract: samples are dicts keyed by node name, plus `_index` and the exogenous `_u_<node>`."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+SPLITS = ("train", "val", "test")
+
+
+class CausalDataset(Dataset):
+    """A dataset of one split. `__getitem__` returns {node: tensor without batch dim, "_index": long, ...}.
+
+    Images are float (C, H, W) in [-1, 1]; continuous and binary attributes (1,); categorical (K,) one-hot.
+    Embedded (synthetic) datasets also return their exogenous noise as `_u_<node>` and implement
+    `true_counterfactual`, which re-renders the same unit under an intervention.
+    Constructor convention: `Cls(root, split, **options)` with split in SPLITS.
+    """
+
+    #: name of the graph config (configs/graph/<name>.yaml) this dataset follows by default
+    default_graph: str = ""
+    #: True when `true_counterfactual` is available
+    has_ground_truth: bool = False
+
+    def __init__(self, root: str, split: str) -> None:
+        self.root = root
+        self.split = check_split(split)
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, i: int) -> dict[str, Tensor]: ...
+
+    def true_counterfactual(self, index: Tensor, do: Mapping[str, Any]) -> dict[str, Tensor] | None:
+        """Ground-truth counterfactual batch for dataset rows `index` under `do`, or None if unknown."""
+        return None
+
+
+def check_split(split: str) -> str:
+    """Validate a split name."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split
+
+
+def stack_batch(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Collate a list of sample dicts into a batch dict."""
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}

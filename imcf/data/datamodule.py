@@ -1,0 +1,85 @@
+"""One LightningDataModule for every registered dataset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from imcf.data.base import CausalDataset
+from imcf.registry import DATASETS
+
+
+def build_dataset(name: str, root: str, split: str, **options: Any) -> CausalDataset:
+    """Instantiate the registered dataset `name` for one split."""
+    import imcf.data  # noqa: F401  (fills the registry)
+
+    return DATASETS[name](root=root, split=split, **options)
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Random permutation that depends only on (seed, epoch): a resumed run sees the same batches."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class CausalDataModule(L.LightningDataModule):
+    """Train/val/test loaders of a registered dataset; batches are dicts keyed by node."""
+
+    def __init__(
+        self,
+        name: str,
+        root: str = "data",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+        shuffle_seed: int = 0,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        self.shuffle_seed = shuffle_seed
+        self.name, self.root, self.options = name, root, options
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self._splits: dict[str, CausalDataset] = {}
+
+    def dataset(self, split: str) -> CausalDataset:
+        """The dataset of one split (built once)."""
+        if split not in self._splits:
+            self._splits[split] = build_dataset(self.name, self.root, split, **self.options)
+        return self._splits[split]
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        data = self.dataset(split)
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            sampler=EpochSeededSampler(len(data), self.shuffle_seed) if shuffle else None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)

@@ -1,0 +1,84 @@
+"""One LightningModule that trains any unit (one or several mechanisms)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from imcf.mechanisms.base import Mechanism
+
+
+class UnitModule(L.LightningModule):
+    """Trains the mechanisms of one unit on their nodes and parents; logs every term of every loss.
+
+    Likelihood families use automatic optimisation on the summed loss. A family that sets
+    `manual_optimization = True` (adversarial training) provides `configure_unit_optimizers(optim)` and
+    `manual_training_step(x, parents, optimizers, module)`; the module then runs in manual mode.
+    """
+
+    def __init__(self, mechanisms: Mapping[str, Mechanism], optim: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.mechanisms = nn.ModuleDict(dict(mechanisms))
+        self.optim = dict(optim or {})
+        manual = [n for n, m in self.mechanisms.items() if getattr(m, "manual_optimization", False)]
+        if manual and len(self.mechanisms) > 1:
+            raise ValueError(f"adversarial mechanism(s) {manual} must be alone in their unit")
+        self.automatic_optimization = not manual
+
+    @staticmethod
+    def _parents(mech: Mechanism, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {p: batch[p] for p in mech.parents}
+
+    def _losses(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
+        total = 0.0
+        bs = next(iter(batch.values())).shape[0]
+        for node, mech in self.mechanisms.items():
+            terms = mech.loss(batch[node], self._parents(mech, batch))
+            for k, v in terms.items():
+                self.log(f"{stage}/{node}/{k}", v.detach().float(), batch_size=bs, sync_dist=stage != "train")
+            total = total + terms["loss"]
+        self.log(f"{stage}/loss", total.detach(), prog_bar=True, batch_size=bs, sync_dist=stage != "train")
+        return total
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
+        if self.automatic_optimization:
+            return self._losses(batch, "train")
+        ((node, mech),) = self.mechanisms.items()
+        terms = mech.manual_training_step(batch[node], self._parents(mech, batch), self.optimizers(), self)
+        bs = batch[node].shape[0]
+        for k, v in terms.items():
+            self.log(f"train/{node}/{k}", v.detach().float(), batch_size=bs)
+        return None
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._losses(batch, "val")
+
+    def configure_optimizers(self) -> Any:
+        if not self.automatic_optimization:
+            (mech,) = self.mechanisms.values()
+            return mech.configure_unit_optimizers(self.optim)
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(
+            params,
+            lr=float(self.optim.get("lr", 1e-3)),
+            betas=tuple(self.optim.get("betas", (0.9, 0.999))),
+            weight_decay=float(self.optim.get("weight_decay", 0.0)),
+        )
+        if self.optim.get("scheduler") == "cosine":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt
+
+    # RNG state travels with checkpoints so that a resumed run continues exactly where it stopped.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["imcf_rng"] = {"torch": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("imcf_rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])

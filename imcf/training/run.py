@@ -1,0 +1,136 @@
+"""`train(cfg)`: train every unit of the SCM (or the named ones) and write the run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from imcf.config import TrainConfig, mechanism_specs, validate
+from imcf.data.datamodule import CausalDataModule
+from imcf.graph import CausalGraph
+from imcf.io import atomic_write_yaml, read_yaml, safe_torch_load
+from imcf.scm import SCM, unit_name
+from imcf.training.loggers import build_loggers
+from imcf.training.modular import Unit, plan_units
+from imcf.training.module import UnitModule
+
+
+def build_scm(cfg: DictConfig) -> tuple[SCM, dict[str, Any]]:
+    """Graph and fresh mechanisms from the config; pretrained mechanisms loaded and frozen."""
+    graph = CausalGraph.from_dict(OmegaConf.to_container(cfg.graph, resolve=True))
+    specs = mechanism_specs(graph, cfg.mechanism)
+    scm = SCM.build(graph, {n: {"family": s.family, "config": s.config} for n, s in specs.items()})
+    for node, spec in specs.items():
+        if spec.pretrained:
+            load_pretrained(scm, node, spec.pretrained)
+    return scm, specs
+
+
+def load_pretrained(scm: SCM, node: str, path: str) -> None:
+    """Load `node`'s weights from a unit checkpoint of another run and freeze them."""
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or node not in ckpt["state_dict"]:
+        held = list(ckpt.get("state_dict", {})) if isinstance(ckpt, dict) else []
+        raise KeyError(f"mechanism.{node}.pretrained={path}: no weights for {node!r} (checkpoint holds {held})")
+    mech = scm.mechanisms[node]
+    meta = (ckpt.get("meta") or {}).get(node, {})
+    if "parents" in meta and list(meta["parents"]) != list(mech.parents):
+        raise ValueError(
+            f"mechanism.{node}.pretrained={path}: trained with parents {meta['parents']}, "
+            f"this graph gives {list(mech.parents)}"
+        )
+    if "kind" in meta and meta["kind"] != str(mech.kind):
+        raise ValueError(f"mechanism.{node}.pretrained={path}: node kind {meta['kind']} != {mech.kind}")
+    try:
+        mech.load_state_dict(ckpt["state_dict"][node])
+    except RuntimeError as e:
+        raise ValueError(f"mechanism.{node}.pretrained={path}: shapes do not match: {e}") from None
+    mech.requires_grad_(False)
+    mech.eval()
+
+
+def _write_run_files(run_dir: Path, cfg: DictConfig, scm: SCM) -> None:
+    """Write config.yaml, graph.yaml, mechanisms.yaml; refuse to mix two different models in one run dir."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "graph.yaml": scm.graph.to_dict(),
+        "mechanisms.yaml": scm.mechanism_specs(),
+    }
+    for fname, content in files.items():
+        path = run_dir / fname
+        if path.is_file() and read_yaml(path) != content:
+            raise ValueError(
+                f"{path} describes a different model than this config; use a new run_dir "
+                f"(run_dir=runs/<new name>) or delete the old run"
+            )
+        atomic_write_yaml(path, content)
+    atomic_write_yaml(run_dir / "config.yaml", OmegaConf.to_container(cfg, resolve=True))
+    scm.graph.draw(run_dir / "graph.png")
+
+
+def train_unit(cfg: DictConfig, scm: SCM, unit: Unit, datamodule: CausalDataModule, run_dir: Path) -> Path:
+    """Fit one unit with Lightning (resuming from its last checkpoint) and write `<unit>.ckpt`."""
+    module = UnitModule({n: scm.mechanisms[n] for n in unit.nodes}, OmegaConf.to_container(cfg.optim))
+    ckpt_dir = run_dir / "checkpoints" / unit.name
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True, save_top_k=1
+    )
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        default_root_dir=str(run_dir),
+        logger=build_loggers(cfg.logger, run_dir / "logs", unit.name, hparams) or False,
+        callbacks=[checkpoint],
+    )
+    last = ckpt_dir / "last.ckpt"
+    resume = str(last) if cfg.resume and last.is_file() and not cfg.trainer.fast_dev_run else None
+    if resume:
+        print(f"[imcf] resuming unit {unit.name!r} from {resume}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    best = checkpoint.best_model_path
+    if best and Path(best).is_file() and not cfg.trainer.fast_dev_run:
+        state = safe_torch_load(best)["state_dict"]
+        module.load_state_dict(state)
+    return scm.save_unit(run_dir, unit.nodes) if trainer.is_global_zero else run_dir / f"{unit.name}.ckpt"
+
+
+def train(cfg: Any) -> dict[str, Any]:
+    """Train the SCM described by `cfg` (see configs/train.yaml); returns paths of what was written."""
+    cfg = validate(cfg, TrainConfig)
+    L.seed_everything(cfg.seed, workers=True)
+    scm, specs = build_scm(cfg)
+    run_dir = Path(cfg.run_dir)
+    _write_run_files(run_dir, cfg, scm)
+    pretrained = {n for n, s in specs.items() if s.pretrained}
+    units = plan_units(scm.graph, pretrained, cfg.units)
+    dm = CausalDataModule(
+        cfg.dataset.name,
+        root=cfg.dataset.root,
+        batch_size=cfg.dataset.batch_size,
+        eval_batch_size=cfg.dataset.eval_batch_size,
+        num_workers=cfg.dataset.num_workers,
+        shuffle_seed=cfg.seed,
+        **OmegaConf.to_container(cfg.dataset.options, resolve=True),
+    )
+    written = {}
+    for unit in units:
+        if unit.pretrained:
+            written[unit.name] = scm.save_unit(run_dir, unit.nodes)
+            print(f"[imcf] unit {unit.name!r} is pretrained: loaded frozen, not trained")
+            continue
+        print(f"[imcf] training unit {unit.name!r}: nodes {list(unit.nodes)}, inputs {list(unit.inputs)}")
+        written[unit.name] = train_unit(cfg, scm, unit, dm, run_dir)
+    result: dict[str, Any] = {"run_dir": str(run_dir), "units": {k: str(v) for k, v in written.items()}}
+    complete = all((run_dir / f"{unit_name(c)}.ckpt").is_file() for c in scm.graph.c_components())
+    if cfg.evaluate_after and complete and not cfg.trainer.fast_dev_run:
+        from imcf.evaluation import evaluate
+
+        result["report"] = evaluate(cfg.evaluate)
+    elif cfg.evaluate_after and not complete:
+        print("[imcf] not every unit is trained yet: skipping evaluation (run evaluate.py when all are)")
+    print(f"[imcf] run directory: {run_dir.resolve()}")
+    return result

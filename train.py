@@ -1,0 +1,15 @@
+"""Train an SCM: `python train.py [dataset=...] [graph=...] [mechanism/image=...] [trainer=...] [key=value]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from imcf.training import train
+
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
