@@ -153,6 +153,8 @@ class CausalGraph:
         if cycle:
             path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
             raise GraphError(f"the directed edges contain a cycle: {path}")
+        order = {n: i for i, n in enumerate(self.kinds)}
+        self._topo = tuple(nx.lexicographical_topological_sort(self._dag, key=lambda n: order[n]))
         if not allow_image_children:
             for n, kind in self.kinds.items():
                 if kind.is_image and self.children(n):
@@ -160,8 +162,6 @@ class CausalGraph:
                         f"image node {n!r} has children {list(self.children(n))}; "
                         "set allow_image_children: true to permit it"
                     )
-        order = {n: i for i, n in enumerate(self.kinds)}
-        self._topo = tuple(nx.lexicographical_topological_sort(self._dag, key=lambda n: order[n]))
 
     # ----- construction -----
     @classmethod
