@@ -1,0 +1,301 @@
+"""What the latent-variable image families (VAE, HVAE) share: the `LatentNoise` they abduct, the optional
+pixel residual, parent conditioning, gradient clipping/skipping, and counterfactual fine-tuning
+(the constrained objective of Ribeiro et al. 2023, "High Fidelity Image Counterfactuals with
+Probabilistic Causal Models"). The networks live in the family files (vae.py, hvae.py)."""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imcf.graph import NodeKind
+from imcf.mechanisms.base import Mechanism
+from imcf.nn.conv import check_image_shape
+from imcf.nn.parents import ParentEncoder
+
+#: an anti-causal predictor: image batch -> prediction of one attribute (continuous: values (B, 1) in the
+#: attribute's units; binary: logits (B, 1); categorical: logits (B, K))
+Predictor = Callable[[Tensor], Tensor]
+
+ABDUCTION_KEYS = {"keep_residual", "sample", "latents"}
+FINETUNE_KEYS = {"enabled", "weight", "elbo_bound", "lagrange_init", "lagrange_lr_scale"}
+
+
+@dataclass
+class LatentNoise:
+    """Abducted exogenous noise of an image: latent codes (one tensor per level) and a pixel residual.
+
+    `standardised` says the codes are N(0, I) coordinates of the (conditional) prior, mapped to latents
+    under whatever parents `predict` gets; otherwise they are the latents themselves, used as they are.
+    `residual` is x - decode(latents, factual parents), or None when not kept.
+    """
+
+    latents: list[Tensor]
+    residual: Tensor | None = None
+    standardised: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.latents[0].shape[0])
+
+
+def parse_options(given: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """Defaults updated by `given`; unknown keys raise an error naming them."""
+    given = dict(given or {})
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise KeyError(f"{what}: unknown key(s) {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+class LatentImageMechanism(Mechanism):
+    """Base of the latent-variable image families: x = decode(latents, parents) (+ residual).
+
+    Subclasses implement `encode_latents`, `decode_loc`, `elbo` and `noise_shapes`.
+    Config shared by all such families:
+      abduction: {keep_residual: true, sample: false, latents: fixed|exogenous}
+        keep_residual: store x - decode(z, pa) so a null intervention returns x exactly (exact_abduction);
+        sample: abduct a posterior sample instead of the posterior mean;
+        latents: "fixed" keeps the abducted latents under new parents (default); "exogenous" abducts the
+          standardised coordinates of the conditional prior, re-mapped under the new parents.
+      kl_weight, likelihood ("discretized_gaussian" | "gaussian"), likelihood_std (null = learned),
+      parent_ranges ({parent: [lo, hi]} fixed normalisation for continuous parents),
+      grad_clip (max grad norm), grad_skip (skip updates whose grad norm exceeds it; null = never),
+      counterfactual_finetune: {enabled, weight, elbo_bound, lagrange_init, lagrange_lr_scale}.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        kind: NodeKind,
+        parent_kinds: Mapping[str, NodeKind],
+        abduction: Mapping[str, Any] | None = None,
+        kl_weight: float = 1.0,
+        parent_ranges: Mapping[str, list[float]] | None = None,
+        grad_clip: float | None = 200.0,
+        grad_skip: float | None = None,
+        counterfactual_finetune: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(node, kind, parent_kinds)
+        if kind.name != "image":
+            raise ValueError(f"{type(self).__name__} needs an image node; {node!r} is {kind}")
+        self.channels, self.size, _ = check_image_shape(kind.shape, node)
+        opts = parse_options(
+            abduction, {"keep_residual": True, "sample": False, "latents": "fixed"}, f"{node}: abduction"
+        )
+        if opts["latents"] not in ("fixed", "exogenous"):
+            raise ValueError(f"{node}: abduction.latents must be fixed or exogenous, got {opts['latents']!r}")
+        self.keep_residual = bool(opts["keep_residual"])
+        self.abduct_sample = bool(opts["sample"])
+        self.latent_mode = opts["latents"]
+        # honest: only the residual makes predict(abduct(x, pa), pa) == x
+        self.exact_abduction = self.keep_residual
+        self.kl_weight = float(kl_weight)
+        self.grad_clip = grad_clip
+        self.grad_skip = grad_skip
+        self.finetune = parse_options(
+            counterfactual_finetune,
+            {
+                "enabled": False,
+                "weight": 1.0,
+                "elbo_bound": None,
+                "lagrange_init": 1.0,
+                "lagrange_lr_scale": 1.0,
+            },
+            f"{node}: counterfactual_finetune",
+        )
+        ranges = {p: tuple(v) for p, v in (parent_ranges or {}).items()}
+        self.parent_encoder = ParentEncoder(parent_kinds, ranges) if parent_kinds else None
+        self.cond_features = self.parent_encoder.dim if self.parent_encoder is not None else 0
+        # Lagrange multiplier of the ELBO constraint (softplus keeps it >= 0); bound set on first use if null
+        init = float(self.finetune["lagrange_init"])
+        self.lagrange_raw = nn.Parameter(torch.tensor(math.log(math.expm1(max(init, 1e-6)))))
+        self.register_buffer("elbo_bound", torch.tensor(float("nan")))
+        if self.finetune["elbo_bound"] is not None:
+            self.elbo_bound.fill_(float(self.finetune["elbo_bound"]))
+        self.predictors: dict[str, Predictor] = {}
+
+    # ----- what families implement -----
+    @abstractmethod
+    def encode_latents(self, x: Tensor, cond: Tensor) -> LatentNoise:
+        """Posterior latents (mean, or a sample when `self.abduct_sample`) in the configured mode."""
+
+    @abstractmethod
+    def decode_loc(self, noise: LatentNoise, cond: Tensor) -> Tensor:
+        """Latents (without residual) and parent features -> likelihood location (B, C, H, W)."""
+
+    @abstractmethod
+    def elbo(self, x: Tensor, cond: Tensor) -> dict[str, Tensor]:
+        """{"nll": (B,), "kl": (B,), optional "kl_<level>": (B,)} in nats per image, reparameterised."""
+
+    @abstractmethod
+    def noise_shapes(self) -> list[tuple[int, ...]]:
+        """Per-sample shapes of the latent tensors."""
+
+    # ----- the contract -----
+    def condition(self, parents: Mapping[str, Tensor], batch_size: int) -> Tensor:
+        """Parents -> (B, D) normalised features ((B, 0) for a root image)."""
+        if self.parent_encoder is None:
+            return torch.zeros(batch_size, 0, device=self.device)
+        missing = [p for p in self.parents if p not in parents]
+        if missing:
+            raise KeyError(f"mechanism of {self.node!r} needs parents {missing}; got {sorted(parents)}")
+        for p in self.parents:
+            if tuple(parents[p].shape[1:]) != self.parent_kinds[p].tensor_shape:
+                raise ValueError(
+                    f"parent {p!r} of {self.node!r} has shape {tuple(parents[p].shape)}, "
+                    f"expected (B, {self.parent_kinds[p].tensor_shape})"
+                )
+        return self.parent_encoder(parents).to(self._device_anchor.dtype)
+
+    def _check_image(self, x: Tensor) -> None:
+        if tuple(x.shape[1:]) != (self.channels, self.size, self.size):
+            raise ValueError(
+                f"{self.node!r} expects images (B, {self.channels}, {self.size}, {self.size}), got {tuple(x.shape)}"
+            )
+
+    def abduct(self, x: Tensor, parents: Mapping[str, Tensor]) -> LatentNoise:
+        self._check_image(x)
+        cond = self.condition(parents, x.shape[0])
+        noise = self.encode_latents(x, cond)
+        if self.keep_residual:
+            noise.residual = x - self.decode(noise, cond)
+        return noise
+
+    def decode(self, noise: LatentNoise, cond: Tensor) -> Tensor:
+        """Latents and parent features -> image mean in [-1, 1] (no residual)."""
+        return self.decode_loc(noise, cond).clamp(-1.0, 1.0)
+
+    def predict(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> Tensor:
+        out = self.decode(noise, self.condition(parents, noise.batch_size))
+        if noise.residual is not None:
+            out = out + noise.residual
+        return out.clamp(-1.0, 1.0)
+
+    def sample_noise(self, n: int) -> LatentNoise:
+        return LatentNoise([torch.randn(n, *s, device=self.device) for s in self.noise_shapes()], standardised=True)
+
+    def loss(self, x: Tensor, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        self._check_image(x)
+        cond = self.condition(parents, x.shape[0])
+        terms = self.elbo(x, cond)
+        dims = float(x[0].numel())
+        nll, kl = terms["nll"].mean() / dims, terms["kl"].mean() / dims
+        elbo_loss = nll + self.kl_weight * kl
+        out = {"loss": elbo_loss, "nll": nll.detach(), "kl": kl.detach()}
+        for k, v in terms.items():
+            if k.startswith("kl_"):
+                out[k] = v.mean().detach() / dims
+        if self.finetune["enabled"] and self.predictors:
+            cf = self.counterfactual_loss(x, parents, self.predictors, elbo=elbo_loss)
+            out.update({k: v for k, v in cf.items() if k != "loss"})
+            out["loss"] = cf["loss"]
+        return out
+
+    # ----- training stability -----
+    def stabilise_gradients(self) -> tuple[float, bool]:
+        """Clip the gradient norm to `grad_clip`; return (norm before clipping, whether to skip the step).
+
+        Call after backward() and before optimizer.step(); skip the step (and zero the grads) when told.
+        """
+        params = [p for p in self.parameters() if p.grad is not None]
+        if not params:
+            return 0.0, False
+        max_norm = float("inf") if self.grad_clip is None else float(self.grad_clip)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        skip = not math.isfinite(norm) or (self.grad_skip is not None and norm > float(self.grad_skip))
+        return norm, skip
+
+    # ----- counterfactual fine-tuning (Ribeiro et al. 2023) -----
+    def set_predictors(self, predictors: Mapping[str, Predictor]) -> None:
+        """Anti-causal predictors (image -> attribute) used by counterfactual fine-tuning, keyed by parent."""
+        unknown = set(predictors) - set(self.parents)
+        if unknown:
+            raise KeyError(f"predictors given for non-parents {sorted(unknown)} of {self.node!r}")
+        self.predictors = dict(predictors)
+
+    @property
+    def lagrange(self) -> Tensor:
+        """The Lagrange multiplier of the ELBO constraint (>= 0)."""
+        return F.softplus(self.lagrange_raw)
+
+    def counterfactual_loss(
+        self,
+        x: Tensor,
+        parents: Mapping[str, Tensor],
+        predictors: Mapping[str, Predictor] | Predictor,
+        cf_parents: Mapping[str, Tensor] | None = None,
+        elbo: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Constrained counterfactual objective: min_theta max_lambda>=0 CF(theta) + lambda (ELBO_loss - bound).
+
+        CF is the predictors' loss on counterfactuals decoded under `cf_parents` (default: one parent,
+        chosen at random, shuffled across the batch). Minimising the returned "loss" with one optimiser
+        descends in the model and ascends in lambda (its gradient sign is flipped here).
+        `predictors`: {parent: image -> prediction}, or one callable returning such a dict.
+        """
+        if elbo is None:
+            cond = self.condition(parents, x.shape[0])
+            t = self.elbo(x, cond)
+            dims = float(x[0].numel())
+            elbo = (t["nll"].mean() + self.kl_weight * t["kl"].mean()) / dims
+        if cf_parents is None:
+            cf_parents = self.random_intervention(parents)
+        noise = self.abduct(x, parents)  # with gradients: the decoder learns to honour the new parents
+        cf = self.predict(noise, cf_parents)
+        preds = predictors(cf) if not isinstance(predictors, Mapping) else {p: f(cf) for p, f in predictors.items()}
+        terms = {}
+        for p, pred in preds.items():
+            if p not in self.parent_kinds:
+                raise KeyError(f"predictor for {p!r}, which is not a parent of {self.node!r}")
+            terms[f"cf_{p}"] = self._attribute_loss(p, pred, cf_parents[p])
+        if not terms:
+            raise ValueError(f"counterfactual fine-tuning of {self.node!r} got no predictors")
+        cf_loss = sum(terms.values())
+        if torch.isnan(self.elbo_bound):
+            self.elbo_bound.fill_(float(elbo.detach()))
+        gap = elbo - self.elbo_bound
+        lam = self.lagrange
+        # model: CF + lambda * gap (lambda held); lambda: gradient ascent on lambda * gap (gap held)
+        lagrangian = lam.detach() * gap - float(self.finetune["lagrange_lr_scale"]) * lam * gap.detach()
+        loss = float(self.finetune["weight"]) * cf_loss + lagrangian
+        out = {"loss": loss, "cf_loss": cf_loss.detach(), "elbo_gap": gap.detach(), "lagrange": lam.detach()}
+        out.update({k: v.detach() for k, v in terms.items()})
+        return out
+
+    def random_intervention(self, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Counterfactual parents: one parent, picked at random, permuted across the batch."""
+        if not self.parents:
+            raise ValueError(f"{self.node!r} has no parents to intervene on")
+        out = dict(parents)
+        p = self.parents[int(torch.randint(len(self.parents), ()))]
+        out[p] = parents[p][torch.randperm(parents[p].shape[0], device=parents[p].device)]
+        return out
+
+    def _attribute_loss(self, parent: str, pred: Tensor, target: Tensor) -> Tensor:
+        kind = self.parent_kinds[parent].name
+        target = target.to(pred.dtype)
+        if kind == "binary":
+            return F.binary_cross_entropy_with_logits(pred.reshape(target.shape), target)
+        if kind == "categorical":
+            return F.cross_entropy(pred, target.argmax(1))
+        # continuous: squared error in the parent encoder's normalised units, so attributes weigh alike
+        scale = self._parent_scale(parent)
+        return (((pred.reshape(target.shape) - target) / scale) ** 2).mean()
+
+    def _parent_scale(self, parent: str) -> Tensor:
+        enc = self.parent_encoder
+        i = enc.continuous.index(parent)
+        if bool(enc.fixed[i]):
+            return (enc.hi[i] - enc.lo[i]).clamp(min=1e-12) / 2
+        if enc.count > 1:
+            return (enc.m2[i] / (enc.count - 1)).clamp(min=1e-12).sqrt()
+        return torch.ones((), device=self.device)
