@@ -68,19 +68,70 @@ class LoggerConfig:
 
 
 @dataclass
+class InterventionConfig:
+    kind: str = "binned"  # binned: a value from another of `bins` equal bins (benchmark) | marginal: any value
+    bins: int = 9
+    nodes: list[str] | None = None  # attributes to intervene on; None: every non-image node
+
+
+@dataclass
+class PredictorConfig:
+    path: str | None = None  # a cached predictor file to use; None: <data_root>/evaluators/<dataset>-...
+    inputs: dict[str, list[str]] = field(default_factory=lambda: {"thickness": ["intensity"]})
+    width: int = 32
+    max_epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    max_train_samples: int | None = None
+    poor_nmae: float = 0.5  # a regressor whose test MAE exceeds this x the attribute's std is flagged poor
+    poor_f1: float = 0.7  # a classifier whose test F1 is below this is flagged poor
+
+
+@dataclass
+class RealismConfig:
+    features: str = "predictors"  # predictors (domain features) | inception (needs local weights)
+    inception_weights: str | None = None
+    reference_split: str = "train"  # real images compared with the counterfactuals
+    max_reference: int | None = None
+    kid_subsets: int = 20
+    kid_subset_size: int = 1000
+
+
+@dataclass
+class MinimalityConfig:
+    path: str | None = None  # a cached VAE file; None: <data_root>/evaluators/<dataset>-vae-...
+    latent_dim: int = 16
+    width: int = 32
+    max_epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    max_train_samples: int | None = None
+    weights: list[float] = field(default_factory=lambda: [0.8, 0.2])
+
+
+@dataclass
 class EvaluateConfig:
     run_dir: str = MISSING
     report_dir: str | None = None  # default: reports/<run name>
+    protocol: str = "benchmark"  # name of the protocol these settings follow (configs/metrics/protocol/)
     split: str = "test"
     num_samples: int | None = None  # None: the whole split
     batch_size: int = 128
     seed: int = 0
     accelerator: str = "auto"
-    metrics: list[str] = field(default_factory=lambda: ["effectiveness", "composition", "reversibility", "truth"])
+    # None: every metric the run and dataset support; a list: exactly these (unsupported ones are errors)
+    metrics: list[str] | None = None
     cycles: list[int] = field(default_factory=lambda: [1, 10])
+    interventions: InterventionConfig = field(default_factory=InterventionConfig)
+    predictors: PredictorConfig = field(default_factory=PredictorConfig)
+    realism: RealismConfig = field(default_factory=RealismConfig)
+    minimality: MinimalityConfig = field(default_factory=MinimalityConfig)
+    lpips: bool = False  # LPIPS distances for composition / reversibility (needs local weights)
+    measured_max_samples: int | None = 2000  # cap for the (slow) predictor-free morphometric effectiveness
     num_grid: int = 8
+    progress: bool = True
     data_root: str | None = None  # default: the run's dataset.root
-    options: dict[str, Any] = field(default_factory=dict)  # metric-specific settings
+    options: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the report
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -159,3 +210,15 @@ def mechanism_specs(graph: CausalGraph, mechanism_cfg: Any) -> dict[str, Mechani
         except OmegaConfBaseException as e:
             raise ConfigError(f"mechanism.{node}: {e}") from None
     return out
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra so that composition itself rejects unknown keys (full path named)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+register_configs()

@@ -39,9 +39,13 @@ class UnitModule(L.LightningModule):
         for node, mech in self.mechanisms.items():
             terms = mech.loss(batch[node], self._parents(mech, batch))
             for k, v in terms.items():
-                self.log(f"{stage}/{node}/{k}", v.detach().float(), batch_size=bs, sync_dist=stage != "train")
+                self.log(
+                    f"{stage}/{node}/{k}", v.detach().float(), batch_size=bs, on_epoch=True, sync_dist=stage != "train"
+                )
             total = total + terms["loss"]
-        self.log(f"{stage}/loss", total.detach(), prog_bar=True, batch_size=bs, sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss", total.detach(), prog_bar=True, batch_size=bs, on_epoch=True, sync_dist=stage != "train"
+        )
         return total
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
@@ -51,7 +55,7 @@ class UnitModule(L.LightningModule):
         terms = mech.manual_training_step(batch[node], self._parents(mech, batch), self.optimizers(), self)
         bs = batch[node].shape[0]
         for k, v in terms.items():
-            self.log(f"train/{node}/{k}", v.detach().float(), batch_size=bs)
+            self.log(f"train/{node}/{k}", v.detach().float(), batch_size=bs, on_epoch=True)
         return None
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:

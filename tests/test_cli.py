@@ -1,0 +1,60 @@
+"""The entry points run end to end as subprocesses, as a user would run them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, *args, f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_train_fast_dev_run_then_evaluate(tmp_path):
+    run = tmp_path / "run"
+    out = _run(
+        [
+            "train.py",
+            "trainer.fast_dev_run=true",
+            f"run_dir={run}",
+            f"data_root={tmp_path / 'data'}",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path,
+    )
+    assert "[imcf] run directory" in out
+    for f in ("config.yaml", "graph.yaml", "mechanisms.yaml", "graph.png", "x1.ckpt", "x4.ckpt"):
+        assert (run / f).is_file(), f
+    report = tmp_path / "report"
+    out = _run(["evaluate.py", f"run_dir={run}", f"report_dir={report}", "num_samples=64"], tmp_path)
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["meta"]["num_samples"] == 64
+    assert "composition/x4/10" in metrics["metrics"]
+    assert (report / "report.md").read_text().startswith("# Evaluation")
+
+
+def test_bad_override_names_the_key(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "train.py", "trainer.max_epochs=many", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "trainer.max_epochs" in proc.stderr + proc.stdout

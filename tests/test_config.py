@@ -1,0 +1,65 @@
+"""Config composition and validation: unknown or missing keys fail with their full path."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from imcf.config import ConfigError, TrainConfig, mechanism_specs, validate
+from imcf.graph import CausalGraph
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def _compose(overrides=()):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_default_config_validates():
+    cfg = validate(_compose(), TrainConfig)
+    assert cfg.run_dir.startswith("runs/")
+    assert cfg.evaluate.run_dir == cfg.run_dir
+
+
+def test_composition_rejects_unknown_and_mistyped_keys():
+    with pytest.raises(ConfigCompositionException, match="trainer.max_epoch"):
+        _compose(["trainer.max_epoch=3"])  # typo
+    with pytest.raises(ConfigCompositionException, match="trainer.max_epochs"):
+        _compose(["trainer.max_epochs=many"])
+
+
+def test_validate_names_unknown_and_mistyped_keys():
+    cfg = {"run_dir": "r", "dataset": {"name": "d"}, "trainer": {"max_epoch": 3}}
+    with pytest.raises(ConfigError, match="trainer.max_epoch"):
+        validate(cfg, TrainConfig)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        validate({"run_dir": "r", "dataset": {"name": "d"}, "optim": {"lr": "fast"}}, TrainConfig)
+
+
+def test_missing_required_key_is_named():
+    with pytest.raises(ConfigError, match="dataset.name"):
+        validate({"run_dir": "x", "dataset": {"root": "d"}}, TrainConfig)
+
+
+def test_mechanism_resolution_by_kind_and_per_node_override():
+    g = CausalGraph.from_dict({"a": "continuous", "b": {"kind": "binary", "parents": ["a"]}})
+    specs = mechanism_specs(
+        g,
+        {
+            "attribute": {"family": "linear_gaussian", "config": {"sigma": 2.0}},
+            "discrete": {"family": "discrete"},
+            "a": {"config": {"bias": 1.0}, "pretrained": "x.ckpt"},
+        },
+    )
+    assert specs["a"].family == "linear_gaussian"
+    assert specs["a"].config == {"sigma": 2.0, "bias": 1.0}
+    assert specs["a"].pretrained == "x.ckpt"
+    assert specs["b"].family == "discrete"
+    with pytest.raises(ConfigError, match=r"no mechanism for node 'b' \(kind binary\)"):
+        mechanism_specs(g, {"attribute": {"family": "linear_gaussian"}})
+    with pytest.raises(ConfigError, match="mechanism.c: not a node"):
+        mechanism_specs(g, {"c": {"family": "linear_gaussian"}})
+    with pytest.raises(ConfigError, match="mechanism.a"):
+        mechanism_specs(g, {"attribute": {"family": "linear_gaussian", "colour": 1}})
