@@ -387,6 +387,26 @@ def _substitute(expr: Expr, mapping: Mapping[str, str], used: set[str]) -> Expr:
     raise TypeError(type(expr))
 
 
+def _tidy(expr: Expr, taken: set[str] | None = None) -> Expr:
+    """Rename bound symbols that shadow a symbol in scope, so a printed estimand reads unambiguously."""
+    taken = set(expr.free()) if taken is None else taken
+    if isinstance(expr, Sum):
+        mapping, over = {}, []
+        for var, s in expr.over:
+            new = _fresh(var, taken) if s in taken else s
+            taken.add(new)
+            if new != s:
+                mapping[s] = new
+            over.append((var, new))
+        body = _substitute(expr.body, mapping, set(taken)) if mapping else expr.body
+        return Sum(_pairs(over), _tidy(body, set(taken)))
+    if isinstance(expr, Product):
+        return Product(tuple(_tidy(f, set(taken)) for f in expr.factors))
+    if isinstance(expr, Ratio):
+        return Ratio(_tidy(expr.num, set(taken)), _tidy(expr.den, set(taken)))
+    return expr
+
+
 def _term(var: str, sym: str) -> str:
     return var if sym == var else f"{var}={sym}"
 
@@ -1063,7 +1083,7 @@ def _identify_interventional(g: _ADMG, q: Query) -> Identification:
     try:
         est = _idc(y, x, z, g)
     except _Hedge as h:
-        path = h.path()
+        path = h.graph.bidirected_path(x & h.forest, h.subforest) or h.path()
         return Identification(
             str(q),
             kind,
@@ -1079,7 +1099,7 @@ def _identify_interventional(g: _ADMG, q: Query) -> Identification:
     mapping = {cv.name: s for cv, s in q.outcome + q.given}
     mapping.update(dict(q.do))
     used = set(mapping.values())
-    return Identification(str(q), kind, algorithm, "identified", _substitute(est, mapping, used))
+    return Identification(str(q), kind, algorithm, "identified", _tidy(_substitute(est, mapping, used)))
 
 
 def _identify_counterfactual(g: _ADMG, q: Query) -> Identification:
@@ -1136,7 +1156,7 @@ def _identify_counterfactual(g: _ADMG, q: Query) -> Identification:
     reason = None
     if experiments:
         reason = "needs interventional data for " + ", ".join(experiments) + " (not identifiable from P(V))"
-    return Identification(str(q), "counterfactual", algorithm, status, est, experiments, reason)
+    return Identification(str(q), "counterfactual", algorithm, status, _tidy(est), experiments, reason)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1178,15 +1198,19 @@ def verdict(
     """JSON-serialisable identifiability verdict for one query on `graph`.
 
     `do`: intervened nodes (values are not used: an intervention is taken to differ from the factual value).
-    `outcome`: nodes asked about (default: every node not intervened on). `given`: nodes conditioned on in
-    the intervened world, P(Y | do(X), Z). `factual`: nodes observed in the factual world, which makes the
-    query a counterfactual P(Y_{do(X)} | factual), as `SCM.counterfactual` answers it. `families`:
-    {node: family} or mechanisms.yaml's {node: {family, config}}, to name the assumption each answer rests on.
+    `outcome`: nodes asked about (default: every node not intervened on; with `factual`, every node).
+    `given`: nodes conditioned on in the intervened world, P(Y | do(X), Z).
+    `factual`: nodes observed in the factual world, which makes the query a counterfactual
+    P(Y_{do(X)} | factual), as `SCM.counterfactual` answers it.
+    `families`: {node: family} or mechanisms.yaml's {node: {family, config}}, to name the assumption each
+    answer rests on.
     `strict`: raise NotIdentifiableError, naming the confounding path, when status is `not_identified`.
     """
     do_nodes = list(do)
-    outcome = [n for n in graph.nodes if n not in do_nodes] if outcome is None else list(outcome)
     given, factual = list(given), list(factual)
+    if outcome is None:
+        outcome = list(graph.nodes) if factual else [n for n in graph.nodes if n not in do_nodes]
+    outcome = list(outcome)
     for n in do_nodes + outcome + given + factual:
         if n not in graph:
             raise QueryError(f"unknown node {n!r}; graph {graph.name!r} has {list(graph.nodes)}")
