@@ -1,4 +1,7 @@
-"""Evaluate a trained SCM: `python evaluate.py run_dir=runs/<name> [num_samples=...] [metrics=[...]]`."""
+"""Evaluate a trained SCM.
+
+`python evaluate.py run_dir=runs/<name> [num_samples=...] [compute=[...]] [metrics/protocol=benchmark]`
+"""
 
 import hydra
 from omegaconf import DictConfig

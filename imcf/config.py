@@ -119,8 +119,9 @@ class EvaluateConfig:
     batch_size: int = 128
     seed: int = 0
     accelerator: str = "auto"
-    # None: every metric the run and dataset support; a list: exactly these (unsupported ones are errors)
-    metrics: list[str] | None = None
+    # which metrics to compute. None: every metric the run and dataset support; a list: exactly these
+    # (unsupported ones are errors). Named `compute`, not `metrics`: `metrics/` is the protocol config group.
+    compute: list[str] | None = None
     cycles: list[int] = field(default_factory=lambda: [1, 10])
     interventions: InterventionConfig = field(default_factory=InterventionConfig)
     predictors: PredictorConfig = field(default_factory=PredictorConfig)

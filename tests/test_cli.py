@@ -42,7 +42,7 @@ def test_train_fast_dev_run_then_evaluate(tmp_path):
     out = _run(["evaluate.py", f"run_dir={run}", f"report_dir={report}", "num_samples=64"], tmp_path)
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["meta"]["num_samples"] == 64
-    assert "composition/x4/10" in metrics["metrics"]
+    assert "composition/null x10/x4:error" in metrics["metrics"]
     assert (report / "report.md").read_text().startswith("# Evaluation")
 
 
@@ -58,3 +58,12 @@ def test_bad_override_names_the_key(tmp_path):
     )
     assert proc.returncode != 0
     assert "trainer.max_epochs" in proc.stderr + proc.stdout
+
+
+def test_ddp_two_cpu_processes_agree(tmp_path):
+    run = tmp_path / "run"
+    out = _run(["train.py", "trainer=ddp_cpu", "trainer.max_epochs=2", "units=[x4]", f"run_dir={run}",
+                f"data_root={tmp_path / 'data'}", "trainer.enable_progress_bar=false", "evaluate_after=false",
+                "dataset.options.sizes={train: 512, val: 128, test: 128}"], tmp_path)
+    assert "2 ranks agree on the weights of ['x4']" in out
+    assert (run / "x4.ckpt").is_file()

@@ -1,0 +1,129 @@
+"""Models the evaluator trains offline (predictors, the minimality VAE): one Lightning loop and a cache.
+
+A cached model lives at `<data_root>/evaluators/<dataset>-<what>-<hash>.ckpt`; the hash covers everything that
+shapes it (dataset name and options, the nodes it reads, its hyper-parameters), and the file repeats that
+description in `meta`, which is checked again on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from imcf.data.base import stack_batch
+from imcf.io import atomic_torch_save, safe_torch_load
+
+
+class CacheMismatchError(ValueError):
+    """A cached evaluator model was made for another dataset / graph / setting than the one evaluated."""
+
+
+def cache_key(spec: Mapping[str, Any]) -> str:
+    """12 hex digits naming a model description (order of keys does not matter)."""
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cache_path(data_root: str | Path, what: str, spec: Mapping[str, Any]) -> Path:
+    """Default file of the model `what` ("predictors", "vae") described by `spec` (needs spec["dataset"])."""
+    return Path(data_root) / "evaluators" / f"{spec['dataset']}-{what}-{cache_key(spec)}.ckpt"
+
+
+def save_cached(path: str | Path, spec: Mapping[str, Any], state: Mapping[str, Any]) -> Path:
+    """Atomically write `state` with its description `spec`."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_torch_save({"meta": _plain(spec), **state}, path)
+
+
+def load_cached(path: str | Path, spec: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """Load a cached model and check it was made for `spec`; raise CacheMismatchError naming the difference."""
+    ckpt = safe_torch_load(path)
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict):
+        raise CacheMismatchError(f"{path} is not an imcf {what} cache (no 'meta'); delete it or point elsewhere")
+    if meta.get("dataset") != spec.get("dataset"):
+        raise CacheMismatchError(
+            f"{what} cache {path} was trained on dataset {meta.get('dataset')!r}, but this run evaluates "
+            f"{spec.get('dataset')!r}: use that dataset's cache (or remove {what}.path to train new ones)"
+        )
+    want = _plain(spec)
+    for key in sorted(set(meta) | set(want)):
+        if meta.get(key) != want.get(key):
+            raise CacheMismatchError(
+                f"{what} cache {path} was made with {key}={meta.get(key)!r}, this evaluation needs "
+                f"{key}={want.get(key)!r}; delete the file or point {what}.path elsewhere"
+            )
+    return ckpt
+
+
+def _plain(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+class OfflineModule(L.LightningModule):
+    """Trains any evaluator model that has `loss(batch) -> {"loss": ..., ...}` with AdamW."""
+
+    def __init__(self, model: nn.Module, lr: float = 1e-3) -> None:
+        super().__init__()
+        self.model, self.lr = model, lr
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        terms = self.model.loss(batch)
+        bs = next(iter(batch.values())).shape[0]
+        for k, v in terms.items():
+            self.log(f"train/{k}", v.detach(), prog_bar=k == "loss", batch_size=bs)
+        return terms["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        bs = next(iter(batch.values())).shape[0]
+        self.log("val/loss", self.model.loss(batch)["loss"], batch_size=bs)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.lr)
+
+
+def subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
+    """A seeded random subset of at most `limit` items (all of them when limit is None)."""
+    n = len(dataset)
+    if limit is None or limit >= n:
+        return dataset
+    return Subset(dataset, torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+
+
+def fit(
+    model: nn.Module,
+    train: Dataset,
+    val: Dataset | None,
+    max_epochs: int,
+    batch_size: int,
+    lr: float,
+    accelerator: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> nn.Module:
+    """Train `model` with one Lightning Trainer run (no checkpoints, no loggers); returns it in eval mode on CPU."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=stack_batch)
+    val_loader = DataLoader(val, batch_size=batch_size, collate_fn=stack_batch) if val is not None else None
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu" if accelerator == "cpu" else "auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if val_loader is not None else 0,
+    )
+    trainer.fit(OfflineModule(model, lr), loader, val_loader)
+    return model.cpu().eval()

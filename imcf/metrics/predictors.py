@@ -1,0 +1,294 @@
+"""Anti-causal predictors: read each attribute back off an image (regressors / classifiers).
+
+One small conv network per image node with one head per attribute, trained with Lightning on the factual
+training images and cached per dataset (`imcf.metrics.offline`). Continuous targets are standardised with the
+training statistics and read back in original units (no squashing). Each predictor is scored on the real test
+images; a predictor that is poor there makes its effectiveness numbers meaningless, and the report says so.
+Its penultimate features are the domain features for realism (FID/KID) and the feature-space composition distance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from imcf.data.base import stack_batch
+from imcf.graph import NodeKind
+from imcf.metrics.effectiveness import absolute_error, correct, f1_score, labels
+from imcf.nn.parents import ParentEncoder
+
+
+class AttributePredictor(nn.Module):
+    """Image (B, C, H, W) in [-1, 1] -> every target attribute, in batch format.
+
+    `targets` maps attribute -> kind string ("continuous", "binary", "categorical(10)").
+    `inputs` maps attribute -> other attributes its head also sees (the benchmark's thickness regressor
+    also sees intensity). Continuous outputs are in original units, binary a probability (B, 1),
+    categorical class probabilities (B, K).
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        targets: Mapping[str, str],
+        inputs: Mapping[str, Sequence[str]] | None = None,
+        width: int = 32,
+        image_node: str = "image",
+    ) -> None:
+        super().__init__()
+        c, h, w = (int(s) for s in image_shape)
+        self.image_node = image_node
+        self.config = {
+            "image_shape": [c, h, w],
+            "targets": dict(targets),
+            "inputs": {},
+            "width": width,
+            "image_node": image_node,
+        }
+        self.kinds = {t: NodeKind.parse(k, t) for t, k in targets.items()}
+        bad = [t for t, k in self.kinds.items() if k.name not in ("continuous", "binary", "categorical")]
+        if bad:
+            raise ValueError(f"predictor targets must be attributes, got {[(t, str(self.kinds[t])) for t in bad]}")
+        inputs = {t: list(v) for t, v in (inputs or {}).items() if v}
+        for t, extra in inputs.items():
+            unknown = [x for x in [t, *extra] if x not in self.kinds]
+            if unknown:
+                raise KeyError(f"predictor inputs {t!r}: {extra} names non-target attribute(s) {unknown}")
+        self.config["inputs"] = inputs
+        layers: list[nn.Module] = [nn.Conv2d(c, width, 3, padding=1), nn.GELU()]
+        ch, side = width, min(h, w)
+        while side > 4:  # halve the resolution down to 4x4, doubling the width up to 4 x width
+            nxt = min(2 * ch, 4 * width)
+            layers += [nn.Conv2d(ch, nxt, 4, stride=2, padding=1), nn.GroupNorm(math.gcd(8, nxt), nxt), nn.GELU()]
+            ch, side = nxt, side // 2
+        layers += [nn.Conv2d(ch, ch, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.num_features = ch
+        self.encoders = nn.ModuleDict(
+            {t: ParentEncoder({x: self.kinds[x] for x in extra}) for t, extra in inputs.items()}
+        )
+        self.heads = nn.ModuleDict()
+        for t, kind in self.kinds.items():
+            extra = self.encoders[t].dim if t in self.encoders else 0
+            out = int(kind.num_classes) if kind.name == "categorical" else 1
+            self.heads[t] = nn.Sequential(nn.Linear(ch + extra, ch), nn.GELU(), nn.Linear(ch, out))
+        self.register_buffer("target_mean", torch.zeros(len(self.kinds)))
+        self.register_buffer("target_std", torch.ones(len(self.kinds)))
+        self._index = {t: i for i, t in enumerate(self.kinds)}
+
+    def set_target_stats(self, values: Mapping[str, Tensor]) -> None:
+        """Standardise continuous targets with these (training) values."""
+        for t, v in values.items():
+            i = self._index[t]
+            self.target_mean[i] = v.float().mean()
+            self.target_std[i] = v.float().std().clamp(min=1e-6)
+
+    def features(self, images: Tensor) -> Tensor:
+        """Penultimate features (B, num_features): the domain embedding for realism and composition."""
+        return self.body(images.float())
+
+    def _logits(self, feats: Tensor, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        out = {}
+        for t, head in self.heads.items():
+            h = feats
+            if t in self.encoders:
+                h = torch.cat([feats, self.encoders[t]({x: values[x] for x in self.config["inputs"][t]})], 1)
+            out[t] = head(h)
+        return out
+
+    def forward(self, images: Tensor, values: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Read every target off `images`; `values` supplies the extra inputs some heads take."""
+        raw = self._logits(self.features(images), values or {})
+        out = {}
+        for t, z in raw.items():
+            kind, i = self.kinds[t], self._index[t]
+            if kind.name == "continuous":
+                out[t] = z * self.target_std[i] + self.target_mean[i]
+            elif kind.name == "binary":
+                out[t] = torch.sigmoid(z)
+            else:
+                out[t] = torch.softmax(z, 1)
+        return out
+
+    def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Sum of per-attribute losses: MSE on standardised values, binary / categorical cross-entropy."""
+        image = batch[self.image_node]
+        raw = self._logits(self.features(image), batch)
+        terms = {}
+        for t, z in raw.items():
+            kind, i, y = self.kinds[t], self._index[t], batch[t].float()
+            if kind.name == "continuous":
+                terms[t] = F.mse_loss(z, (y - self.target_mean[i]) / self.target_std[i])
+            elif kind.name == "binary":
+                terms[t] = F.binary_cross_entropy_with_logits(z, y)
+            else:
+                terms[t] = F.cross_entropy(z, y.argmax(1))
+        terms["loss"] = sum(terms.values())
+        return terms
+
+
+@dataclass
+class PredictorQuality:
+    """How well one predictor reads its attribute off real test images."""
+
+    attribute: str
+    kind: str
+    n: int
+    scores: dict[str, float] = field(default_factory=dict)
+    poor: bool = False
+    reason: str = ""
+
+
+def judge(kind: NodeKind, scores: Mapping[str, float], max_nmae: float, min_f1: float, chance: float) -> str:
+    """Why a predictor is poor ('' when it is fine): continuous MAE above `max_nmae` x the attribute's std,
+    binary F1 (macro F1 for categorical) below `min_f1`, or accuracy no better than always guessing the majority."""
+    if kind.name == "continuous":
+        if scores["nmae"] > max_nmae:
+            return f"MAE is {scores['nmae']:.2f} x the attribute's std (> {max_nmae})"
+        return ""
+    if scores["f1"] < min_f1:
+        return f"F1 {scores['f1']:.3f} < {min_f1}"
+    if scores["acc"] <= chance + 1e-9:
+        return f"accuracy {scores['acc']:.3f} is no better than the majority class ({chance:.3f})"
+    return ""
+
+
+@torch.no_grad()
+def score_predictor(
+    model: AttributePredictor,
+    dataset: Dataset,
+    batch_size: int = 256,
+    max_nmae: float = 0.5,
+    min_f1: float = 0.7,
+    device: torch.device | None = None,
+) -> dict[str, PredictorQuality]:
+    """Score every head on a dataset of real images: MAE (and MAE / std) or accuracy and F1."""
+    device = device or torch.device("cpu")
+    model = model.to(device).eval()
+    read: dict[str, list[Tensor]] = {t: [] for t in model.kinds}
+    true: dict[str, list[Tensor]] = {t: [] for t in model.kinds}
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=stack_batch):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(batch[model.image_node], batch)
+        for t in model.kinds:
+            read[t].append(out[t].cpu())
+            true[t].append(batch[t].cpu())
+    quality = {}
+    for t, kind in model.kinds.items():
+        r, y = torch.cat(read[t]), torch.cat(true[t])
+        if kind.name == "continuous":
+            mae = absolute_error(r, y).mean().item()
+            scores = {"mae": mae, "nmae": mae / max(y.float().std().item(), 1e-12)}
+            chance = 0.0
+        else:
+            lr, ly = labels(kind, r), labels(kind, y)
+            k = 2 if kind.name == "binary" else int(kind.num_classes)
+            chance = torch.bincount(ly, minlength=k).max().item() / max(len(ly), 1)
+            scores = {"acc": correct(lr, ly).mean().item(), "f1": f1_score(lr, ly, k), "chance": chance}
+        reason = judge(kind, scores, max_nmae, min_f1, chance)
+        quality[t] = PredictorQuality(t, str(kind), len(y), scores, bool(reason), reason)
+    return quality
+
+
+def as_dict(quality: Mapping[str, PredictorQuality]) -> dict[str, Any]:
+    """Plain-data form of predictor qualities (for JSON and caches)."""
+    return {t: {"kind": q.kind, "n": q.n, **q.scores, "poor": q.poor, "reason": q.reason} for t, q in quality.items()}
+
+
+def from_dict(data: Mapping[str, Any]) -> dict[str, PredictorQuality]:
+    """Inverse of `as_dict`."""
+    out = {}
+    for t, d in data.items():
+        scores = {k: float(v) for k, v in d.items() if k not in ("kind", "n", "poor", "reason")}
+        out[t] = PredictorQuality(t, d["kind"], int(d["n"]), scores, bool(d["poor"]), str(d["reason"]))
+    return out
+
+
+def load_or_train_predictors(
+    dataset: str,
+    options: Mapping[str, Any],
+    data_root: str,
+    image_node: str,
+    image_shape: Sequence[int],
+    targets: Mapping[str, str],
+    cfg: Any,
+    accelerator: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[AttributePredictor, dict[str, PredictorQuality], str]:
+    """The cached predictor of `image_node` for this dataset, trained (and scored on the test split) if absent.
+
+    `cfg` is a PredictorConfig (path, inputs, width, max_epochs, batch_size, lr, max_train_samples, poor_*).
+    Returns (model in eval mode on CPU, test-set quality, cache file).
+    """
+    from imcf.data.datamodule import build_dataset
+    from imcf.metrics.offline import cache_path, fit, load_cached, save_cached, subset
+
+    inputs = {t: [x for x in v if x in targets] for t, v in dict(cfg.inputs or {}).items() if t in targets}
+    spec = {
+        "what": "predictors",
+        "version": 1,
+        "dataset": dataset,
+        "options": dict(options),
+        "image_node": image_node,
+        "image_shape": [int(s) for s in image_shape],
+        "targets": dict(targets),
+        "inputs": inputs,
+        "width": int(cfg.width),
+        "max_epochs": int(cfg.max_epochs),
+        "batch_size": int(cfg.batch_size),
+        "lr": float(cfg.lr),
+        "max_train_samples": cfg.max_train_samples,
+        "seed": seed,
+    }
+    path = cfg.path or cache_path(data_root, f"predictors-{image_node}", spec)
+    model = AttributePredictor(image_shape, targets, inputs, width=int(cfg.width), image_node=image_node)
+    if cfg.path or Path(path).is_file():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"predictors.path={cfg.path}: no such file")
+        ckpt = load_cached(path, spec, "predictors")
+        model.load_state_dict(ckpt["state_dict"])
+        quality = from_dict(ckpt["quality"])
+        quality = _rejudge(quality, model, cfg)  # the thresholds may differ from when it was cached
+        return model.eval(), quality, str(path)
+    print(f"[imcf] training anti-causal predictors for {dataset}/{image_node} ({list(targets)}) -> {path}")
+    train = build_dataset(dataset, data_root, "train", **options)
+    probe = subset(train, 5000, seed)
+    cont = [t for t, k in model.kinds.items() if k.name == "continuous"]
+    if cont:
+        items = [probe[i] for i in range(len(probe))]
+        model.set_target_stats({t: torch.stack([it[t] for it in items]) for t in cont})
+    val = subset(build_dataset(dataset, data_root, "val", **options), 2000, seed)
+    fit(
+        model,
+        subset(train, cfg.max_train_samples, seed),
+        val,
+        int(cfg.max_epochs),
+        int(cfg.batch_size),
+        float(cfg.lr),
+        accelerator,
+        seed,
+        progress,
+    )
+    test = build_dataset(dataset, data_root, "test", **options)
+    quality = score_predictor(model, test, max_nmae=float(cfg.poor_nmae), min_f1=float(cfg.poor_f1))
+    save_cached(path, spec, {"state_dict": model.state_dict(), "quality": as_dict(quality)})
+    return model.eval(), quality, str(path)
+
+
+def _rejudge(quality: dict[str, PredictorQuality], model: AttributePredictor, cfg: Any) -> dict[str, PredictorQuality]:
+    """Re-apply the current poor-predictor thresholds to cached scores."""
+    for t, q in quality.items():
+        kind = model.kinds[t]
+        chance = q.scores.get("chance", 0.0)
+        q.reason = judge(kind, q.scores, float(cfg.poor_nmae), float(cfg.poor_f1), chance)
+        q.poor = bool(q.reason)
+    return quality

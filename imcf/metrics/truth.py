@@ -1,0 +1,56 @@
+"""Ground truth: on embedded datasets the true counterfactual is known, so the error can be measured directly.
+
+Images: pixel MAE (0..255), PSNR (dB, on 0..255, capped at `PSNR_CAP` for identical images) and SSIM.
+Attributes: absolute error (continuous) or class mismatch (binary / categorical).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from imcf.graph import NodeKind
+from imcf.metrics.composition import image_l1, node_distance, to_pixels
+from imcf.registry import METRICS
+
+#: PSNR of identical images is infinite; it is reported as this many dB
+PSNR_CAP = 100.0
+
+
+@METRICS.register("pixel_mae")
+def pixel_mae(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image mean absolute error (B,) on the 0..255 scale."""
+    return image_l1(a, b)
+
+
+@METRICS.register("psnr")
+def psnr(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image peak signal-to-noise ratio (B,) in dB on the 0..255 scale, at most `PSNR_CAP`."""
+    if a.shape != b.shape:
+        raise ValueError(f"image shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    mse = (to_pixels(a) - to_pixels(b)).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(255.0**2 / mse.clamp(min=1e-30))).clamp(max=PSNR_CAP)
+
+
+@METRICS.register("ssim")
+def ssim(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image structural similarity (B,) of images in [-1, 1] (Gaussian window, 11 px or the image size)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    if a.shape != b.shape:
+        raise ValueError(f"image shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    side = min(a.shape[-2:])
+    kernel = min(11, side if side % 2 else side - 1)
+    return structural_similarity_index_measure(
+        a.float().clamp(-1, 1), b.float().clamp(-1, 1), data_range=2.0, kernel_size=kernel, reduction="none"
+    ).reshape(-1)
+
+
+def truth_scores(kind: NodeKind, model: Tensor, true: Tensor) -> dict[str, Tensor]:
+    """Per-sample errors of one node against its true counterfactual: image {mae, psnr, ssim}, else {error}."""
+    if tuple(model.shape) != tuple(true.shape):
+        raise ValueError(f"model and true counterfactual shapes differ: {tuple(model.shape)} vs {tuple(true.shape)}")
+    true = true.to(model.device)
+    if kind.is_image:
+        return {"mae": pixel_mae(model, true), "psnr": psnr(model, true), "ssim": ssim(model, true)}
+    return {"error": node_distance(kind, model, true)}
