@@ -80,11 +80,14 @@ class DiscreteMechanism(Mechanism):
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     # ----- the distribution -----
-    def logits(self, parents: Mapping[str, Tensor], batch_size: int = 0) -> Tensor:
-        """Normalised log-probabilities (B, K); a binary node's classes are (0, 1)."""
+    def logits(self, parents: Mapping[str, Tensor], batch_size: int = 0, update: bool = False) -> Tensor:
+        """Normalised log-probabilities (B, K); a binary node's classes are (0, 1).
+
+        Only the training loss passes `update=True` (the encoder's running statistics may move).
+        """
         self.parent_vector(parents, batch_size)  # validates names and shapes
         if self.encoder is not None:
-            raw = self.net(self.encoder(parents))
+            raw = self.net(self.encoder(parents, update=update))
         else:
             raw = self.root_logits.expand(batch_size, -1)
         if self.binary:
@@ -95,13 +98,13 @@ class DiscreteMechanism(Mechanism):
         """Class probabilities (B, K); for a binary node column 1 is P(x = 1 | parents)."""
         return self.logits(parents, batch_size).exp()
 
-    def log_prob(self, x: Tensor, parents: Mapping[str, Tensor]) -> Tensor:
+    def log_prob(self, x: Tensor, parents: Mapping[str, Tensor], update: bool = False) -> Tensor:
         """log P(x | parents) per sample, shape (B,)."""
         idx = self._index(x)
-        return self.logits(parents, x.shape[0]).gather(1, idx[:, None]).squeeze(1)
+        return self.logits(parents, x.shape[0], update).gather(1, idx[:, None]).squeeze(1)
 
     def loss(self, x: Tensor, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        nll = -self.log_prob(x, parents).mean()
+        nll = -self.log_prob(x, parents, update=self.training).mean()
         return {"loss": nll, "nll": nll.detach()}
 
     # ----- values <-> class indices -----

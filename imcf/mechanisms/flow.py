@@ -153,9 +153,12 @@ class FlowMechanism(Mechanism):
         base = nf.distributions.DiagGaussian(1, trainable=False)
         self.flow = nf.ConditionalNormalizingFlow(base, layers).double()
 
-    def _context(self, parents: Mapping[str, Tensor], batch_size: int) -> Tensor | None:
+    def _context(self, parents: Mapping[str, Tensor], batch_size: int, update: bool = False) -> Tensor | None:
+        """Encoded parents; only the training loss may update the encoder's running statistics."""
         self.parent_vector(parents, batch_size)  # validates names and shapes
-        return self.encoder(parents).to(self._flow_dtype) if self.encoder is not None else None
+        if self.encoder is None:
+            return None
+        return self.encoder(parents, update=update).to(self._flow_dtype)
 
     @property
     def _flow_dtype(self) -> torch.dtype:
@@ -180,14 +183,15 @@ class FlowMechanism(Mechanism):
     def sample_noise(self, n: int) -> Tensor:
         return torch.randn(n, 1, device=self.device, dtype=self._flow_dtype)
 
-    def log_prob(self, x: Tensor, parents: Mapping[str, Tensor]) -> Tensor:
+    def log_prob(self, x: Tensor, parents: Mapping[str, Tensor], update: bool = False) -> Tensor:
         """log p(x | parents) per sample in x's own units, shape (B,)."""
         self._check(x)
         y, logdet = self.support.to_real(x.to(self._flow_dtype))
-        return (self.flow.log_prob(y, context=self._context(parents, x.shape[0])) + logdet).to(x.dtype)
+        context = self._context(parents, x.shape[0], update)
+        return (self.flow.log_prob(y, context=context) + logdet).to(x.dtype)
 
     def loss(self, x: Tensor, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if self.training and not bool(self.support.initialised):
             self.support.initialise(x)
-        nll = -self.log_prob(x, parents).mean()
+        nll = -self.log_prob(x, parents, update=self.training).mean()
         return {"loss": nll, "nll": nll.detach()}

@@ -55,8 +55,8 @@ class ParentEncoder(nn.Module):
         self.m2 += ((x - batch_mean) ** 2).sum(0) + delta**2 * self.count * b / total
         self.count.fill_(total)
 
-    def _normalise_continuous(self, x: Tensor) -> Tensor:
-        if self.training and x.shape[0] > 1:
+    def _normalise_continuous(self, x: Tensor, update: bool = True) -> Tensor:
+        if update and self.training and x.shape[0] > 1:
             self._update(x)
         std = (self.m2 / (self.count - 1).clamp(min=1)).clamp(min=1e-12).sqrt()
         std = torch.where(self.count > 1, std, torch.ones_like(std))
@@ -64,7 +64,8 @@ class ParentEncoder(nn.Module):
         scaled = 2 * (x - self.lo) / (self.hi - self.lo).clamp(min=1e-12) - 1
         return torch.where(self.fixed, scaled, running)
 
-    def forward(self, parents: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, parents: Mapping[str, Tensor], update: bool = True) -> Tensor:
+        """Encode; `update=False` never touches the running statistics (abduction and prediction must not)."""
         missing = [p for p in self.parent_kinds if p not in parents]
         if missing:
             raise KeyError(f"missing parents {missing}; got {sorted(parents)}")
@@ -79,7 +80,7 @@ class ParentEncoder(nn.Module):
             else:
                 cols.append(v)
         if cont:
-            normed = self._normalise_continuous(torch.cat(cont, 1)).split(1, dim=1)
+            normed = self._normalise_continuous(torch.cat(cont, 1), update).split(1, dim=1)
             it = iter(normed)
             cols = [next(it) if c is None else c for c in cols]
         if not cols:
