@@ -15,6 +15,7 @@ reproducible draws (drawn on the CPU and moved, so they do not depend on the dev
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 
 import torch
@@ -42,7 +43,8 @@ class DiscreteMechanism(Mechanism):
 
     `mode`: `gumbel` or `threshold` (module docstring). `hidden` / `num_layers`: the MLP on the parents
     (num_layers=0 is logistic regression); `parent_ranges` fixes the scaling of continuous parents;
-    `seed` makes abduction and noise draws reproducible when no generator is passed.
+    `seed` makes abduction and noise draws reproducible when no generator is passed (a private CPU generator
+    seeded with `seed` and the node name, so two nodes with the same config draw independent streams).
     """
 
     exact_abduction = True
@@ -77,7 +79,12 @@ class DiscreteMechanism(Mechanism):
         else:
             self.encoder = None
             self.root_logits = nn.Parameter(torch.zeros(out))
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        # the node name enters the seed, so nodes sharing a config still draw independent noise
+        self.generator = (
+            torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(node.encode())) % 2**63)
+            if seed is not None
+            else None
+        )
 
     # ----- the distribution -----
     def logits(self, parents: Mapping[str, Tensor], batch_size: int = 0, update: bool = False) -> Tensor:

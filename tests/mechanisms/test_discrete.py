@@ -223,3 +223,10 @@ def test_faces_beard_counterfactuals_match_the_true_scm(mode):
         ceiling = expected_agreement(p, p_cf, test["beard"]).mean().item()
         rate = agree.float().mean().item()
         assert rate >= ceiling - 0.015, f"{mode} do({node}): agreement {rate:.4f} vs exact-posterior {ceiling:.4f}"
+
+
+def test_nodes_sharing_a_seed_draw_independent_noise():
+    young = DiscreteMechanism.from_graph(GRAPH, "young", mode="threshold", seed=0)
+    male = DiscreteMechanism.from_graph(GRAPH, "male", mode="threshold", seed=0)
+    a, b = young.sample_noise(2000), male.sample_noise(2000)
+    assert abs(torch.corrcoef(torch.cat([a, b], 1).T)[0, 1].item()) < 0.1
