@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from imcf.data import faces
 from imcf.graph import CausalGraph
 from imcf.mechanisms.discrete import DiscreteMechanism
 from imcf.registry import MECHANISMS
@@ -23,7 +24,7 @@ GRAPH = CausalGraph.from_dict(
         "style": {"kind": "categorical(5)", "parents": ["young", "colour"]},
     }
 )
-#: P(beard = 1 | young, male) of the synthetic faces SCM (imcf/data/faces.py): beards mostly on older men
+#: P(beard = 1 | young, male) of the synthetic faces SCM: beards mostly on older men
 BEARD_PROB = {(0, 0): 0.04, (0, 1): 0.80, (1, 0): 0.02, (1, 1): 0.25}
 P_YOUNG, P_MALE = 0.6, 0.5
 EULER_GAMMA = 0.5772156649
@@ -36,6 +37,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_table_is_the_faces_dataset_scm():
+    """The table written here is the one imcf/data/faces.py renders from."""
+    assert faces.BEARD_PROB == BEARD_PROB and (faces.P_YOUNG, faces.P_MALE) == (P_YOUNG, P_MALE)
 
 
 def beard_prob(young: torch.Tensor, male: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from imcf.data import morphomnist
 from imcf.graph import CausalGraph
 from imcf.mechanisms.flow import FlowMechanism
 from imcf.registry import MECHANISMS
@@ -31,6 +32,15 @@ def morpho_attributes(n: int, seed: int) -> dict[str, torch.Tensor]:
 
 def true_intensity(t: torch.Tensor, u_i: torch.Tensor) -> torch.Tensor:
     return 64 + 191 * torch.sigmoid(0.5 * u_i + 2 * t - 5)
+
+
+def test_formulas_are_the_morphomnist_dataset_scm():
+    """The SCM written here is the one imcf/data/morphomnist.py renders from."""
+    data = morpho_attributes(100, seed=0)
+    expected = morphomnist.intensity_mechanism(data["thickness"].numpy(), data["u_i"].numpy())
+    torch.testing.assert_close(data["intensity"], torch.as_tensor(expected))
+    thickness = (morphomnist.THICKNESS_SHIFT, morphomnist.THICKNESS_GAMMA_SHAPE, morphomnist.THICKNESS_GAMMA_RATE)
+    assert thickness == (0.5, 10.0, 5.0)
 
 
 def true_intensity_log_prob(i: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
