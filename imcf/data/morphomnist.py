@@ -165,11 +165,12 @@ def downscale(hires: np.ndarray, scale: int) -> np.ndarray:
 
 
 def intensity(images: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
-    """Median grey value of the pixels at or above half the image's range (uint8 images, any batch)."""
+    """Median grey value of the pixels at or above half the image's range (NaN for a blank image)."""
     x, single = _as_batch(np.asarray(images))
     x = x.astype(np.float64)
     fg = binarise(x, threshold)
     out = np.nanmedian(np.where(fg, x, np.nan), axis=(1, 2))
+    out[x.max(axis=(1, 2)) == x.min(axis=(1, 2))] = np.nan  # a blank image has no foreground
     return out[0] if single else out
 
 

@@ -197,6 +197,11 @@ def load_cache(directory: Path) -> tuple[dict[str, np.ndarray], pd.DataFrame, di
 _MEMORY: dict[str, tuple[float, dict[str, np.ndarray], pd.DataFrame, dict]] = {}
 
 
+def clear_memory_cache() -> None:
+    """Forget the sets loaded in this process (the next dataset re-reads and re-verifies the files)."""
+    _MEMORY.clear()
+
+
 def load_or_generate(
     root: str | Path, options: Mapping[str, Any], workers: int | None = None, regenerate: bool = False
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict, Path]:
