@@ -178,7 +178,8 @@ def validate(cfg: Any, schema: type) -> DictConfig:
 def mechanism_specs(graph: CausalGraph, mechanism_cfg: Any) -> dict[str, MechanismSpec]:
     """Pick each node's mechanism: `mechanism.<node>` if given, else the group of its kind.
 
-    Groups: `attribute` (continuous), `discrete` (binary, categorical), `image` (image).
+    Groups: `attribute` (continuous), `discrete` (binary, categorical), `image` (image). The key `confounder`
+    configures the shared-noise model of confounded c-components (imcf.mechanisms.component).
     """
     raw = (
         OmegaConf.to_container(mechanism_cfg, resolve=True)
@@ -186,7 +187,7 @@ def mechanism_specs(graph: CausalGraph, mechanism_cfg: Any) -> dict[str, Mechani
         else dict(mechanism_cfg or {})
     )
     groups = set(KIND_GROUP.values())
-    unknown = [k for k in raw if k not in groups and k not in graph]
+    unknown = [k for k in raw if k not in groups and k not in graph and k != "confounder"]
     if unknown:
         raise ConfigError(f"mechanism.{unknown[0]}: not a node of graph {graph.name!r} nor a group {sorted(groups)}")
     out = {}

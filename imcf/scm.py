@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from imcf.graph import CausalGraph, NodeKind
 from imcf.io import atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
 from imcf.mechanisms.base import Mechanism
+from imcf.mechanisms.component import ConfoundedComponent
 from imcf.registry import MECHANISMS
 
 Batch = dict[str, Tensor]
@@ -23,13 +24,14 @@ def unit_name(component: tuple[str, ...]) -> str:
 
 
 class SCM(nn.Module):
-    """A causal graph with one mechanism per node."""
+    """A causal graph with one mechanism per node, and a shared-noise model per confounded c-component."""
 
     def __init__(
         self,
         graph: CausalGraph,
         mechanisms: Mapping[str, Mechanism],
         config: Mapping[str, Any] | None = None,
+        components: Mapping[str, ConfoundedComponent] | None = None,
     ) -> None:
         super().__init__()
         missing = [n for n in graph.nodes if n not in mechanisms]
@@ -38,25 +40,58 @@ class SCM(nn.Module):
         extra = [n for n in mechanisms if n not in graph]
         if extra:
             raise KeyError(f"mechanisms given for node(s) not in the graph: {extra}")
+        components = dict(components or {})
+        confounded = {unit_name(c): c for c in graph.c_components() if len(c) > 1}
+        absent = [name for name in confounded if name not in components]
+        if absent:
+            raise KeyError(
+                f"c-component(s) {absent} have hidden confounders but no ConfoundedComponent; "
+                "build the SCM with SCM.build or pass components={...}"
+            )
+        unknown = [c for c in components if c not in confounded]
+        if unknown:
+            raise KeyError(f"components {unknown} are not confounded c-components of the graph: {list(confounded)}")
+        self._component_of = {n: name for name, comp in confounded.items() for n in comp}
         for n, m in mechanisms.items():
-            if tuple(m.parents) != graph.parents(n):
-                raise ValueError(
-                    f"mechanism of {n!r} has parents {list(m.parents)}, graph says {list(graph.parents(n))}"
-                )
+            expected = graph.parents(n)
+            if n in self._component_of:
+                expected = expected + tuple(components[self._component_of[n]].extras(n))
+            if tuple(m.parents) != expected:
+                raise ValueError(f"mechanism of {n!r} has parents {list(m.parents)}, expected {list(expected)}")
             if m.kind != graph.kinds[n]:
                 raise ValueError(f"mechanism of {n!r} is for kind {m.kind}, graph says {graph.kinds[n]}")
         self.graph = graph
         self.mechanisms = nn.ModuleDict({n: mechanisms[n] for n in graph.nodes})
+        self.components = nn.ModuleDict(components)
         self.config = dict(config or {})
 
     # ----- helpers -----
     def _parents_of(self, node: str, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {p: values[p] for p in self.graph.parents(node)}
 
+    def component(self, node: str) -> ConfoundedComponent | None:
+        """The shared-noise model of `node`'s c-component, or None for an unconfounded node."""
+        name = self._component_of.get(node)
+        return self.components[name] if name is not None else None
+
+    def _shared(self, node: str, factual: Mapping[str, Tensor], cache: dict[str, Any]) -> dict[str, Tensor]:
+        """Shared confounder noise of `node`, abducted once per c-component from the factual."""
+        comp = self.component(node)
+        if comp is None:
+            return {}
+        if comp.name not in cache:
+            cache[comp.name] = comp.abduct_shared(factual, self.mechanisms)
+        return cache[comp.name][node]
+
     def _check_do(self, do: Mapping[str, Any]) -> None:
         unknown = [n for n in do if n not in self.graph]
         if unknown:
             raise KeyError(f"do() names unknown node(s) {unknown}; graph has {list(self.graph.nodes)}")
+
+    def _require(self, batch: Mapping[str, Tensor], nodes: Any, what: str) -> None:
+        missing = sorted(n for n in nodes if n not in batch)
+        if missing:
+            raise KeyError(f"{what} needs node(s) {missing} in the batch; it has {sorted(batch)}")
 
     @property
     def device(self) -> torch.device:
@@ -72,21 +107,28 @@ class SCM(nn.Module):
     def intervene(self, do: Mapping[str, Any], n: int) -> Batch:
         """Draw `n` samples from the interventional distribution P(V | do(...))."""
         self._check_do(do)
+        shared = {name: comp.sample_shared(n, self.mechanisms) for name, comp in self.components.items()}
         out: Batch = {}
         for node in self.graph.topological_order:
             if node in do:
                 out[node] = as_value(self.graph.kinds[node], do[node], n, self.device, node)
-            else:
-                out[node] = self.mechanisms[node].sample(self._parents_of(node, out), n=n)
+                continue
+            mech, name = self.mechanisms[node], self._component_of.get(node)
+            extras, own = (shared[name][0][node], shared[name][1]) if name else ({}, {})
+            noise = own[node] if node in own else mech.sample_noise(n)
+            out[node] = mech.predict(noise, {**self._parents_of(node, out), **extras})
         return out
 
     @torch.no_grad()
     def abduct(self, factual: Mapping[str, Tensor]) -> dict[str, Any]:
         """Exogenous noise of every node given a full factual batch."""
         self._require(factual, self.graph.nodes, "abduction")
-        return {
-            n: self.mechanisms[n].abduct(factual[n], self._parents_of(n, factual)) for n in self.graph.topological_order
-        }
+        cache: dict[str, Any] = {}
+        out = {}
+        for n in self.graph.topological_order:
+            parents = {**self._parents_of(n, factual), **self._shared(n, factual, cache)}
+            out[n] = self.mechanisms[n].abduct(factual[n], parents)
+        return out
 
     @torch.no_grad()
     def counterfactual(self, factual: Mapping[str, Tensor], do: Mapping[str, Any]) -> Batch:
@@ -96,14 +138,15 @@ class SCM(nn.Module):
         """
         self._check_do(do)
         affected = self.graph.descendants(do.keys()) - set(do)
-        needed = set(affected)
-        for n in affected:
-            needed |= set(self.graph.parents(n))
-        needed |= {n for n in self.graph.nodes if n not in do and n not in affected}
+        needed = {n for n in self.graph.nodes if n not in do and n not in affected}
+        for n in affected:  # factual parents; a confounded node also needs its whole c-component
+            comp = self.component(n)
+            for m in comp.nodes if comp is not None else (n,):
+                needed |= {m, *self.graph.parents(m)}
         self._require(factual, needed, "this counterfactual query")
-        batch = next(iter(factual[n] for n in needed)) if needed else None
-        b = batch.shape[0] if batch is not None else _batch_size_from_do(do)
+        b = factual[next(iter(needed))].shape[0] if needed else _batch_size_from_do(do)
         out: Batch = {}
+        shared: dict[str, Any] = {}  # confounder noise, abducted once per c-component
         for node in self.graph.topological_order:
             if node in do:  # action
                 out[node] = as_value(self.graph.kinds[node], do[node], b, self.device, node)
@@ -111,16 +154,12 @@ class SCM(nn.Module):
                 out[node] = factual[node]
             else:  # abduction under factual parents, prediction under counterfactual parents
                 mech = self.mechanisms[node]
-                noise = mech.abduct(factual[node], self._parents_of(node, factual))
-                out[node] = mech.predict(noise, self._parents_of(node, out))
+                extras = self._shared(node, factual, shared)
+                noise = mech.abduct(factual[node], {**self._parents_of(node, factual), **extras})
+                out[node] = mech.predict(noise, {**self._parents_of(node, out), **extras})
         if "_index" in factual:
             out["_index"] = factual["_index"]
         return out
-
-    def _require(self, batch: Mapping[str, Tensor], nodes: Any, what: str) -> None:
-        missing = sorted(n for n in nodes if n not in batch)
-        if missing:
-            raise KeyError(f"{what} needs node(s) {missing} in the batch; it has {sorted(batch)}")
 
     # ----- persistence -----
     def save(self, directory: str | Path, config: Mapping[str, Any] | None = None) -> Path:
@@ -134,29 +173,50 @@ class SCM(nn.Module):
             self.save_unit(directory, comp)
         return directory
 
-    def mechanism_specs(self) -> dict[str, dict[str, Any]]:
-        """Family name and constructor arguments of every node's mechanism."""
-        return {n: {"family": type(m).registry_name, "config": _plain(m.config)} for n, m in self.mechanisms.items()}
+    def mechanism_specs(self) -> dict[str, Any]:
+        """Family name and constructor arguments of every node's mechanism (+ `_components`: confounder models)."""
+        specs: dict[str, Any] = {
+            n: {"family": type(m).registry_name, "config": _plain(m.config)} for n, m in self.mechanisms.items()
+        }
+        if len(self.components):
+            specs["_components"] = {name: _plain(c.config) for name, c in self.components.items()}
+        return specs
 
     def save_unit(self, directory: str | Path, component: tuple[str, ...]) -> Path:
-        """Atomically write the weights of one c-component's mechanisms to `<unit>.ckpt`."""
-        state = {n: self.mechanisms[n].state_dict() for n in component}
-        return atomic_torch_save(
-            {"nodes": list(component), "state_dict": state}, Path(directory) / f"{unit_name(component)}.ckpt"
-        )
+        """Atomically write the weights of one c-component (mechanisms + shared-noise model) to `<unit>.ckpt`."""
+        name = unit_name(component)
+        ckpt: dict[str, Any] = {
+            "nodes": list(component),
+            "state_dict": {n: self.mechanisms[n].state_dict() for n in component},
+            "meta": {n: {"parents": list(self.graph.parents(n)), "kind": str(self.graph.kinds[n])} for n in component},
+        }
+        if name in self.components:
+            ckpt["component"] = self.components[name].state_dict()
+        return atomic_torch_save(ckpt, Path(directory) / f"{name}.ckpt")
 
     @classmethod
-    def build(cls, graph: CausalGraph, specs: Mapping[str, Mapping[str, Any]]) -> SCM:
-        """Construct fresh mechanisms from {node: {family, config}}."""
+    def build(cls, graph: CausalGraph, specs: Mapping[str, Any]) -> SCM:
+        """Construct fresh mechanisms from {node: {family, config}}.
+
+        Optional key `_components`: {unit name or "*": ConfoundedComponent kwargs} for confounded c-components.
+        """
         import imcf.mechanisms  # noqa: F401  (fills the registry)
 
+        comp_cfg = dict(specs.get("_components") or {})
+        components = {
+            unit_name(c): ConfoundedComponent(graph, c, **dict(comp_cfg.get(unit_name(c), comp_cfg.get("*", {}))))
+            for c in graph.c_components()
+            if len(c) > 1
+        }
+        member_of = {n: comp for comp in components.values() for n in comp.nodes}
         mechs = {}
         for n in graph.nodes:
             if n not in specs:
                 raise KeyError(f"no mechanism specified for node {n!r}")
-            spec = specs[n]
-            mechs[n] = MECHANISMS[spec["family"]].from_graph(graph, n, **dict(spec.get("config") or {}))
-        return cls(graph, mechs)
+            extra = member_of[n].extras(n) if n in member_of else None
+            family, config = specs[n]["family"], dict(specs[n].get("config") or {})
+            mechs[n] = MECHANISMS[family].from_graph(graph, n, extra, **config)
+        return cls(graph, mechs, components=components)
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> SCM:
@@ -184,6 +244,8 @@ class SCM(nn.Module):
             if n not in self.mechanisms:
                 raise KeyError(f"checkpoint {path} holds node {n!r}, which is not in the graph")
             self.mechanisms[n].load_state_dict(sd)
+        if "component" in ckpt:
+            self.components[unit_name(tuple(ckpt["nodes"]))].load_state_dict(ckpt["component"])
 
 
 def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str = "?") -> Tensor:

@@ -34,9 +34,16 @@ class Mechanism(nn.Module, ABC):
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
 
     @classmethod
-    def from_graph(cls, graph: CausalGraph, node: str, **kwargs: Any) -> Mechanism:
-        """Build the mechanism of `node` with its kind and its parents' kinds read from `graph`."""
+    def from_graph(
+        cls, graph: CausalGraph, node: str, extra_parents: Mapping[str, NodeKind] | None = None, **kwargs: Any
+    ) -> Mechanism:
+        """Build the mechanism of `node` with its kind and its parents' kinds read from `graph`.
+
+        `extra_parents` are pseudo-parents (shared confounder noise of the node's c-component); they are not
+        part of `config`, the component re-creates them.
+        """
         kinds = {p: graph.kinds[p] for p in graph.parents(node)}
+        kinds.update(extra_parents or {})
         mech = cls(node, graph.kinds[node], kinds, **kwargs)
         mech.config = dict(kwargs)
         return mech

@@ -7,9 +7,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from imcf.mechanisms.base import Mechanism
+from imcf.mechanisms.component import ConfoundedComponent
 
 
 class UnitModule(L.LightningModule):
@@ -20,9 +22,15 @@ class UnitModule(L.LightningModule):
     `manual_training_step(x, parents, optimizers, module)`; the module then runs in manual mode.
     """
 
-    def __init__(self, mechanisms: Mapping[str, Mechanism], optim: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        mechanisms: Mapping[str, Mechanism],
+        optim: Mapping[str, Any] | None = None,
+        component: ConfoundedComponent | None = None,
+    ) -> None:
         super().__init__()
         self.mechanisms = nn.ModuleDict(dict(mechanisms))
+        self.component = component  # shared confounder noise of a confounded unit: trained jointly
         self.optim = dict(optim or {})
         manual = [n for n, m in self.mechanisms.items() if getattr(m, "manual_optimization", False)]
         if manual and len(self.mechanisms) > 1:
@@ -36,12 +44,17 @@ class UnitModule(L.LightningModule):
     def _losses(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
         total = 0.0
         bs = next(iter(batch.values())).shape[0]
-        for node, mech in self.mechanisms.items():
+        sync = stage != "train"
+        if self.component is not None:  # joint objective of a confounded c-component
+            terms = self.component.loss(batch, self.mechanisms)
+            for k, v in terms.items():
+                if k != "loss":
+                    self.log(f"{stage}/{k}", v.detach().float(), batch_size=bs, on_epoch=True, sync_dist=sync)
+            total = terms["loss"]
+        for node, mech in self.mechanisms.items() if self.component is None else ():
             terms = mech.loss(batch[node], self._parents(mech, batch))
             for k, v in terms.items():
-                self.log(
-                    f"{stage}/{node}/{k}", v.detach().float(), batch_size=bs, on_epoch=True, sync_dist=stage != "train"
-                )
+                self.log(f"{stage}/{node}/{k}", v.detach().float(), batch_size=bs, on_epoch=True, sync_dist=sync)
             total = total + terms["loss"]
         self.log(
             f"{stage}/loss", total.detach(), prog_bar=True, batch_size=bs, on_epoch=True, sync_dist=stage != "train"
@@ -60,6 +73,38 @@ class UnitModule(L.LightningModule):
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._losses(batch, "val")
+        if batch_idx == 0:
+            self._grid_batch = {k: v[: self.num_grid] for k, v in batch.items()}
+
+    num_grid: int = 8
+
+    @torch.no_grad()
+    def image_grids(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """For each image node: rows factual | reconstruction | fresh sample | counterfactual whose parents
+        are taken from the next sample in the batch (a mechanism-level intervention on all parents)."""
+        from torchvision.utils import make_grid
+
+        grids = {}
+        for node, mech in self.mechanisms.items():
+            if not mech.kind.is_image:
+                continue
+            x = batch[node]
+            pa = self._parents(mech, batch)
+            shifted = {p: v.roll(1, dims=0) for p, v in pa.items()}
+            noise = mech.abduct(x, pa)
+            rows = [x, mech.predict(noise, pa), mech.sample(pa, n=x.shape[0]), mech.predict(noise, shifted)]
+            images = torch.cat(rows).clamp(-1, 1).add(1).div(2).float()
+            grids[f"val/{node}/factual_recon_sample_counterfactual"] = make_grid(images, nrow=x.shape[0])
+        return grids
+
+    def on_validation_epoch_end(self) -> None:
+        batch = getattr(self, "_grid_batch", None)
+        if batch is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        from imcf.training.loggers import log_images
+
+        for key, grid in self.image_grids(batch).items():
+            log_images(self.loggers, key, grid.cpu(), step=self.global_step)
 
     def configure_optimizers(self) -> Any:
         if not self.automatic_optimization:
@@ -77,6 +122,19 @@ class UnitModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         return opt
+
+    def on_train_end(self) -> None:
+        """Under DDP, check that every rank ended with the same weights (they must, or training diverged)."""
+        if self.trainer.world_size <= 1:
+            return
+        flat = torch.cat([p.detach().flatten().float() for p in self.parameters()])
+        gathered = self.all_gather(flat)
+        if not torch.all(gathered == gathered[0]):
+            raise RuntimeError("DDP ranks disagree on the unit's weights after training")
+        rank_zero_info(
+            f"[imcf] {self.trainer.world_size} ranks agree on the weights of "
+            f"{list(self.mechanisms)} (sum {flat.sum().item():.6g})"
+        )
 
     # RNG state travels with checkpoints so that a resumed run continues exactly where it stopped.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

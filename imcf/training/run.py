@@ -23,7 +23,9 @@ def build_scm(cfg: DictConfig) -> tuple[SCM, dict[str, Any]]:
     """Graph and fresh mechanisms from the config; pretrained mechanisms loaded and frozen."""
     graph = CausalGraph.from_dict(OmegaConf.to_container(cfg.graph, resolve=True))
     specs = mechanism_specs(graph, cfg.mechanism)
-    scm = SCM.build(graph, {n: {"family": s.family, "config": s.config} for n, s in specs.items()})
+    build_specs: dict[str, Any] = {n: {"family": s.family, "config": s.config} for n, s in specs.items()}
+    build_specs["_components"] = {"*": OmegaConf.to_container(cfg.mechanism.get("confounder") or {}, resolve=True)}
+    scm = SCM.build(graph, build_specs)
     for node, spec in specs.items():
         if spec.pretrained:
             load_pretrained(scm, node, spec.pretrained)
@@ -74,7 +76,8 @@ def _write_run_files(run_dir: Path, cfg: DictConfig, scm: SCM) -> None:
 
 def train_unit(cfg: DictConfig, scm: SCM, unit: Unit, datamodule: CausalDataModule, run_dir: Path) -> Path:
     """Fit one unit with Lightning (resuming from its last checkpoint) and write `<unit>.ckpt`."""
-    module = UnitModule({n: scm.mechanisms[n] for n in unit.nodes}, OmegaConf.to_container(cfg.optim))
+    component = scm.components[unit.name] if unit.name in scm.components else None
+    module = UnitModule({n: scm.mechanisms[n] for n in unit.nodes}, OmegaConf.to_container(cfg.optim), component)
     ckpt_dir = run_dir / "checkpoints" / unit.name
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True, save_top_k=1
