@@ -220,7 +220,7 @@ class SCM(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> SCM:
-        """Rebuild an SCM saved by `save` (or by training) from its directory; weights load safely."""
+        """Rebuild an SCM saved by `save` (or by training) from its directory, in eval mode; weights load safely."""
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"SCM directory not found: {directory}")
@@ -235,7 +235,7 @@ class SCM(nn.Module):
                     f"checkpoint for unit {unit_name(comp)!r} missing: {path} (was the unit trained?)"
                 )
             scm.load_unit(path)
-        return scm.to(map_location)
+        return scm.to(map_location).eval()
 
     def load_unit(self, path: str | Path) -> None:
         """Load one unit checkpoint written by `save_unit`."""
