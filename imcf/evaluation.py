@@ -541,6 +541,8 @@ def evaluate_scm(
     report_dir = Path(report_dir)
     grids, plots, grid_images = [], [], {}
     for m, cols in grid_cols.items():
+        # factual | each intervention | true counterfactuals | null cycles | round trips
+        cols = sorted(cols, key=lambda c: _grid_rank(c[0]))
         path = report_dir / "grids" / f"{m}.png"
         grid_images[m] = image_grid(path, cols, title=f"{run_dir}: {m}")
         grids.append(str(path.relative_to(report_dir)))
@@ -583,6 +585,14 @@ def evaluate_scm(
     _log(cfg, report_dir, results, grid_images)
     print(f"[imcf] evaluation report: {report_dir.resolve() / 'report.md'}")
     return str(report_dir)
+
+
+def _grid_rank(title: str) -> int:
+    """Grid column order: factual, interventions, true counterfactuals, null cycles, round trips."""
+    for rank, word in ((0, "factual"), (2, "true "), (3, "null "), (4, " back ")):
+        if word in title:
+            return rank
+    return 1
 
 
 def _check_dataset(graph: CausalGraph, dataset: CausalDataset, name: str) -> None:
