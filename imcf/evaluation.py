@@ -11,6 +11,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ from imcf.graph import CausalGraph, NodeKind
 from imcf.io import read_yaml
 from imcf.metrics.composition import LPIPSDistance, feature_l1, node_distance, null_intervention, repeat
 from imcf.metrics.effectiveness import effectiveness, f1_score, labels, mean_and_std
-from imcf.metrics.minimality import counterfactual_latent_divergence, load_or_train_vae
-from imcf.metrics.predictors import as_dict, load_or_train_predictors
+from imcf.metrics.minimality import LatentVAE, counterfactual_latent_divergence, load_or_train_vae
+from imcf.metrics.offline import dataset_fingerprint
+from imcf.metrics.predictors import AttributePredictor, as_dict, load_or_train_predictors
 from imcf.metrics.realism import InceptionFeatures, fid, kid
 from imcf.metrics.reversibility import round_trips
 from imcf.metrics.truth import truth_scores
@@ -288,61 +290,15 @@ def evaluate_scm(
     if cfg.interventions.kind not in ("binned", "marginal"):
         raise EvaluationError(f"interventions.kind must be binned or marginal, got {cfg.interventions.kind!r}")
 
-    # offline models: predictors (effectiveness, domain features) and the minimality VAE
     progress = bool(cfg.progress)
-    predictors, quality, vaes, extractors, lpips = {}, {}, {}, {}, None
-    need_predictors = images and (
-        "effectiveness" in metrics
-        or "composition" in metrics
-        or "reversibility" in metrics
-        or ("realism" in metrics and cfg.realism.features == "predictors")
+    models = offline_models(graph, metrics, dataset_name, options, data_root, cfg, device, dataset_fingerprint(dataset))
+    predictors, quality, vaes, extractors, lpips = (
+        models.predictors,
+        models.quality,
+        models.vaes,
+        models.extractors,
+        models.lpips,
     )
-    meta_files: dict[str, str] = {}
-    for m in images if need_predictors else []:
-        targets = image_targets(graph, m)
-        if not targets:
-            continue
-        model, q, path = load_or_train_predictors(
-            dataset_name,
-            options,
-            data_root,
-            m,
-            graph.kinds[m].shape,
-            targets,
-            cfg.predictors,
-            cfg.accelerator,
-            int(cfg.seed),
-            progress,
-        )
-        predictors[m], quality[m] = model.to(device), as_dict(q)
-        meta_files[f"predictors/{m}"] = path
-    if "minimality" in metrics:
-        for m in images:
-            vae, path = load_or_train_vae(
-                dataset_name,
-                options,
-                data_root,
-                m,
-                graph.kinds[m].shape,
-                cfg.minimality,
-                cfg.accelerator,
-                int(cfg.seed),
-                progress,
-            )
-            vaes[m] = vae.to(device)
-            meta_files[f"minimality/{m}"] = path
-    if "realism" in metrics:
-        for m in images:
-            if cfg.realism.features == "inception":
-                extractors[m] = InceptionFeatures(cfg.realism.inception_weights).to(device).eval()
-            elif cfg.realism.features == "predictors":
-                if m not in predictors:
-                    raise EvaluationError(f"realism.features=predictors: image {m!r} has no predictor")
-                extractors[m] = predictors[m].features
-            else:
-                raise EvaluationError(f"realism.features must be predictors or inception, got {cfg.realism.features!r}")
-    if cfg.lpips and ("composition" in metrics or "reversibility" in metrics) and images:
-        lpips = LPIPSDistance().to(device)
     measure = measurer(dataset) if "measured" in metrics else None
 
     def distances(prefix: str, out: Batch, factual: Batch, store: Store) -> None:
@@ -478,36 +434,9 @@ def evaluate_scm(
     results = {k: results[k] for k in sorted(results, key=lambda k: _order(k, intervened, graph))}
     if "realism" in metrics and n > 1:
         with store.timed("realism", 0):
-            real_split = build_dataset(dataset_name, data_root, cfg.realism.reference_split, **options)
-            ref_n = (
-                len(real_split)
-                if cfg.realism.max_reference is None
-                else min(len(real_split), int(cfg.realism.max_reference))
+            ref_n = realism_results(
+                results, feats, extractors, intervened, dataset_name, data_root, options, cfg, device
             )
-            real_loader = DataLoader(
-                Subset(real_split, range(ref_n)), batch_size=int(cfg.batch_size), collate_fn=stack_batch
-            )
-            real_feats: dict[str, list[Tensor]] = defaultdict(list)
-            with torch.no_grad():
-                for rb in tqdm(
-                    real_loader, desc=f"realism reference ({cfg.realism.reference_split})", disable=not progress
-                ):
-                    for m, f in extractors.items():
-                        real_feats[m].append(f(rb[m].to(device)).cpu())
-            for m in extractors:
-                real = torch.cat(real_feats[m])
-                for row in ["factual", *[f"do({t})" for t in intervened], "random do"]:
-                    key = f"{m}|{row}"
-                    if not feats.get(key):
-                        continue
-                    fake = torch.cat(feats[key])
-                    if fake.shape[0] < 2:
-                        continue
-                    results[f"realism/{row}/{m}:fid"] = {"mean": fid(real, fake), "std": None, "n": int(fake.shape[0])}
-                    mean, std = kid(
-                        real, fake, int(cfg.realism.kid_subsets), int(cfg.realism.kid_subset_size), int(cfg.seed)
-                    )
-                    results[f"realism/{row}/{m}:kid"] = {"mean": mean, "std": std, "n": int(fake.shape[0])}
         notes.append(
             f"realism: {cfg.realism.features} features; {ref_n} real images from the "
             f"{cfg.realism.reference_split} split"
@@ -515,16 +444,7 @@ def evaluate_scm(
     if "minimality" in metrics and n > 1:
         with store.timed("minimality", 0):
             for m in vaes:
-                ref = tuple(torch.cat([p[i] for p in posts[f"{m}|factual"]]) for i in range(2))
-                for t in intervened:
-                    row = f"do({t})"
-                    cf_post = tuple(torch.cat([p[i] for p in posts[f"{m}|{row}"]]) for i in range(2))
-                    g_f = torch.cat([g for g, _ in posts[f"groups|{row}"]])
-                    g_cf = torch.cat([g for _, g in posts[f"groups|{row}"]])
-                    g_ref = groups(graph.kinds[t], pool[t], edges.get(t))
-                    out = counterfactual_latent_divergence(ref, cf_post, ref, g_ref, g_f, g_cf, cfg.minimality.weights)
-                    results[f"minimality/{row}/{m}:cld"] = summary(out["cld"])
-                    results[f"minimality/{row}/{m}:latent_kl"] = summary(out["latent_kl"])
+                minimality_results(results, posts, m, graph, intervened, pool, edges, cfg.minimality.weights)
     for t in sorted(truth_missing):
         notes.append(f"truth: the dataset has no true counterfactual under do({t}); that row is left out")
     if "measured" in metrics:
@@ -571,7 +491,7 @@ def evaluate_scm(
         "metrics": metrics,
         "intervened": intervened,
         "predictors": quality,
-        "cached_models": meta_files,
+        "cached_models": models.files,
         # filled by the lead's identifiability check (imcf.identify): one verdict per intervention query
         "identifiability": None,
         "notes": notes,
@@ -585,6 +505,124 @@ def evaluate_scm(
     _log(cfg, report_dir, results, grid_images)
     print(f"[imcf] evaluation report: {report_dir.resolve() / 'report.md'}")
     return str(report_dir)
+
+
+# ------------------------------------------------------------------ offline models and set-level metrics
+
+
+@dataclass
+class OfflineModels:
+    """The readers the metrics need: predictors (and their test quality), VAEs, realism features, LPIPS."""
+
+    predictors: dict[str, AttributePredictor] = field(default_factory=dict)
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vaes: dict[str, LatentVAE] = field(default_factory=dict)
+    extractors: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)
+    lpips: LPIPSDistance | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def offline_models(
+    graph: CausalGraph,
+    metrics: list[str],
+    dataset: str,
+    options: dict[str, Any],
+    data_root: str,
+    cfg: Any,
+    device: torch.device,
+    fingerprint: Mapping[str, Any] | None = None,
+) -> OfflineModels:
+    """Load (training and caching when absent) every offline model the chosen metrics need."""
+    out = OfflineModels()
+    images = [v for v in graph.nodes if graph.kinds[v].is_image]
+    common = (cfg.accelerator, int(cfg.seed), bool(cfg.progress), fingerprint)
+    need_predictors = images and (
+        {"effectiveness", "composition", "reversibility"} & set(metrics)
+        or ("realism" in metrics and cfg.realism.features == "predictors")
+    )
+    for m in images if need_predictors else []:
+        targets = image_targets(graph, m)
+        if targets:
+            shape = graph.kinds[m].shape
+            model, q, path = load_or_train_predictors(
+                dataset, options, data_root, m, shape, targets, cfg.predictors, *common
+            )
+            out.predictors[m], out.quality[m] = model.to(device), as_dict(q)
+            out.files[f"predictors/{m}"] = path
+    for m in images if "minimality" in metrics else []:
+        vae, path = load_or_train_vae(dataset, options, data_root, m, graph.kinds[m].shape, cfg.minimality, *common)
+        out.vaes[m] = vae.to(device)
+        out.files[f"minimality/{m}"] = path
+    for m in images if "realism" in metrics else []:
+        if cfg.realism.features == "inception":
+            out.extractors[m] = InceptionFeatures(cfg.realism.inception_weights).to(device).eval()
+        elif cfg.realism.features == "predictors":
+            if m not in out.predictors:
+                raise EvaluationError(f"realism.features=predictors: image {m!r} has no predictor")
+            out.extractors[m] = out.predictors[m].features
+        else:
+            raise EvaluationError(f"realism.features must be predictors or inception, got {cfg.realism.features!r}")
+    if cfg.lpips and images and {"composition", "reversibility"} & set(metrics):
+        out.lpips = LPIPSDistance().to(device)
+    return out
+
+
+@torch.no_grad()
+def realism_results(
+    results: dict[str, dict[str, Any]],
+    feats: Mapping[str, list[Tensor]],
+    extractors: Mapping[str, Callable[[Tensor], Tensor]],
+    intervened: list[str],
+    dataset: str,
+    data_root: str,
+    options: dict[str, Any],
+    cfg: Any,
+    device: torch.device,
+) -> int:
+    """FID / KID of every collected feature set against the reference split; returns the reference size."""
+    real_split = build_dataset(dataset, data_root, cfg.realism.reference_split, **options)
+    limit = cfg.realism.max_reference
+    ref_n = len(real_split) if limit is None else min(len(real_split), int(limit))
+    loader = DataLoader(Subset(real_split, range(ref_n)), batch_size=int(cfg.batch_size), collate_fn=stack_batch)
+    real_feats: dict[str, list[Tensor]] = defaultdict(list)
+    desc = f"realism reference ({cfg.realism.reference_split})"
+    for rb in tqdm(loader, desc=desc, disable=not cfg.progress):
+        for m, f in extractors.items():
+            real_feats[m].append(f(rb[m].to(device)).cpu())
+    for m in extractors:
+        real = torch.cat(real_feats[m])
+        for row in ["factual", *[f"do({t})" for t in intervened], "random do"]:
+            fake = torch.cat(feats[f"{m}|{row}"]) if feats.get(f"{m}|{row}") else torch.zeros(0)
+            if fake.shape[0] < 2:
+                continue
+            results[f"realism/{row}/{m}:fid"] = {"mean": fid(real, fake), "std": None, "n": int(fake.shape[0])}
+            subsets, size = int(cfg.realism.kid_subsets), int(cfg.realism.kid_subset_size)
+            mean, std = kid(real, fake, subsets, size, int(cfg.seed))
+            results[f"realism/{row}/{m}:kid"] = {"mean": mean, "std": std, "n": int(fake.shape[0])}
+    return ref_n
+
+
+def minimality_results(
+    results: dict[str, dict[str, Any]],
+    posts: Mapping[str, list[tuple[Tensor, Tensor]]],
+    image: str,
+    graph: CausalGraph,
+    intervened: list[str],
+    pool: Mapping[str, Tensor],
+    edges: Mapping[str, Tensor],
+    weights: list[float],
+) -> None:
+    """CLD and latent KL per intervention; the reference set is the factual evaluation images."""
+    ref = tuple(torch.cat([p[i] for p in posts[f"{image}|factual"]]) for i in range(2))
+    for t in intervened:
+        row = f"do({t})"
+        cf_post = tuple(torch.cat([p[i] for p in posts[f"{image}|{row}"]]) for i in range(2))
+        g_f = torch.cat([g for g, _ in posts[f"groups|{row}"]])
+        g_cf = torch.cat([g for _, g in posts[f"groups|{row}"]])
+        g_ref = groups(graph.kinds[t], pool[t], edges.get(t))
+        out = counterfactual_latent_divergence(ref, cf_post, ref, g_ref, g_f, g_cf, weights)
+        results[f"minimality/{row}/{image}:cld"] = summary(out["cld"])
+        results[f"minimality/{row}/{image}:latent_kl"] = summary(out["latent_kl"])
 
 
 def _grid_rank(title: str) -> int:

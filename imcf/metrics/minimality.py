@@ -16,7 +16,7 @@ counterfactual x' under do(a):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +146,12 @@ def load_or_train_vae(
     accelerator: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> tuple[LatentVAE, str]:
     """The cached unconditional VAE of `image_node` for this dataset, trained on its training images if absent.
 
-    `cfg` is a MinimalityConfig (path, latent_dim, width, max_epochs, batch_size, lr, max_train_samples).
+    `cfg` is a MinimalityConfig (path, latent_dim, width, max_epochs, batch_size, lr, max_train_samples);
+    `fingerprint` (`imcf.metrics.offline.dataset_fingerprint`) ties the cache to the dataset's content.
     """
     from imcf.data.datamodule import build_dataset
     from imcf.metrics.offline import cache_path, fit, load_cached, save_cached, subset
@@ -159,6 +161,7 @@ def load_or_train_vae(
         "version": 1,
         "dataset": dataset,
         "options": dict(options),
+        "data": dict(fingerprint or {}),
         "image_node": image_node,
         "image_shape": [int(s) for s in image_shape],
         "latent_dim": int(cfg.latent_dim),
@@ -179,7 +182,16 @@ def load_or_train_vae(
     print(f"[imcf] training the minimality VAE for {dataset}/{image_node} -> {path}")
     train = build_dataset(dataset, data_root, "train", **options)
     val = subset(build_dataset(dataset, data_root, "val", **options), 2000, seed)
-    fit(vae, subset(train, cfg.max_train_samples, seed), val, int(cfg.max_epochs), int(cfg.batch_size),
-        float(cfg.lr), accelerator, seed, progress)
+    fit(
+        vae,
+        subset(train, cfg.max_train_samples, seed),
+        val,
+        int(cfg.max_epochs),
+        int(cfg.batch_size),
+        float(cfg.lr),
+        accelerator,
+        seed,
+        progress,
+    )
     save_cached(path, spec, {"state_dict": vae.state_dict()})
     return vae.eval(), str(path)

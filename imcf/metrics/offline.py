@@ -64,6 +64,15 @@ def load_cached(path: str | Path, spec: Mapping[str, Any], what: str) -> dict[st
     return ckpt
 
 
+def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
+    """What identifies a dataset's content beyond the options given: its class and its resolved options
+    (`dataset.options` where the dataset keeps them, e.g. Morpho-MNIST's generator version and upscale)."""
+    return {
+        "class": f"{type(dataset).__module__}.{type(dataset).__qualname__}",
+        "resolved_options": _plain(getattr(dataset, "options", None)),
+    }
+
+
 def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 

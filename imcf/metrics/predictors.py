@@ -223,10 +223,12 @@ def load_or_train_predictors(
     accelerator: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> tuple[AttributePredictor, dict[str, PredictorQuality], str]:
     """The cached predictor of `image_node` for this dataset, trained (and scored on the test split) if absent.
 
-    `cfg` is a PredictorConfig (path, inputs, width, max_epochs, batch_size, lr, max_train_samples, poor_*).
+    `cfg` is a PredictorConfig (path, inputs, width, max_epochs, batch_size, lr, max_train_samples, poor_*);
+    `fingerprint` (`imcf.metrics.offline.dataset_fingerprint`) ties the cache to the dataset's content.
     Returns (model in eval mode on CPU, test-set quality, cache file).
     """
     from imcf.data.datamodule import build_dataset
@@ -238,6 +240,7 @@ def load_or_train_predictors(
         "version": 1,
         "dataset": dataset,
         "options": dict(options),
+        "data": dict(fingerprint or {}),
         "image_node": image_node,
         "image_shape": [int(s) for s in image_shape],
         "targets": dict(targets),

@@ -43,3 +43,14 @@ def test_cache_for_another_dataset_is_refused(tmp_path):
         load_cached(path, {**spec, "dataset": "morphomnist"}, "predictors")
     with pytest.raises(CacheMismatchError, match="options"):
         load_cached(path, {**spec, "options": {"seed": 1}}, "predictors")
+
+
+def test_cache_key_follows_the_dataset_content(tmp_path):
+    from imcf.data.datamodule import build_dataset
+    from imcf.metrics.offline import cache_key, dataset_fingerprint
+
+    data = build_dataset("linear_gaussian", str(tmp_path), "test", sizes={"train": 10, "val": 10, "test": 10})
+    fp = dataset_fingerprint(data)
+    assert fp["class"].endswith("LinearGaussianDataset")
+    spec = {"dataset": "linear_gaussian", "data": fp}
+    assert cache_key(spec) != cache_key({**spec, "data": {**fp, "resolved_options": {"upscale": 6}}})
