@@ -124,3 +124,31 @@ def test_run_dir_without_checkpoints(tmp_path):
         evaluate({"run_dir": str(run)})
     with pytest.raises(EvaluationError, match="does not exist"):
         evaluate({"run_dir": str(tmp_path / "nowhere")})
+
+
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from imcf.config import EvaluateConfig, validate
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        return validate(compose("evaluate", overrides=["run_dir=runs/x", *overrides]), EvaluateConfig)
+
+
+def test_benchmark_protocol_is_the_default_and_matches_the_schema_defaults():
+    from omegaconf import OmegaConf
+
+    from imcf.config import EvaluateConfig, validate
+
+    composed = _compose()
+    defaults = validate({"run_dir": "runs/x"}, EvaluateConfig)
+    assert composed.protocol == defaults.protocol == "benchmark"
+    for key in ("interventions", "predictors", "realism", "minimality", "cycles"):
+        assert OmegaConf.to_container(composed[key]) == OmegaConf.to_container(defaults[key]), key
+    assert composed.interventions.kind == "binned" and composed.interventions.bins == 9
+
+
+def test_protocol_and_metric_selection_from_the_command_line():
+    cfg = _compose("metrics/protocol=quick", "compute=[truth,composition]")
+    assert cfg.protocol == "quick" and cfg.interventions.kind == "marginal" and cfg.num_samples == 512
+    assert list(cfg.compute) == ["truth", "composition"]
