@@ -1,6 +1,7 @@
 """Mechanism families; importing this package registers every family in `imcf.registry.MECHANISMS`."""
 
 from imcf.mechanisms import (
+    ddim,  # noqa: F401
     discrete,  # noqa: F401
     flow,  # noqa: F401
     gan,  # noqa: F401

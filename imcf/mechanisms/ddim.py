@@ -1,0 +1,213 @@
+"""Conditional DDIM image mechanism: a diffusers UNet, abduction by DDIM inversion, prediction by DDIM sampling.
+
+This is the per-node DDIM encode / decode of the Diffusion Causal Model (Chao et al.) on images:
+the exogenous noise of the image is the DDIM latent x_T reached by running the deterministic
+(eta = 0) probability-flow ODE backwards from the factual image under the factual parents; the
+counterfactual is the forward ODE from that x_T under the counterfactual parents. The noise
+schedule and both ODE solvers are diffusers' (`DDPMScheduler`, `DDIMScheduler`,
+`DDIMInverseScheduler`), built from one config so inversion and sampling share their time grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, UNet2DModel
+from torch import Tensor, nn
+
+from imcf.graph import NodeKind
+from imcf.mechanisms.base import Mechanism
+from imcf.nn.parents import ParentEncoder
+from imcf.registry import MECHANISMS
+
+
+@MECHANISMS.register("ddim")
+class DDIM(Mechanism):
+    """Image node x = DDIM_sample(x_T, parents) with x_T ~ N(0, I); abduction is DDIM inversion.
+
+    Parents enter through `ParentEncoder`, then an MLP to the UNet's time-embedding width, added to the
+    time embedding (`class_embed_type="identity"`); with `parent_maps=True` the encoded parents are also
+    concatenated to the input as constant channels. During training the parents are replaced by a
+    learned null embedding (and zero maps) with probability `cfg_dropout`, so sampling can use
+    classifier-free guidance: eps = eps_null + guidance_scale * (eps_parents - eps_null).
+
+    Inversion and sampling both use `num_inference_steps` and `guidance_scale`, so a null intervention
+    follows the same ODE both ways. Inversion is approximate (each inversion step evaluates the network at
+    the start of the step, sampling at its end), so `exact_abduction` is False; the round-trip error falls
+    as the number of steps grows (docs/mechanism_ddim.md gives measured numbers).
+    """
+
+    exact_abduction = False
+
+    def __init__(
+        self,
+        node: str,
+        kind: NodeKind,
+        parent_kinds: Mapping[str, NodeKind],
+        block_out_channels: Sequence[int] = (32, 64, 64),
+        layers_per_block: int = 1,
+        attention: bool = False,
+        norm_num_groups: int = 8,
+        dropout: float = 0.0,
+        parent_maps: bool = False,
+        ranges: Mapping[str, Sequence[float]] | None = None,
+        cfg_dropout: float = 0.1,
+        guidance_scale: float = 1.0,
+        num_inference_steps: int = 50,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        clamp_output: bool = True,
+    ) -> None:
+        super().__init__(node, kind, parent_kinds)
+        if kind.name != "image":
+            raise ValueError(f"ddim needs an image node; {node!r} is {kind}")
+        channels, height, width = kind.shape  # type: ignore[misc]
+        levels = len(block_out_channels)
+        if levels < 1:
+            raise ValueError(f"ddim {node!r}: block_out_channels must name at least one level")
+        factor = 2 ** (levels - 1)
+        if height % factor or width % factor:
+            raise ValueError(
+                f"ddim {node!r}: image shape {kind.shape} must be divisible by 2**(levels-1) = {factor} "
+                f"for block_out_channels {list(block_out_channels)}"
+            )
+        bad = [c for c in block_out_channels if c % norm_num_groups]
+        if bad:
+            raise ValueError(f"ddim {node!r}: block_out_channels {bad} not divisible by norm_num_groups")
+        if not 0.0 <= cfg_dropout < 1.0:
+            raise ValueError(f"ddim {node!r}: cfg_dropout must be in [0, 1), got {cfg_dropout}")
+        if num_inference_steps < 1 or num_inference_steps > num_train_timesteps:
+            raise ValueError(
+                f"ddim {node!r}: num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}"
+            )
+        self.cfg_dropout = float(cfg_dropout)
+        self.guidance_scale = float(guidance_scale)
+        self.num_inference_steps = int(num_inference_steps)
+        self.clamp_output = bool(clamp_output)
+        self.parent_maps = bool(parent_maps) and bool(self.parents)
+
+        time_embed_dim = 4 * block_out_channels[0]
+        if self.parents:
+            self.encoder = ParentEncoder(parent_kinds, {p: tuple(r) for p, r in (ranges or {}).items()})
+            d = self.encoder.dim
+            self.project = nn.Sequential(
+                nn.Linear(d, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)
+            )
+            self.null_embedding = nn.Parameter(torch.zeros(time_embed_dim))
+        else:
+            self.encoder = None
+        extra_in = self.encoder.dim if self.parent_maps else 0
+        down = ["AttnDownBlock2D" if attention and i == levels - 1 else "DownBlock2D" for i in range(levels)]
+        up = ["AttnUpBlock2D" if attention and i == 0 else "UpBlock2D" for i in range(levels)]
+        self.unet = UNet2DModel(
+            sample_size=(height, width),
+            in_channels=channels + extra_in,
+            out_channels=channels,
+            down_block_types=tuple(down),
+            up_block_types=tuple(up),
+            block_out_channels=tuple(int(c) for c in block_out_channels),
+            layers_per_block=int(layers_per_block),
+            norm_num_groups=int(norm_num_groups),
+            dropout=float(dropout),
+            add_attention=bool(attention),
+            attention_head_dim=min(32, int(block_out_channels[-1])),
+            class_embed_type="identity" if self.parents else None,
+        )
+        # One schedule, three views of it: training noise, DDIM sampling, DDIM inversion.
+        schedule = dict(
+            num_train_timesteps=int(num_train_timesteps),
+            beta_schedule=beta_schedule,
+            clip_sample=False,
+            prediction_type="epsilon",
+        )
+        self.train_scheduler = DDPMScheduler(**schedule)
+        self.scheduler = DDIMScheduler(**schedule, set_alpha_to_one=True)
+        self.inverse_scheduler = DDIMInverseScheduler(**schedule, set_alpha_to_one=True)
+
+    # ----- conditioning -----
+    def condition(self, parents: Mapping[str, Tensor], batch_size: int) -> Tensor | None:
+        """Parents -> encoded (B, D) features (None for a root node)."""
+        if self.encoder is None:
+            return None
+        self.parent_vector(parents, batch_size)  # validates names and shapes with clear errors
+        return self.encoder({p: parents[p].to(self.device) for p in self.parents})
+
+    def eps(self, x_t: Tensor, t: Tensor | int, features: Tensor | None, keep: Tensor | None = None) -> Tensor:
+        """Predicted noise at `x_t`, timestep `t`; `keep` (B,) bool marks rows conditioned on their parents
+        (the others get the null embedding and zero parent maps); None keeps all."""
+        if features is None:
+            return self.unet(x_t, t).sample
+        emb = self.project(features)
+        if keep is not None:
+            emb = torch.where(keep[:, None], emb, self.null_embedding.expand_as(emb))
+        inp = x_t
+        if self.parent_maps:
+            maps = features if keep is None else features * keep[:, None].to(features.dtype)
+            inp = torch.cat([x_t, maps[:, :, None, None].expand(-1, -1, *x_t.shape[2:])], dim=1)
+        return self.unet(inp, t, class_labels=emb).sample
+
+    def guided_eps(self, x_t: Tensor, t: Tensor | int, features: Tensor | None) -> Tensor:
+        """Classifier-free guided noise prediction (plain conditional when guidance_scale == 1)."""
+        if features is None or self.guidance_scale == 1.0:
+            return self.eps(x_t, t, features)
+        b = x_t.shape[0]
+        keep = torch.arange(2 * b, device=x_t.device) < b
+        both = self.eps(torch.cat([x_t, x_t]), t, torch.cat([features, features]), keep)
+        cond, null = both[:b], both[b:]
+        return null + self.guidance_scale * (cond - null)
+
+    # ----- the contract -----
+    @torch.no_grad()
+    def abduct(self, x: Tensor, parents: Mapping[str, Tensor]) -> Tensor:
+        """DDIM inversion of the factual image under the factual parents: x_0 -> x_T."""
+        self._check_image(x)
+        features = self.condition(parents, x.shape[0])
+        sample = x.to(self.device, self._device_anchor.dtype)
+        self.inverse_scheduler.set_timesteps(self.num_inference_steps, device=self.device)
+        for t in self.inverse_scheduler.timesteps:
+            sample = self.inverse_scheduler.step(self.guided_eps(sample, t, features), t, sample).prev_sample
+        return sample
+
+    @torch.no_grad()
+    def predict(self, noise: Tensor, parents: Mapping[str, Tensor]) -> Tensor:
+        """DDIM sampling (eta = 0) from x_T under the given (counterfactual) parents: x_T -> x_0."""
+        self._check_image(noise)
+        features = self.condition(parents, noise.shape[0])
+        sample = noise.to(self.device, self._device_anchor.dtype)
+        self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
+        for t in self.scheduler.timesteps:
+            sample = self.scheduler.step(self.guided_eps(sample, t, features), t, sample, eta=0.0).prev_sample
+        return sample.clamp(-1.0, 1.0) if self.clamp_output else sample
+
+    def sample_noise(self, n: int) -> Tensor:
+        return torch.randn(n, *self.kind.tensor_shape, device=self.device)
+
+    def loss(self, x: Tensor, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Noise-prediction MSE at a uniformly drawn timestep, parents dropped with prob `cfg_dropout`."""
+        self._check_image(x)
+        b = x.shape[0]
+        features = self.condition(parents, b)
+        noise = torch.randn_like(x)
+        t = torch.randint(0, self.train_scheduler.config.num_train_timesteps, (b,), device=x.device)
+        x_t = self.train_scheduler.add_noise(x, noise, t)
+        keep = None
+        if features is not None and self.training and self.cfg_dropout > 0:
+            keep = torch.rand(b, device=x.device) >= self.cfg_dropout
+        mse = (self.eps(x_t, t, features, keep) - noise).pow(2).mean()
+        return {"loss": mse, "eps_mse": mse.detach()}
+
+    def _check_image(self, x: Tensor) -> None:
+        expected = self.kind.tensor_shape
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"ddim {self.node!r}: expected images (B, {expected}), got {tuple(x.shape)}")
+
+    def extra_repr(self) -> str:
+        parts: dict[str, Any] = {
+            "node": self.node,
+            "parents": list(self.parents),
+            "steps": self.num_inference_steps,
+            "guidance": self.guidance_scale,
+        }
+        return ", ".join(f"{k}={v}" for k, v in parts.items())
