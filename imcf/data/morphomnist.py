@@ -33,7 +33,7 @@ MEASURE_SCALE = 4
 #: binarisation threshold as a fraction of the image's intensity range
 THRESHOLD = 0.5
 #: upscale factor of the perturbation (dilation / erosion) canvas; chosen for the time budget, see docs
-DEFAULT_UPSCALE = 8
+DEFAULT_UPSCALE = 6
 #: all measurable features; `measure_batch` computes thickness and intensity unless told otherwise
 FEATURES = ("thickness", "intensity", "area", "length", "slant", "width", "height")
 
@@ -619,6 +619,8 @@ def render_batch(
             raise ValueError(f"render_batch: thick_images shape {thick_images.shape} != bases shape {bases.shape}")
     workers = default_workers() if workers is None else max(1, int(workers))
     workers = min(workers, max(1, n // 16))
+    if multiprocessing.current_process().daemon:  # e.g. inside a DataLoader worker: no child processes
+        workers = 1
     if workers <= 1:
         return _render_chunk((bases, thick_images, ts, is_, upscale_factor))
     bounds = np.linspace(0, n, min(n, workers * 8) + 1).astype(int)
