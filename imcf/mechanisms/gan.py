@@ -252,7 +252,10 @@ class ConditionalGAN(LatentImageMechanism):
 
     # ----- manual optimisation (imcf.training.module.UnitModule) -----
     def configure_unit_optimizers(self, optim: Mapping[str, Any]) -> list[torch.optim.Optimizer]:
-        """[discriminator Adam, generator + encoder Adam]; lr, betas, weight_decay from the run's optim."""
+        """[discriminator, generator + encoder, encoder fine-tuning] Adams; lr, betas, weight_decay from optim.
+
+        The fine-tuning stage gets its own optimizer: the adversarial stage's second-moment estimates are
+        scaled to adversarial gradients and would shrink the reconstruction steps."""
         lr = float(optim.get("lr", 1e-3))
         betas = self.betas if self.betas is not None else tuple(optim.get("betas", (0.9, 0.999)))
         wd = float(optim.get("weight_decay", 0.0))
@@ -260,7 +263,8 @@ class ConditionalGAN(LatentImageMechanism):
             self.discriminator.parameters(), lr=lr * self.disc_lr_scale, betas=betas, weight_decay=wd
         )
         ge_params = [*self.generator.parameters(), *self.encoder.parameters()]
-        return [d_opt, torch.optim.Adam(ge_params, lr=lr, betas=betas, weight_decay=wd)]
+        ge_opt = torch.optim.Adam(ge_params, lr=lr, betas=betas, weight_decay=wd)
+        return [d_opt, ge_opt, torch.optim.Adam(self.encoder.parameters(), lr=lr, betas=betas, weight_decay=wd)]
 
     def _step(self, optimizer: Any, loss: Tensor, module: Any) -> float:
         """Backward through `module`, clip / skip as configured, step; returns the gradient norm."""
@@ -278,14 +282,14 @@ class ConditionalGAN(LatentImageMechanism):
         """One batch: a discriminator step then a generator + encoder step, or (in the fine-tuning stage)
         one encoder step on the reconstruction error with G and D frozen. Returns the terms to log."""
         self._check_image(x)
-        d_opt, ge_opt = optimizers
+        d_opt, ge_opt, e_opt = optimizers
         b = x.shape[0]
         cond = self.condition(parents, b).detach()  # once per batch: updates the running statistics once
         z = torch.randn(b, self.latent_dim, device=x.device)
         finetune = self.in_finetune_stage()
         self.train_batches += 1
         if finetune:
-            return self._finetune_step(x, cond, z, ge_opt, module)
+            return self._finetune_step(x, cond, z, e_opt, module)
 
         # discriminator: real (x, E(x)) vs generated (G(z), z)
         with torch.no_grad():
