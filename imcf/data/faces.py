@@ -17,6 +17,7 @@ own u when young or male change.
 from __future__ import annotations
 
 import colorsys
+import functools
 import hashlib
 import io
 import json
@@ -136,8 +137,8 @@ def _lerp_palette(palette: np.ndarray, t: float) -> np.ndarray:
 
 
 def _rgb(c: np.ndarray) -> tuple[int, int, int]:
-    c = np.clip(np.round(c), 0, 255).astype(int)
-    return int(c[0]), int(c[1]), int(c[2])
+    r, g, b = (min(255, max(0, round(float(v)))) for v in c)
+    return r, g, b
 
 
 def _contrast(c: np.ndarray, ref: np.ndarray, gap: float) -> np.ndarray:
@@ -151,6 +152,12 @@ def _contrast(c: np.ndarray, ref: np.ndarray, gap: float) -> np.ndarray:
     if target < lc:
         return c * (target / max(lc, 1.0))
     return c + (255 - c) * (target - lc) / max(255 - lc, 1.0)
+
+
+@functools.cache
+def _grid(n: int) -> np.ndarray:
+    """Pixel centres in [-1, 1] (float32)."""
+    return (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -168,9 +175,9 @@ def render_face(attributes: Mapping[str, int], style: np.ndarray, size: int = 64
     ang = st["background_angle"] * 2 * np.pi
     c1 = _hsv(st["background_hue"], 0.45, 0.85)
     c2 = _hsv(st["background_hue2"], 0.55, 0.45 + 0.4 * st["background_hue"])
-    grid = (np.arange(canvas) + 0.5) / canvas * 2 - 1
-    t = (np.cos(ang) * grid[None, :] + np.sin(ang) * grid[:, None]) * 0.5 + 0.5
-    bg = c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]
+    grid = _grid(canvas)
+    t = np.add.outer(np.float32(0.5 * np.sin(ang)) * grid, np.float32(0.5 * np.cos(ang)) * grid) + np.float32(0.5)
+    bg = c1.astype(np.float32) + t[..., None] * (c2 - c1).astype(np.float32)
     im = Image.fromarray(bg.astype(np.uint8), "RGB")
     d = ImageDraw.Draw(im)
 
@@ -295,10 +302,13 @@ def render_face(attributes: Mapping[str, int], style: np.ndarray, size: int = 64
     # downsample, then directional lighting and overall brightness
     out = np.asarray(im.reduce(2), dtype=np.float32)
     la = st["light_angle"] * 2 * np.pi
-    g = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
-    light = 1 + 0.3 * st["light_strength"] * (np.cos(la) * g[None, :] + np.sin(la) * g[:, None])
-    out = out * (light[..., None] * (0.85 + 0.25 * st["brightness"]))
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    g = _grid(size)
+    k = 0.3 * st["light_strength"] * (0.85 + 0.25 * st["brightness"])
+    light = np.add.outer(np.float32(k * np.sin(la)) * g, np.float32(k * np.cos(la)) * g)
+    light += np.float32(0.85 + 0.25 * st["brightness"])
+    out *= light[..., None]
+    np.clip(out, 0, 255, out=out)
+    return np.rint(out, out=out).astype(np.uint8)
 
 
 def _render_chunk(args: tuple[np.ndarray, np.ndarray, int]) -> np.ndarray:
