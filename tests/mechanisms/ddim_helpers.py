@@ -55,7 +55,12 @@ def tiny_trained_state() -> dict[str, Tensor]:
     torch.manual_seed(0)
     mech = DDIM.from_graph(CausalGraph.from_dict(MNIST_GRAPH), "x", **TINY)
     x, parents = mnist32()
-    train(mech, x, parents, steps=100)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny net gains nothing from more; on a busy machine 2 threads ran 8x slower
+    try:
+        train(mech, x, parents, steps=100)
+    finally:
+        torch.set_num_threads(threads)
     return {k: v.clone() for k, v in mech.state_dict().items()}
 
 
