@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,8 @@ class SCM(nn.Module):
         self.mechanisms = nn.ModuleDict({n: mechanisms[n] for n in graph.nodes})
         self.components = nn.ModuleDict(components)
         self.config = dict(config or {})
+        self.strict = False  # refuse counterfactual queries the graph cannot identify (identify.strict)
+        self.verdicts: dict[tuple[str, ...], dict[str, Any]] = {}  # identifiability of every query answered
 
     # ----- helpers -----
     def _parents_of(self, node: str, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -96,6 +99,20 @@ class SCM(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(iter(self.mechanisms.values())).device
+
+    def verdict(self, do: Mapping[str, Any] | tuple[str, ...], strict: bool = False) -> dict[str, Any]:
+        """Identifiability of the counterfactual query do(...) on this graph, and what it rests on (cached)."""
+        from imcf.identify import counterfactual_verdict
+
+        key = tuple(sorted(do))
+        if key not in self.verdicts:
+            families = {n: type(m).registry_name for n, m in self.mechanisms.items()}
+            self.verdicts[key] = counterfactual_verdict(self.graph, key, families)
+            if self.verdicts[key].get("warning"):
+                warnings.warn(f"do({', '.join(key)}): {self.verdicts[key]['warning']}", stacklevel=3)
+        if strict and self.verdicts[key]["status"] == "not_identified":
+            counterfactual_verdict(self.graph, key, strict=True)  # raises, naming the confounding path
+        return self.verdicts[key]
 
     # ----- the three rungs -----
     @torch.no_grad()
@@ -135,8 +152,12 @@ class SCM(nn.Module):
         """Counterfactual batch: intervened nodes set, non-descendants copied, descendants re-predicted.
 
         `do` maps node -> value: a Python number, a tensor of one sample's shape, or one value per sample.
+        The query's identifiability verdict is recorded in `self.verdicts` (a warning when the graph cannot
+        identify it; an error instead when `self.strict`).
         """
         self._check_do(do)
+        if do:
+            self.verdict(do, strict=self.strict)
         affected = self.graph.descendants(do.keys()) - set(do)
         needed = {n for n in self.graph.nodes if n not in do and n not in affected}
         for n in affected:  # factual parents; a confounded node also needs its whole c-component

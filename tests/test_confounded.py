@@ -115,3 +115,21 @@ def test_joint_training_learns_the_confounded_covariance(mode):
     s = scm.intervene({"x": 0.0}, 20_000)
     cov = torch.cov(torch.cat([s["a"], s["b"]], 1).T)
     torch.testing.assert_close(cov, torch.tensor([[1.0, 0.6], [0.6, 1.0]]), atol=0.12, rtol=0)
+
+
+def test_counterfactual_records_identifiability_and_strict_refuses():
+    g = CausalGraph.from_dict(
+        {"nodes": {"a": "continuous", "b": {"kind": "continuous", "parents": ["a"]}}, "confounded": [["a", "b"]]}
+    )
+    scm = SCM.build(g, {"a": {"family": "linear_gaussian"}, "b": {"family": "linear_gaussian"}})
+    f = scm.sample(4)
+    with pytest.warns(UserWarning, match="not identifiable"):
+        scm.counterfactual(f, {"a": 1.0})
+    assert scm.verdicts[("a",)]["status"] == "not_identified"
+    scm.strict = True
+    with pytest.raises(ValueError, match="confounding path b <-> a"):
+        scm.counterfactual(f, {"a": 1.0})
+    ok = _true_scm()
+    ok.strict = True
+    ok.counterfactual(ok.sample(4), {"b": 0.0})  # y's answer rests on its mechanism, not on the confounder
+    assert ok.verdicts[("b",)]["status"] == "rests_on_mechanism"
