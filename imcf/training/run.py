@@ -8,8 +8,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from imcf.config import TrainConfig, mechanism_specs, validate
+from imcf.config import ConfigError, TrainConfig, mechanism_specs, validate
 from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
 from imcf.io import atomic_write_yaml, read_yaml, safe_torch_load
@@ -74,28 +75,43 @@ def _write_run_files(run_dir: Path, cfg: DictConfig, scm: SCM) -> None:
     scm.graph.draw(run_dir / "graph.png")
 
 
+def unit_settings(cfg: DictConfig, unit: Unit) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trainer and optimiser settings of one unit: the global ones with `unit_overrides.<unit>` on top."""
+    over = dict(cfg.unit_overrides.get(unit.name) or {})
+    unknown = set(over) - {"trainer", "optim"}
+    if unknown:
+        raise ConfigError(f"unit_overrides.{unit.name}: unknown key(s) {sorted(unknown)}; use trainer / optim")
+    try:  # cfg.trainer / cfg.optim are typed: a wrong key or type fails here
+        trainer = OmegaConf.merge(cfg.trainer, over.get("trainer") or {})
+        optim = OmegaConf.merge(cfg.optim, over.get("optim") or {})
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"unit_overrides.{unit.name}: {e}") from None
+    return OmegaConf.to_container(trainer, resolve=True), OmegaConf.to_container(optim, resolve=True)
+
+
 def train_unit(cfg: DictConfig, scm: SCM, unit: Unit, datamodule: CausalDataModule, run_dir: Path) -> Path:
     """Fit one unit with Lightning (resuming from its last checkpoint) and write `<unit>.ckpt`."""
+    trainer_cfg, optim_cfg = unit_settings(cfg, unit)
     component = scm.components[unit.name] if unit.name in scm.components else None
-    module = UnitModule({n: scm.mechanisms[n] for n in unit.nodes}, OmegaConf.to_container(cfg.optim), component)
+    module = UnitModule({n: scm.mechanisms[n] for n in unit.nodes}, optim_cfg, component)
     ckpt_dir = run_dir / "checkpoints" / unit.name
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True, save_top_k=1
     )
     hparams = OmegaConf.to_container(cfg, resolve=True)
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_cfg,
         default_root_dir=str(run_dir),
         logger=build_loggers(cfg.logger, run_dir / "logs", unit.name, hparams) or False,
         callbacks=[checkpoint],
     )
     last = ckpt_dir / "last.ckpt"
-    resume = str(last) if cfg.resume and last.is_file() and not cfg.trainer.fast_dev_run else None
+    resume = str(last) if cfg.resume and last.is_file() and not trainer_cfg["fast_dev_run"] else None
     if resume:
         print(f"[imcf] resuming unit {unit.name!r} from {resume}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best = checkpoint.best_model_path
-    if best and Path(best).is_file() and not cfg.trainer.fast_dev_run:
+    if best and Path(best).is_file() and not trainer_cfg["fast_dev_run"]:
         state = safe_torch_load(best)["state_dict"]
         module.load_state_dict(state)
     return scm.save_unit(run_dir, unit.nodes) if trainer.is_global_zero else run_dir / f"{unit.name}.ckpt"
@@ -110,6 +126,10 @@ def train(cfg: Any) -> dict[str, Any]:
     _write_run_files(run_dir, cfg, scm)
     pretrained = {n for n, s in specs.items() if s.pretrained}
     units = plan_units(scm.graph, pretrained, cfg.units)
+    names = [u.name for u in plan_units(scm.graph, pretrained)]
+    stray = [u for u in cfg.unit_overrides if u not in names]
+    if stray:
+        raise ConfigError(f"unit_overrides names unknown unit(s) {stray}; units of this graph: {names}")
     dm = CausalDataModule(
         cfg.dataset.name,
         root=cfg.dataset.root,

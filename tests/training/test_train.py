@@ -110,3 +110,26 @@ def test_train_then_evaluate_writes_report(tmp_path):
     result = train(_cfg(tmp_path, "trainer.max_epochs=3", "evaluate.num_samples=100"))
     report = Path(result["report"])
     assert (report / "metrics.json").is_file() and (report / "report.md").is_file()
+
+
+def test_unit_overrides_change_one_unit_only(tmp_path):
+    result = train(
+        _cfg(
+            tmp_path,
+            "trainer.max_epochs=1",
+            "evaluate_after=false",
+            "units=[x1,x2]",
+            "unit_overrides={x2: {trainer: {max_epochs: 3}}}",
+        )
+    )
+    logs = Path(result["run_dir"]) / "logs"
+    epochs = {u: (logs / u / "version_0" / "metrics.csv").read_text().count("\n") for u in ("x1", "x2")}
+    assert epochs["x2"] > epochs["x1"]
+    with pytest.raises(Exception, match="unit_overrides names unknown unit"):
+        train(_cfg(tmp_path / "b", "evaluate_after=false", "unit_overrides={zz: {trainer: {max_epochs: 3}}}"))
+    with pytest.raises(Exception, match="unit_overrides.x1"):
+        train(
+            _cfg(
+                tmp_path / "c", "evaluate_after=false", "units=[x1]", "unit_overrides={x1: {trainer: {max_epoch: 3}}}"
+            )
+        )
