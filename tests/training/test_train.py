@@ -119,17 +119,17 @@ def test_unit_overrides_change_one_unit_only(tmp_path):
             "trainer.max_epochs=1",
             "evaluate_after=false",
             "units=[x1,x2]",
-            "unit_overrides={x2: {trainer: {max_epochs: 3}}}",
+            "+unit_overrides={x2: {trainer: {max_epochs: 3}}}",
         )
     )
     logs = Path(result["run_dir"]) / "logs"
     epochs = {u: (logs / u / "version_0" / "metrics.csv").read_text().count("\n") for u in ("x1", "x2")}
     assert epochs["x2"] > epochs["x1"]
     with pytest.raises(Exception, match="unit_overrides names unknown unit"):
-        train(_cfg(tmp_path / "b", "evaluate_after=false", "unit_overrides={zz: {trainer: {max_epochs: 3}}}"))
+        train(_cfg(tmp_path / "b", "evaluate_after=false", "+unit_overrides={zz: {trainer: {max_epochs: 3}}}"))
     with pytest.raises(Exception, match="unit_overrides.x1"):
         train(
             _cfg(
-                tmp_path / "c", "evaluate_after=false", "units=[x1]", "unit_overrides={x1: {trainer: {max_epoch: 3}}}"
+                tmp_path / "c", "evaluate_after=false", "units=[x1]", "+unit_overrides={x1: {trainer: {max_epoch: 3}}}"
             )
         )
