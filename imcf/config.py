@@ -110,6 +110,11 @@ class MinimalityConfig:
 
 
 @dataclass
+class IdentifyConfig:
+    strict: bool = False  # refuse counterfactual queries the graph cannot identify (imcf.identify)
+
+
+@dataclass
 class EvaluateConfig:
     run_dir: str = MISSING
     report_dir: str | None = None  # default: reports/<run name>
@@ -134,6 +139,7 @@ class EvaluateConfig:
     data_root: str | None = None  # default: the run's dataset.root
     options: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the report
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
 
 
 @dataclass
@@ -147,6 +153,7 @@ class TrainConfig:
     unit_overrides: dict[str, Any] = field(default_factory=dict)
     evaluate_after: bool = True
     resume: bool = True
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     graph: dict[str, Any] = field(default_factory=dict)
     mechanism: dict[str, Any] = field(default_factory=dict)

@@ -259,6 +259,7 @@ def evaluate_scm(
     """Evaluate an SCM (trained, loaded or hand-built) on a registered dataset; write the report to `report_dir`."""
     cfg = validate(OmegaConf.merge({"run_dir": run_dir}, cfg), EvaluateConfig)
     started = time.perf_counter()
+    scm.strict = bool(cfg.identify.strict)
     device = resolve_device(cfg.accelerator)
     scm = scm.to(device).eval()
     graph = scm.graph
@@ -492,8 +493,8 @@ def evaluate_scm(
         "intervened": intervened,
         "predictors": quality,
         "cached_models": models.files,
-        # filled by the lead's identifiability check (imcf.identify): one verdict per intervention query
-        "identifiability": None,
+        # imcf.identify's verdict of every counterfactual query the SCM answered
+        "identifiability": {f"do({', '.join(k)})": v for k, v in scm.verdicts.items()},
         "notes": notes,
         "grids": grids,
         "plots": plots,

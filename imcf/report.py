@@ -95,8 +95,17 @@ def markdown(metrics: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             ]
     for metric, table in tables(metrics).items():
         out += [f"## {metric}", "", DESCRIPTIONS.get(metric, ""), "", table]
-    if meta.get("identifiability") is not None:
-        out += ["## Identifiability", "", "```", json.dumps(meta["identifiability"], indent=2), "```", ""]
+    if meta.get("identifiability"):
+        out += [
+            "## Identifiability (imcf.identify)",
+            "",
+            "| query | verdict | rests on | warning |",
+            "|---|---|---|---|",
+        ]
+        for query, v in meta["identifiability"].items():
+            rests = ", ".join(sorted(v.get("assumptions") or {})) or "-"
+            out.append(f"| {query} | {v.get('status')} | {rests} | {v.get('warning') or ''} |")
+        out += ["", "Estimands and the assumption of each node are in metrics.json (`meta.identifiability`).", ""]
     notes = meta.get("notes") or []
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]

@@ -106,7 +106,7 @@ class SCM(nn.Module):
 
         key = tuple(sorted(do))
         if key not in self.verdicts:
-            families = {n: type(m).registry_name for n, m in self.mechanisms.items()}
+            families = {n: getattr(type(m), "registry_name", type(m).__name__) for n, m in self.mechanisms.items()}
             self.verdicts[key] = counterfactual_verdict(self.graph, key, families)
             if self.verdicts[key].get("warning"):
                 warnings.warn(f"do({', '.join(key)}): {self.verdicts[key]['warning']}", stacklevel=3)

@@ -58,7 +58,8 @@ def test_report_files_and_meta(reports):
     d = rep["dir"]
     for f in ("metrics.json", "metrics.csv", "report.md", "tables/truth.md", "tables/composition.md"):
         assert (d / f).is_file(), f
-    assert "identifiability" in rep["meta"] and rep["meta"]["identifiability"] is None
+    ident = rep["meta"]["identifiability"]  # imcf.identify's verdict of every query answered
+    assert ident["do(x2)"]["status"] == "rests_on_mechanism" and "x4" in ident["do(x2)"]["assumptions"]
     assert rep["meta"]["metrics"] == ["composition", "reversibility", "truth"]
     assert any("effectiveness" in n and "no image node" in n for n in rep["meta"]["notes"])
     assert (d / "logs" / "evaluate" / "version_0" / "metrics.csv").is_file()
