@@ -39,11 +39,12 @@ class ImageEncoder(nn.Module):
         out_dim: int,
         bottom: int,
         film: bool = True,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         self.cond_dim = cond_dim
         self.film = film and cond_dim > 0
-        self.convs = ConvEncoder(channels + cond_dim, widths, blocks, cond_dim=cond_dim if self.film else 0)
+        self.convs = ConvEncoder(channels + cond_dim, widths, blocks, cond_dim=cond_dim if self.film else 0, norm=norm)
         self.head = nn.Linear(widths[-1] * bottom**2 + cond_dim, out_dim)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
@@ -53,22 +54,34 @@ class ImageEncoder(nn.Module):
 
 
 class Generator(nn.Module):
-    """[z, pa] -> Linear -> low-resolution map -> FiLM-conditioned residual upsampling -> tanh image."""
+    """[z, pa] -> Linear -> low-resolution map -> FiLM-conditioned residual upsampling -> tanh image.
+
+    `norm` normalises inside every residual block and before the output head: without it the residual
+    stream grows under the adversarial signal until tanh saturates and the generator stops learning.
+    """
 
     def __init__(
-        self, channels: int, widths: Sequence[int], blocks: int, cond_dim: int, latent_dim: int, bottom: int
+        self,
+        channels: int,
+        widths: Sequence[int],
+        blocks: int,
+        cond_dim: int,
+        latent_dim: int,
+        bottom: int,
+        norm: str = "group",
     ) -> None:
         super().__init__()
         self.cond_dim = cond_dim
         self.bottom = bottom
         self.from_latent = nn.Linear(latent_dim + cond_dim, widths[-1] * bottom**2)
-        self.decoder = ConvDecoder(widths, blocks, cond_dim=cond_dim)
+        self.decoder = ConvDecoder(widths, blocks, cond_dim=cond_dim, norm=norm)
+        self.out_norm = nn.GroupNorm(min(8, widths[0]), widths[0]) if norm == "group" else nn.Identity()
         self.to_image = nn.Conv2d(widths[0], channels, 3, padding=1)
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
         h = self.from_latent(torch.cat([z, cond], 1)).view(z.shape[0], -1, self.bottom, self.bottom)
         h = self.decoder(h, cond if self.cond_dim else None)
-        return torch.tanh(self.to_image(F.gelu(h)))
+        return torch.tanh(self.to_image(F.gelu(self.out_norm(h))))
 
 
 class JointDiscriminator(nn.Module):
@@ -123,7 +136,9 @@ class ConditionalGAN(LatentImageMechanism):
         adversarial training (0 = pure BiGAN);
       encoder_finetune: {after_steps: training batches of adversarial training before the encoder-only stage
         (null = never), latent_weight: weight of ||E(G(z)) - z||^2 in that stage};
-      betas: Adam betas for both optimizers (null = the run's optim.betas); disc_lr_scale: D's lr multiplier.
+      betas: Adam betas for all optimizers (null = the run's optim.betas); disc_lr_scale: D's lr multiplier;
+      norm: group | none, normalisation in the generator and encoder (never in D: R1 and spectral norm
+        assume per-sample outputs).
     """
 
     manual_optimization = True
@@ -145,6 +160,7 @@ class ConditionalGAN(LatentImageMechanism):
         encoder_finetune: Mapping[str, Any] | None = None,
         betas: Sequence[float] | None = (0.5, 0.999),
         disc_lr_scale: float = 1.0,
+        norm: str = "group",
         abduction: Mapping[str, Any] | None = None,
         parent_ranges: Mapping[str, list[float]] | None = None,
         grad_clip: float | None = 200.0,
@@ -183,8 +199,10 @@ class ConditionalGAN(LatentImageMechanism):
         d = self.cond_features
         c = self.channels
         bottom, disc_bottom = self.size // 2 ** (len(widths) - 1), self.size // 2 ** (len(disc_widths) - 1)
-        self.generator = Generator(c, widths, blocks, d, self.latent_dim, bottom)
-        self.encoder = ImageEncoder(c, widths, blocks, d, self.latent_dim, bottom)
+        if norm not in ("group", "none"):
+            raise ValueError(f"gan {node!r}: norm must be group or none, got {norm!r}")
+        self.generator = Generator(c, widths, blocks, d, self.latent_dim, bottom, norm=norm)
+        self.encoder = ImageEncoder(c, widths, blocks, d, self.latent_dim, bottom, norm=norm)
         self.discriminator = JointDiscriminator(c, disc_widths, blocks, d, self.latent_dim, disc_bottom, disc_hidden)
         if regularizer == "spectral_norm":
             _apply_spectral_norm(self.discriminator)

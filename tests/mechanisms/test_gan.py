@@ -77,13 +77,15 @@ def one_thread():
 
 
 def test_bigan_trains_on_mnist_through_the_unit_module(mnist, one_thread):
-    """30 adversarial batches then 30 encoder fine-tuning batches (batch 32): every adversarial loss stays
+    """30 adversarial batches (recon_weight 1) then 30 encoder fine-tuning batches (batch 32): every loss stays
     finite, the held-out reconstruction error of G(E(x)) falls from ~0.99 (untrained) below 0.6x that, it
     falls further within the fine-tuning stage, and that stage leaves G and D untouched."""
     images, digits = mnist
     adversarial, finetune = 30, 30
     L.seed_everything(0)
-    mech = ConditionalGAN.from_graph(GRAPH, "image", encoder_finetune={"after_steps": adversarial}, **TINY)
+    mech = ConditionalGAN.from_graph(
+        GRAPH, "image", encoder_finetune={"after_steps": adversarial}, recon_weight=1.0, r1_gamma=10.0, **TINY
+    )
     held_out = {"image": images[-128:], "digit": digits[-128:]}
 
     def recon() -> float:
