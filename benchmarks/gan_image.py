@@ -1,12 +1,12 @@
 """Conditional BiGAN on embedded Morpho-MNIST: train each variant for a fixed CPU time through the Lightning
 unit module, then measure reconstruction, counterfactual thickness effectiveness and speed on the test split.
 
-    python benchmarks/gan_image.py [--data-root data] [--num-samples 2000] [--train-seconds 180]
+    python benchmarks/gan_image.py [--data-root data] [--num-samples 2500] [--train-seconds 180]
                                    [--variants nonsaturating_r1 hinge_spectral_norm]
 
-Effectiveness: each test image gets do(thickness = t'), t' the thickness of another test image (a fixed
-permutation), intensity and digit kept; pairs whose measured thickness is within 1 px of t' are left out.
-"toward" is the fraction whose counterfactual measures thicker when t' is thicker (thinner when thinner).
+Effectiveness: each test image gets do(thickness = t'), t' = its measured thickness + 1.5 px when below the
+median, - 1.5 px otherwise; intensity and digit kept. "toward" is the fraction whose counterfactual measures
+thicker when t' is thicker (thinner when thinner); "shift" is the mean |measured cf - measured factual|.
 Writes benchmarks/results/gan_image.json.
 """
 
@@ -93,21 +93,20 @@ def train_gan(
 
 
 @torch.no_grad()
-def thickness_effectiveness(mech: ConditionalGAN, batch: dict[str, torch.Tensor], min_gap: float = 1.0) -> dict:
-    """do(thickness = a permuted test thickness): fraction moving toward the target and |measured - target|."""
+def thickness_effectiveness(mech: ConditionalGAN, batch: dict[str, torch.Tensor], shift: float = 1.5) -> dict:
+    """do(thickness = measured +- `shift`): fraction moving toward the target, |measured cf - target|."""
     x = batch["image"]
     pa = {p: batch[p] for p in PARENTS}
     measured = torch.tensor(mm.measure_batch(x.numpy(), features=("thickness",))["thickness"], dtype=torch.float32)
-    target = pa["thickness"][torch.randperm(len(x), generator=torch.Generator().manual_seed(0))][:, 0]
+    target = torch.where(measured < measured.median(), measured + shift, measured - shift)
     cf = mech.predict(mech.abduct(x, pa), {**pa, "thickness": target[:, None]})
-    cf_measured = torch.tensor(mm.measure_batch(cf.numpy(), features=("thickness",))["thickness"])
-    keep = ((target - measured).abs() >= min_gap) & torch.isfinite(cf_measured)
+    cf_measured = torch.tensor(mm.measure_batch(cf.numpy(), features=("thickness",))["thickness"], dtype=torch.float32)
     toward = torch.sign(cf_measured - measured) == torch.sign(target - measured)
     return {
-        "pairs": int(keep.sum()),
-        "toward_target": float(toward[keep].float().mean()),
-        "cf_thickness_mae": float((cf_measured - target).abs()[keep].mean()),
-        "factual_thickness_mae": float((measured - target).abs()[keep].mean()),
+        "pairs": len(x),
+        "toward_target": float(toward.float().mean()),
+        "cf_thickness_mae": float((cf_measured - target).abs().mean()),
+        "thickness_shift": float((cf_measured - measured).abs().mean()),
     }
 
 
@@ -139,7 +138,7 @@ def evaluate(mech: ConditionalGAN, batch: dict[str, torch.Tensor]) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--num-samples", type=int, default=2000)
+    parser.add_argument("--num-samples", type=int, default=2500)
     parser.add_argument("--train-seconds", type=float, default=180.0)
     parser.add_argument("--finetune-batches", type=int, default=60)
     parser.add_argument("--variants", nargs="+", default=["nonsaturating_r1", "hinge_spectral_norm"])
@@ -181,7 +180,7 @@ def main() -> None:
             f"{r['recon_mse_no_residual']:.3f}",
             f"{r['toward_target']:.2f} ({r['pairs']})",
             f"{r['cf_thickness_mae']:.2f}",
-            f"{r['factual_thickness_mae']:.2f}",
+            f"{r['thickness_shift']:.2f}",
             f"{r['abduct_images_per_s']:.0f}",
         ]
         print("| " + " | ".join(str(c) for c in row) + " |")

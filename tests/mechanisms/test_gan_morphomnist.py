@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import lightning as L
@@ -21,7 +20,7 @@ MorphoMNIST = pytest.importorskip("imcf.data.morphomnist_dataset").MorphoMNIST
 
 ROOT = Path(__file__).resolve().parents[2]
 PARENTS = ("thickness", "intensity", "digit")
-ADVERSARIAL_SECONDS = 150.0
+ADVERSARIAL_BATCHES = 150
 FINETUNE_BATCHES = 40
 
 
@@ -29,53 +28,38 @@ def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([r[k] for r in rows]) for k in ("image", *PARENTS)}
 
 
-class TimeBudget(L.Callback):
-    """Adversarial training for a fixed time, then the encoder fine-tuning stage for a fixed number of batches."""
-
-    def __init__(self, mech: ConditionalGAN) -> None:
-        self.mech, self.start = mech, time.perf_counter()
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        ft = self.mech.encoder_finetune
-        if ft["after_steps"] is None and time.perf_counter() - self.start > ADVERSARIAL_SECONDS:
-            ft["after_steps"] = int(self.mech.train_batches)
-        if ft["after_steps"] is not None and int(self.mech.train_batches) >= ft["after_steps"] + FINETUNE_BATCHES:
-            trainer.should_stop = True
-
-
 @pytest.mark.slow
 def test_counterfactual_thickness_moves_toward_the_target(tmp_path):
-    """2,000-unit set (1,600 train); config/mechanism/image/gan.yaml with fixed parent ranges; 150 s of
-    adversarial training plus 40 fine-tuning batches. For test images, do(thickness = t') with t' another
-    test image's thickness (pairs with |measured - t'| >= 1 px): the measured counterfactual thickness moves
-    toward t' for >= 70% of them."""
+    """2,500-unit set (2,000 train); configs/mechanism/image/gan.yaml with fixed parent ranges; 150
+    adversarial batches of 64 plus 40 encoder fine-tuning batches (about 4 CPU minutes on a shared machine).
+    Every test image gets do(thickness = t'), t' = its measured thickness + 1.5 px when below the median,
+    - 1.5 px otherwise (inside the training range): the measured counterfactual thickness moves toward t'
+    for >= 70% of them."""
     torch.set_num_threads(1)
     graph = CausalGraph.from_dict(read_yaml(ROOT / "configs/graph/morphomnist.yaml"))
-    train_set = MorphoMNIST(str(tmp_path), "train", num_samples=2000)
-    test = collate(list(MorphoMNIST(str(tmp_path), "test", num_samples=2000)))
+    train_set = MorphoMNIST(str(tmp_path), "train", num_samples=2500)
+    test = collate(list(MorphoMNIST(str(tmp_path), "test", num_samples=2500)))
     config = read_yaml(ROOT / "configs/mechanism/image/gan.yaml")["config"]
     config["parent_ranges"] = {"thickness": [0.5, 6.5], "intensity": [64.0, 255.0]}
+    config["encoder_finetune"] = {"after_steps": ADVERSARIAL_BATCHES, "latent_weight": 1.0}
     L.seed_everything(0)
     mech = ConditionalGAN.from_graph(graph, "image", **config)
     trainer = L.Trainer(
         accelerator="cpu",
-        max_epochs=10_000,
+        max_steps=2 * ADVERSARIAL_BATCHES + FINETUNE_BATCHES,  # optimizer steps: 2 per adversarial batch
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[TimeBudget(mech)],
     )
     trainer.fit(UnitModule({"image": mech}, {"lr": 1e-3}), DataLoader(train_set, 64, shuffle=True, collate_fn=collate))
     mech.eval()
 
     x, pa = test["image"], {p: test[p] for p in PARENTS}
     measured = torch.tensor(mm.measure_batch(x.numpy(), features=("thickness",))["thickness"])
-    target = pa["thickness"][torch.randperm(len(x), generator=torch.Generator().manual_seed(0))][:, 0].double()
+    target = torch.where(measured < measured.median(), measured + 1.5, measured - 1.5)
     with torch.no_grad():
         cf = mech.predict(mech.abduct(x, pa), {**pa, "thickness": target[:, None].float()})
     cf_measured = torch.tensor(mm.measure_batch(cf.numpy(), features=("thickness",))["thickness"])
-    keep = (target - measured).abs() >= 1.0
-    toward = (torch.sign(cf_measured - measured) == torch.sign(target - measured))[keep].double().mean().item()
-    assert keep.sum() >= 50
-    assert toward >= 0.7, f"only {toward:.0%} of {int(keep.sum())} counterfactuals moved toward the target thickness"
+    toward = (torch.sign(cf_measured - measured) == torch.sign(target - measured)).double().mean().item()
+    assert toward >= 0.7, f"only {toward:.0%} of {len(x)} counterfactuals moved toward the target thickness"
