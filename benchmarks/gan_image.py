@@ -168,7 +168,8 @@ def main() -> None:
         "recon MSE",
         "toward target",
         "cf |t-t'|",
-        "fact |t-t'|",
+        "shift px",
+        "sample corr",
         "abduct img/s",
     ]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
@@ -181,6 +182,7 @@ def main() -> None:
             f"{r['toward_target']:.2f} ({r['pairs']})",
             f"{r['cf_thickness_mae']:.2f}",
             f"{r['thickness_shift']:.2f}",
+            f"{r['sample_thickness_corr']:.2f}",
             f"{r['abduct_images_per_s']:.0f}",
         ]
         print("| " + " | ".join(str(c) for c in row) + " |")
