@@ -125,7 +125,7 @@ def _apply_spectral_norm(module: nn.Module) -> None:
 
 @MECHANISMS.register("gan")
 class ConditionalGAN(LatentImageMechanism):
-    """BiGAN / ALI with conditioning on the parents; trained with manual optimisation (two optimizers).
+    """BiGAN / ALI conditioned on the parents; manual optimisation with three Adams (D, G + E, E fine-tuning).
 
     Config (besides `LatentImageMechanism`'s abduction, parent_ranges, grad_clip, grad_skip):
       latent_dim; widths (per resolution, full resolution first; bottom resolution H / 2**(len - 1));
