@@ -9,5 +9,5 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # measured: small models train several times faster on 1 thread than 2 here
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)

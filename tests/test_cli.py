@@ -24,6 +24,7 @@ def _run(args, tmp_path):
 
 
 def test_train_fast_dev_run_then_evaluate(tmp_path):
+    """The quickstart's job (default experiment: Morpho-MNIST, flows, Gumbel digit, VAE) on a small set."""
     run = tmp_path / "run"
     out = _run(
         [
@@ -31,18 +32,34 @@ def test_train_fast_dev_run_then_evaluate(tmp_path):
             "trainer.fast_dev_run=true",
             f"run_dir={run}",
             f"data_root={tmp_path / 'data'}",
+            "dataset.options.num_samples=240",
             "trainer.enable_progress_bar=false",
         ],
         tmp_path,
     )
     assert "[imcf] run directory" in out
-    for f in ("config.yaml", "graph.yaml", "mechanisms.yaml", "graph.png", "x1.ckpt", "x4.ckpt"):
+    for f in ("config.yaml", "graph.yaml", "mechanisms.yaml", "graph.png", "thickness.ckpt", "image.ckpt"):
         assert (run / f).is_file(), f
     report = tmp_path / "report"
-    out = _run(["evaluate.py", f"run_dir={run}", f"report_dir={report}", "num_samples=64"], tmp_path)
+    out = _run(
+        [
+            "evaluate.py",
+            f"run_dir={run}",
+            f"report_dir={report}",
+            "num_samples=24",
+            "metrics/protocol=quick",
+            "compute=[composition,reversibility,truth]",
+            "cycles=[1,2]",
+            "progress=false",
+        ],
+        tmp_path,
+    )
     metrics = json.loads((report / "metrics.json").read_text())
-    assert metrics["meta"]["num_samples"] == 64
-    assert "composition/null x10/x4:error" in metrics["metrics"]
+    assert metrics["meta"]["num_samples"] == 24
+    keys = list(metrics["metrics"])
+    assert any(k.startswith("composition/null x2/image") for k in keys), keys[:20]
+    assert any(k.startswith("truth/do(thickness)/image") for k in keys), keys[:20]
+    assert metrics["meta"]["identifiability"]["do(thickness)"]["status"] == "rests_on_mechanism"
     assert (report / "report.md").read_text().startswith("# Evaluation")
 
 
@@ -62,8 +79,20 @@ def test_bad_override_names_the_key(tmp_path):
 
 def test_ddp_two_cpu_processes_agree(tmp_path):
     run = tmp_path / "run"
-    out = _run(["train.py", "trainer=ddp_cpu", "trainer.max_epochs=2", "units=[x4]", f"run_dir={run}",
-                f"data_root={tmp_path / 'data'}", "trainer.enable_progress_bar=false", "evaluate_after=false",
-                "dataset.options.sizes={train: 512, val: 128, test: 128}"], tmp_path)
+    out = _run(
+        [
+            "train.py",
+            "experiment=linear4",
+            "trainer=ddp_cpu",
+            "trainer.max_epochs=2",
+            "units=[x4]",
+            f"run_dir={run}",
+            f"data_root={tmp_path / 'data'}",
+            "trainer.enable_progress_bar=false",
+            "evaluate_after=false",
+            "dataset.options.sizes={train: 512, val: 128, test: 128}",
+        ],
+        tmp_path,
+    )
     assert "2 ranks agree on the weights of ['x4']" in out
     assert (run / "x4.ckpt").is_file()

@@ -629,8 +629,9 @@ def render_batch(
         for a, b in zip(bounds[:-1], bounds[1:])
         if b > a
     ]
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
+    # spawn, not fork: the caller (train.py) already runs torch / Lightning threads, and a forked child can
+    # inherit a lock held by one of them and hang forever (seen with `python train.py` on 2 cores)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
         parts = pool.map(_render_chunk, chunks)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

@@ -20,6 +20,7 @@ def _cfg(tmp_path, *overrides):
         return compose(
             config_name="train",
             overrides=[
+                "experiment=linear4",
                 f"run_dir={tmp_path / 'run'}",
                 f"data_root={tmp_path / 'data'}",
                 f"evaluate.report_dir={tmp_path / 'report'}",
@@ -55,7 +56,7 @@ def test_plan_units_with_and_without_confounders():
 
 
 def test_training_recovers_the_true_linear_scm(tmp_path):
-    result = train(_cfg(tmp_path, "trainer.max_epochs=20", "dataset.batch_size=100", "evaluate_after=false"))
+    result = train(_cfg(tmp_path, "dataset.batch_size=100", "evaluate_after=false"))
     scm = SCM.load(result["run_dir"])
     m = scm.mechanisms
     assert abs(m["x2"].weight.item() - 0.8) < 0.05
