@@ -99,7 +99,7 @@ def _fit(mode: str, steps: int = 600) -> SCM:
     unit = UnitModule({n: scm.mechanisms[n] for n in ("a", "b")}, component=scm.components["a+b"])
     opt = torch.optim.Adam(unit.parameters(), lr=2e-2)
     unit.log = lambda *args, **kwargs: None  # outside a Trainer
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, 4000, (256,))
         loss = unit._losses({k: v[idx] for k, v in data.items()}, "train")
         opt.zero_grad()
