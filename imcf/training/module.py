@@ -71,6 +71,20 @@ class UnitModule(L.LightningModule):
             self.log(f"train/{node}/{k}", v.detach().float(), batch_size=bs, on_epoch=True)
         return None
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Let families that stabilise their own gradients (clip, or skip a step on a huge norm: VDVAE) do so."""
+        if not self.automatic_optimization:  # adversarial families handle their own optimisers
+            return
+        for node, mech in self.mechanisms.items():
+            if not hasattr(mech, "stabilise_gradients"):
+                continue
+            norm, skip = mech.stabilise_gradients()
+            self.log(f"train/{node}/grad_norm", norm, on_step=True, on_epoch=False)
+            if skip:  # a parameter without a gradient is left alone by the optimiser: the update is skipped
+                for p in mech.parameters():
+                    p.grad = None
+                self.log(f"train/{node}/skipped_step", 1.0, on_step=True, on_epoch=False)
+
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._losses(batch, "val")
         if batch_idx == 0:

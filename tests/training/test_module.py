@@ -1,0 +1,40 @@
+"""UnitModule inside a real Lightning Trainer: gradient stabilisation hooks of the image families."""
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from imcf.data.base import stack_batch
+from imcf.graph import CausalGraph
+from imcf.mechanisms.vae import ConditionalVAE
+from imcf.training.module import UnitModule
+
+GRAPH = CausalGraph.from_dict({"t": "continuous", "image": {"kind": "image(1,16,16)", "parents": ["t"]}})
+
+
+def _fit(**config) -> tuple[dict, dict]:
+    torch.manual_seed(0)
+    mech = ConditionalVAE.from_graph(GRAPH, "image", latent_dim=4, widths=[8, 8], **config)
+    before = {k: v.detach().clone() for k, v in mech.named_parameters()}
+    data = [{"t": torch.randn(1), "image": torch.rand(1, 16, 16) * 2 - 1} for _ in range(32)]
+    loader = DataLoader(data, batch_size=8, collate_fn=stack_batch)
+    trainer = L.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(UnitModule({"image": mech}, {"lr": 1e-2}), train_dataloaders=loader)
+    return before, dict(mech.named_parameters())
+
+
+def test_grad_skip_skips_the_update():
+    before, after = _fit(grad_skip=1e-9)  # every step's gradient norm is above it
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_without_skip_the_weights_move():
+    before, after = _fit(grad_skip=None)
+    assert sum(not torch.equal(before[k], after[k]) for k in before) > len(before) // 2
