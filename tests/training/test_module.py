@@ -38,3 +38,30 @@ def test_grad_skip_skips_the_update():
 def test_without_skip_the_weights_move():
     before, after = _fit(grad_skip=None)
     assert sum(not torch.equal(before[k], after[k]) for k in before) > len(before) // 2
+
+
+def test_validation_logs_image_grids_to_tensorboard(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    mech = ConditionalVAE.from_graph(GRAPH, "image", latent_dim=4, widths=[8, 8])
+    data = [{"t": torch.randn(1), "image": torch.rand(1, 16, 16) * 2 - 1} for _ in range(16)]
+    loader = DataLoader(data, batch_size=8, collate_fn=stack_batch)
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(UnitModule({"image": mech}), train_dataloaders=loader, val_dataloaders=loader)
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0"))
+    events.Reload()
+    tag = "val/image/factual_recon_sample_counterfactual"
+    assert tag in events.Tags()["images"]
+    img = events.Images(tag)[0]
+    assert img.height > 4 * 16 and img.width > 8 * 16  # 4 rows (factual, recon, sample, cf) x 8 samples
