@@ -52,7 +52,7 @@ class DDIM(Mechanism):
         norm_num_groups: int = 8,
         dropout: float = 0.0,
         parent_maps: bool = False,
-        ranges: Mapping[str, Sequence[float]] | None = None,
+        parent_ranges: Mapping[str, Sequence[float]] | None = None,
         cfg_dropout: float = 0.1,
         guidance_scale: float = 1.0,
         num_inference_steps: int = 50,
@@ -90,7 +90,7 @@ class DDIM(Mechanism):
 
         time_embed_dim = 4 * block_out_channels[0]
         if self.parents:
-            self.encoder = ParentEncoder(parent_kinds, {p: tuple(r) for p, r in (ranges or {}).items()})
+            self.encoder = ParentEncoder(parent_kinds, {p: tuple(r) for p, r in (parent_ranges or {}).items()})
             d = self.encoder.dim
             self.project = nn.Sequential(
                 nn.Linear(d, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)

@@ -48,7 +48,7 @@ def _untrained_rgb64() -> ContractCase:
         parent_maps=True,
         guidance_scale=2.0,
         num_inference_steps=4,
-        ranges={"age": [0.0, 100.0]},
+        parent_ranges={"age": [0.0, 100.0]},
     )
     parents = {"smiling": torch.tensor([[0.0], [1.0]]), "age": torch.tensor([[25.0], [70.0]])}
     x = torch.rand(2, 3, 64, 64) * 2 - 1
