@@ -22,15 +22,7 @@ from imcf.evaluation import evaluate_scm
 from imcf.graph import CausalGraph
 from imcf.scm import SCM
 
-MORPHO_GRAPH = {
-    "name": "morphomnist",
-    "nodes": {
-        "thickness": {"kind": "continuous"},
-        "intensity": {"kind": "continuous", "parents": ["thickness"]},
-        "digit": {"kind": "categorical", "num_classes": 10},
-        "image": {"kind": "image", "shape": [1, 32, 32], "parents": ["thickness", "intensity", "digit"]},
-    },
-}
+MORPHO_GRAPH = Path(__file__).resolve().parents[1] / "configs" / "graph" / "morphomnist.yaml"  # the shipped graph
 
 
 def run_case(name: str, scm: SCM, dataset: str, root: str, options: dict, samples: int, out: Path) -> dict:
@@ -70,7 +62,7 @@ def main() -> None:
         run_case("linear4 (true SCM)", data.scm, "linear_gaussian", args.data_root, linear_opts, args.samples, out)
     )
     morpho_opts = {"num_samples": 1500, "workers": 1}
-    graph = CausalGraph.from_dict(MORPHO_GRAPH)
+    graph = CausalGraph.from_yaml(MORPHO_GRAPH)
     specs = {
         "thickness": {"family": "flow"},
         "intensity": {"family": "flow"},

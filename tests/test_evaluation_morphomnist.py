@@ -12,22 +12,14 @@ from imcf.evaluation import evaluate_scm
 from imcf.graph import CausalGraph
 from tests.oracle import identity_scm, oracle_scm
 
-GRAPH = {
-    "name": "morphomnist",
-    "nodes": {
-        "thickness": {"kind": "continuous"},
-        "intensity": {"kind": "continuous", "parents": ["thickness"]},
-        "digit": {"kind": "categorical", "num_classes": 10},
-        "image": {"kind": "image", "shape": [1, 32, 32], "parents": ["thickness", "intensity", "digit"]},
-    },
-}
+GRAPH = Path(__file__).resolve().parents[1] / "configs" / "graph" / "morphomnist.yaml"  # the shipped graph
 OPTIONS = {"num_samples": 400, "workers": 1}
 
 
 @pytest.mark.slow
 def test_oracle_and_identity_on_morphomnist(tmp_path):
     root = str(tmp_path / "data")
-    graph = CausalGraph.from_dict(GRAPH)
+    graph = CausalGraph.from_yaml(GRAPH)
     test = build_dataset("morphomnist", root, "test", **OPTIONS)
     cfg = {
         "num_samples": 24,
