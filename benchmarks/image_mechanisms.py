@@ -3,6 +3,7 @@ training budget. Families are looked up in the registry and built from configs/m
 
     python benchmarks/image_mechanisms.py [--families vae hvae] [--configs vae hvae] [--train-seconds 240]
         [--num-samples 1500] [--data-root data] [--device cpu|cuda] [--threads 1]
+        [--steps-sweep 10 25 50 100] [--sweep-batch 64]
 
 Each family runs in its own subprocess (so peak memory is its own). Training: a plain torch loop over
 `mech.loss` (Adam, lr 1e-3, batch 64, gradient clipping/skipping via `mech.stabilise_gradients()` when the
@@ -17,8 +18,13 @@ intervened on (so only the image mechanism is scored):
     with the pixel residual as configured and without it;
   - reversibility: do(thickness = t') then do(thickness = t), image L1 to the factual (imcf.metrics.reversibility);
   - reconstruction MAE without the residual on [-1, 1];
-  - training images/s, counterfactuals/s (abduct + predict, batch 256), peak memory (RSS on CPU, allocated on GPU).
-Digit accuracy needs the evaluator's trained digit classifier and is not computed here.
+  - training images/s, counterfactuals/s (abduct + predict, batch 256), peak memory (RSS on CPU, allocated on GPU);
+  - for families with a step count (`num_inference_steps`: DDIM), counterfactuals/s at each of `--steps-sweep`
+    (batch `--sweep-batch`); the quality numbers above use the config's own step count.
+  - digit: do(digit) to another digit drawn uniformly, scored by the evaluator's anti-causal digit classifier
+    (`imcf.metrics.predictors`, trained once on the same training split and cached under <data-root>/evaluators;
+    its accuracy on the factual test images is reported beside it), and the digit kept under do(thickness).
+Families without a pixel residual (DDIM) report their composition / reversibility in the "no res." columns.
 Writes benchmarks/results/image_mechanisms.json.
 """
 
@@ -37,11 +43,13 @@ import numpy as np
 import torch
 
 import imcf.mechanisms  # noqa: F401  (fills the registry)
+from imcf.config import PredictorConfig
 from imcf.data import morphomnist as mm
 from imcf.data.morphomnist_dataset import MorphoMNIST
 from imcf.graph import CausalGraph
 from imcf.io import read_yaml
 from imcf.metrics.composition import image_l1, null_intervention, repeat
+from imcf.metrics.predictors import AttributePredictor, load_or_train_predictors
 from imcf.metrics.reversibility import round_trips
 from imcf.registry import MECHANISMS
 
@@ -116,6 +124,24 @@ def train_lightning(mech: Any, data: dict[str, torch.Tensor], seconds: float, ba
     return {"train_steps": trainer.global_step, "train_images_per_s": trainer.global_step * batch_size / elapsed}
 
 
+def digit_classifier(data_root: str, num_samples: int) -> AttributePredictor:
+    """The evaluator's digit classifier for this dataset (trained on its training split once, then cached)."""
+    cfg = PredictorConfig(max_epochs=10)
+    model, quality, _ = load_or_train_predictors(
+        "morphomnist", {"num_samples": num_samples}, data_root, "image", (1, 32, 32),
+        {"digit": "categorical(10)"}, cfg, accelerator="cpu", progress=False,
+    )  # fmt: skip
+    if quality["digit"].poor:
+        raise SystemExit(f"the digit classifier is poor ({quality['digit'].reason}); use more --num-samples")
+    return model
+
+
+def digit_accuracy(classifier: AttributePredictor, images: torch.Tensor, target: torch.Tensor) -> float:
+    with torch.no_grad():
+        read = classifier.to(images.device)(images)["digit"].argmax(1)
+    return float((read == target.argmax(1)).float().mean())
+
+
 def counterfactual_fn(mech: Any):
     """(batch, do) -> counterfactual batch: intensity follows the true SCM under do(thickness)."""
 
@@ -152,9 +178,15 @@ def measure(images: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def evaluate(mech: Any, test: dict[str, torch.Tensor], graph: CausalGraph) -> dict[str, Any]:
+def evaluate(
+    mech: Any, test: dict[str, torch.Tensor], graph: CausalGraph, classifier: AttributePredictor
+) -> dict[str, Any]:
     cf = counterfactual_fn(mech)
-    res: dict[str, Any] = {}
+    res: dict[str, Any] = {"factual_digit_acc": digit_accuracy(classifier, test["image"], test["digit"])}
+    gen = torch.Generator().manual_seed(2)
+    shift = torch.randint(1, 10, (len(test["digit"]),), generator=gen).to(test["digit"].device)
+    new_digit = torch.nn.functional.one_hot((test["digit"].argmax(1) + shift) % 10, 10).float()
+    res["do_digit"] = {"digit_acc": digit_accuracy(classifier, cf(test, {"digit": new_digit})["image"], new_digit)}
     pa = {p: test[p] for p in PARENTS}
     factual_m = measure(test["image"])
     for node in ("thickness", "intensity"):
@@ -170,6 +202,7 @@ def evaluate(mech: Any, test: dict[str, torch.Tensor], graph: CausalGraph) -> di
             "closer_thickness": float(
                 np.mean(np.abs(m["thickness"] - t_target) < np.abs(factual_m["thickness"] - t_target))
             ),
+            "digit_acc": digit_accuracy(classifier, out["image"], test["digit"]),
         }
     keep = getattr(mech, "keep_residual", None)
     for residual in [True, False] if keep is not None else [None]:
@@ -180,7 +213,7 @@ def evaluate(mech: Any, test: dict[str, torch.Tensor], graph: CausalGraph) -> di
         do = {"thickness": draw_values(test["thickness"], "thickness", seed=1)}
         rev = round_trips(cf, test, do, cycles=[1])
         dr = image_l1(rev[1]["image"], test["image"])
-        tag = "" if residual is None else ("_residual" if residual else "_no_residual")
+        tag = "_residual" if residual else "_no_residual"
         res[f"composition{tag}"] = {
             "l1_1": float(d1.mean()), "l1_1_std": float(d1.std()),
             "l1_10": float(d10.mean()), "l1_10_std": float(d10.std()),
@@ -188,9 +221,9 @@ def evaluate(mech: Any, test: dict[str, torch.Tensor], graph: CausalGraph) -> di
         res[f"reversibility{tag}"] = {"l1_1": float(dr.mean()), "l1_1_std": float(dr.std())}
     if keep is not None:
         mech.keep_residual = False
-        res["recon_mae_no_residual"] = float(
-            (mech.predict(mech.abduct(test["image"], pa), pa) - test["image"]).abs().mean()
-        )
+    recon = mech.predict(mech.abduct(test["image"], pa), pa)
+    res["recon_mae_no_residual"] = float((recon - test["image"]).abs().mean())
+    if keep is not None:
         mech.keep_residual = keep
     return res
 
@@ -209,6 +242,19 @@ def counterfactual_speed(mech: Any, test: dict[str, torch.Tensor], batch_size: i
     return batch_size / (time.perf_counter() - start)
 
 
+def steps_sweep(mech: Any, test: dict[str, torch.Tensor], steps: list[int], batch_size: int) -> dict[str, float]:
+    """Counterfactuals/s at each step count (inversion and sampling both use it); restores the config's count."""
+    own = mech.num_inference_steps
+    rates = {}
+    try:
+        for s in steps:
+            mech.num_inference_steps = int(s)
+            rates[str(s)] = counterfactual_speed(mech, test, batch_size)
+    finally:
+        mech.num_inference_steps = own
+    return rates
+
+
 def run_single(args: argparse.Namespace, family: str, config_name: str) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -223,7 +269,9 @@ def run_single(args: argparse.Namespace, family: str, config_name: str) -> dict[
     out["parameters"] = sum(p.numel() for p in mech.parameters())
     out.update(train(mech, train_data, args.train_seconds))
     out["counterfactuals_per_s"] = counterfactual_speed(mech, test)
-    out.update(evaluate(mech, test, graph))
+    if hasattr(mech, "num_inference_steps"):
+        out["counterfactuals_per_s_by_steps"] = steps_sweep(mech, test, args.steps_sweep, args.sweep_batch)
+    out.update(evaluate(mech, test, graph, digit_classifier(args.data_root, args.num_samples)))
     out["test_images"] = len(test["image"])
     if device.type == "cuda":
         out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -236,13 +284,15 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| family | config | train img/s | CF/s | peak MB | recon MAE (no res.) | do(t): thickness MAE "
         "| do(t): intensity MAE | do(t): closer | do(i): intensity MAE | compo. L1 1 / 10 (res.) "
-        "| compo. L1 1 / 10 (no res.) | revers. L1 (res.) |"
+        "| compo. L1 1 / 10 (no res.) | revers. L1 (res.) | revers. L1 (no res.) | do(d): digit acc "
+        "| do(t): digit kept | factual digit acc |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         t, i = r["do_thickness"], r["do_intensity"]
         cr, cn = r.get("composition_residual", {}), r.get("composition_no_residual", {})
-        rv = r.get("reversibility_residual", {})
+        rv, rn = r.get("reversibility_residual", {}), r.get("reversibility_no_residual", {})
+        d = r.get("do_digit", {})
         lines.append(
             f"| {r['family']} | {r['config']} | {r['train_images_per_s']:.0f} | {r['counterfactuals_per_s']:.0f} "
             f"| {r['peak_memory_mb']:.0f} | {r.get('recon_mae_no_residual', float('nan')):.3f} "
@@ -250,8 +300,16 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {t['closer_thickness']:.2f} | {i['intensity_mae']:.1f} "
             f"| {cr.get('l1_1', float('nan')):.2f} / {cr.get('l1_10', float('nan')):.2f} "
             f"| {cn.get('l1_1', float('nan')):.2f} / {cn.get('l1_10', float('nan')):.2f} "
-            f"| {rv.get('l1_1', float('nan')):.2f} |"
+            f"| {rv.get('l1_1', float('nan')):.2f} | {rn.get('l1_1', float('nan')):.2f} "
+            f"| {d.get('digit_acc', float('nan')):.2f} | {t.get('digit_acc', float('nan')):.2f} "
+            f"| {r.get('factual_digit_acc', float('nan')):.2f} |"
         )
+    sweeps = [r for r in rows if r.get("counterfactuals_per_s_by_steps")]
+    if sweeps:
+        lines += ["", "| family | config | device | steps | counterfactuals/s |", "|---|---|---|---|---|"]
+        for r in sweeps:
+            for s, rate in r["counterfactuals_per_s_by_steps"].items():
+                lines.append(f"| {r['family']} | {r['config']} | {r['device']} | {s} | {rate:.2f} |")
     return "\n".join(lines)
 
 
@@ -264,6 +322,8 @@ def main() -> None:
     parser.add_argument("--data-root", default=str(ROOT / "data"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps-sweep", nargs="*", type=int, default=[10, 25, 50, 100])
+    parser.add_argument("--sweep-batch", type=int, default=64)
     parser.add_argument("--single", nargs=2, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "image_mechanisms.json"))
     args = parser.parse_args()
@@ -276,8 +336,9 @@ def main() -> None:
     for f in args.families:
         if f not in MECHANISMS:
             raise SystemExit(f"unknown family {f!r}; registered: {sorted(MECHANISMS)}")
-    # materialise the dataset once before the subprocesses read it
+    # materialise the dataset and the digit classifier once before the subprocesses read them
     MorphoMNIST(root=args.data_root, split="train", num_samples=args.num_samples)
+    digit_classifier(args.data_root, args.num_samples)
     rows = []
     for family, config_name in zip(args.families, configs):
         cmd = [sys.executable, __file__, "--single", family, config_name, *sys.argv[1:]]
@@ -293,6 +354,8 @@ def main() -> None:
         "num_samples": args.num_samples,
         "threads": args.threads,
         "device": args.device,
+        "steps_sweep": args.steps_sweep,
+        "sweep_batch": args.sweep_batch,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
