@@ -143,6 +143,17 @@ class EvaluateConfig:
 
 
 @dataclass
+class FinetunePredictorsConfig:
+    """Anti-causal predictors that counterfactual fine-tuning trains against (imcf.training.finetune).
+
+    Architecture, epochs and data are the evaluator's (`evaluate.predictors`); the seed differs from the
+    evaluator's so that effectiveness is then scored by a classifier the model was not tuned against."""
+
+    seed: int = 1
+    path: str | None = None  # a cached predictor file to use; None: trained once and cached under data_root
+
+
+@dataclass
 class TrainConfig:
     name: str = "default"
     seed: int = 0
@@ -154,6 +165,7 @@ class TrainConfig:
     evaluate_after: bool = True
     resume: bool = True
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+    finetune_predictors: FinetunePredictorsConfig = field(default_factory=FinetunePredictorsConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     graph: dict[str, Any] = field(default_factory=dict)
     mechanism: dict[str, Any] = field(default_factory=dict)
@@ -167,7 +179,8 @@ class TrainConfig:
 class MechanismSpec:
     family: str = MISSING
     config: dict[str, Any] = field(default_factory=dict)
-    pretrained: str | None = None
+    pretrained: str | None = None  # a unit checkpoint: weights loaded and frozen (not trained)
+    init: str | None = None  # a unit checkpoint: weights loaded, then trained on (fine-tuning)
 
 
 def validate(cfg: Any, schema: type) -> DictConfig:

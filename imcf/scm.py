@@ -236,7 +236,12 @@ class SCM(nn.Module):
                 raise KeyError(f"no mechanism specified for node {n!r}")
             extra = member_of[n].extras(n) if n in member_of else None
             family, config = specs[n]["family"], dict(specs[n].get("config") or {})
-            mechs[n] = MECHANISMS[family].from_graph(graph, n, extra, **config)
+            if family not in MECHANISMS:
+                raise KeyError(f"mechanism.{n}.family={family!r} is not registered; registered: {sorted(MECHANISMS)}")
+            try:
+                mechs[n] = MECHANISMS[family].from_graph(graph, n, extra, **config)
+            except TypeError as e:  # an option the family does not take: name the node and the family
+                raise TypeError(f"mechanism.{n}.config ({family}): {e}") from None
         return cls(graph, mechs, components=components)
 
     @classmethod

@@ -23,6 +23,9 @@ from imcf.nn.parents import ParentEncoder
 #: an anti-causal predictor: image batch -> prediction of one attribute (continuous: values (B, 1) in the
 #: attribute's units; binary: logits (B, 1); categorical: logits (B, K))
 Predictor = Callable[[Tensor], Tensor]
+#: one predictor for several attributes: (image batch, counterfactual parents) -> {attribute: prediction}, the
+#: parents feeding heads that take extra inputs (e.g. `imcf.metrics.predictors.FrozenPredictor`)
+JointPredictor = Callable[[Tensor, Mapping[str, Tensor]], Mapping[str, Tensor]]
 
 ABDUCTION_KEYS = {"keep_residual", "sample", "latents"}
 FINETUNE_KEYS = {"enabled", "weight", "elbo_bound", "lagrange_init", "lagrange_lr_scale"}
@@ -121,7 +124,7 @@ class LatentImageMechanism(Mechanism):
         self.register_buffer("elbo_bound", torch.tensor(float("nan")))
         if self.finetune["elbo_bound"] is not None:
             self.elbo_bound.fill_(float(self.finetune["elbo_bound"]))
-        self.predictors: dict[str, Predictor] = {}
+        self.predictors: dict[str, Predictor] | JointPredictor = {}
 
     # ----- what families implement -----
     @abstractmethod
@@ -215,8 +218,12 @@ class LatentImageMechanism(Mechanism):
         return norm, skip
 
     # ----- counterfactual fine-tuning (Ribeiro et al. 2023) -----
-    def set_predictors(self, predictors: Mapping[str, Predictor]) -> None:
-        """Anti-causal predictors (image -> attribute) used by counterfactual fine-tuning, keyed by parent."""
+    def set_predictors(self, predictors: Mapping[str, Predictor] | JointPredictor) -> None:
+        """Anti-causal predictors used by counterfactual fine-tuning: {parent: image -> prediction}, or one
+        joint callable (image, parents) -> {parent: prediction}. They are not part of the mechanism's state."""
+        if not isinstance(predictors, Mapping):
+            self.predictors = predictors
+            return
         unknown = set(predictors) - set(self.parents)
         if unknown:
             raise KeyError(f"predictors given for non-parents {sorted(unknown)} of {self.node!r}")
@@ -231,7 +238,7 @@ class LatentImageMechanism(Mechanism):
         self,
         x: Tensor,
         parents: Mapping[str, Tensor],
-        predictors: Mapping[str, Predictor] | Predictor,
+        predictors: Mapping[str, Predictor] | JointPredictor,
         cf_parents: Mapping[str, Tensor] | None = None,
         elbo: Tensor | None = None,
     ) -> dict[str, Tensor]:
@@ -240,7 +247,9 @@ class LatentImageMechanism(Mechanism):
         CF is the predictors' loss on counterfactuals decoded under `cf_parents` (default: one parent,
         chosen at random, shuffled across the batch). Minimising the returned "loss" with one optimiser
         descends in the model and ascends in lambda (its gradient sign is flipped here).
-        `predictors`: {parent: image -> prediction}, or one callable returning such a dict.
+        `predictors`: {parent: image -> prediction}, or one callable (image, cf_parents) -> such a dict.
+        In eval mode (validation) the returned "loss" is weight * CF + lambda * max(gap, 0): a penalised
+        objective comparable across epochs, so that checkpoint selection respects the ELBO bound.
         """
         if elbo is None:
             cond = self.condition(parents, x.shape[0])
@@ -251,7 +260,10 @@ class LatentImageMechanism(Mechanism):
             cf_parents = self.random_intervention(parents)
         noise = self.abduct(x, parents)  # with gradients: the decoder learns to honour the new parents
         cf = self.predict(noise, cf_parents)
-        preds = predictors(cf) if not isinstance(predictors, Mapping) else {p: f(cf) for p, f in predictors.items()}
+        if isinstance(predictors, Mapping):
+            preds = {p: f(cf) for p, f in predictors.items()}
+        else:
+            preds = predictors(cf, cf_parents)
         terms = {}
         for p, pred in preds.items():
             if p not in self.parent_kinds:
@@ -265,7 +277,10 @@ class LatentImageMechanism(Mechanism):
         gap = elbo - self.elbo_bound
         lam = self.lagrange
         # model: CF + lambda * gap (lambda held); lambda: gradient ascent on lambda * gap (gap held)
-        lagrangian = lam.detach() * gap - float(self.finetune["lagrange_lr_scale"]) * lam * gap.detach()
+        if self.training:
+            lagrangian = lam.detach() * gap - float(self.finetune["lagrange_lr_scale"]) * lam * gap.detach()
+        else:
+            lagrangian = lam.detach() * gap.clamp(min=0)
         loss = float(self.finetune["weight"]) * cf_loss + lagrangian
         out = {"loss": loss, "cf_loss": cf_loss.detach(), "elbo_gap": gap.detach(), "lagrange": lam.detach()}
         out.update({k: v.detach() for k, v in terms.items()})

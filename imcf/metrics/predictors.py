@@ -118,6 +118,16 @@ class AttributePredictor(nn.Module):
                 out[t] = torch.softmax(z, 1)
         return out
 
+    def training_targets(self, images: Tensor, values: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Outputs in the form a training loss wants: continuous in original units, binary and categorical as
+        logits. This is the callable counterfactual fine-tuning takes (`LatentImageMechanism.set_predictors`)."""
+        raw = self._logits(self.features(images), values or {})
+        for t, z in raw.items():
+            if self.kinds[t].name == "continuous":
+                i = self._index[t]
+                raw[t] = z * self.target_std[i] + self.target_mean[i]
+        return raw
+
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Sum of per-attribute losses: MSE on standardised values, binary / categorical cross-entropy."""
         image = batch[self.image_node]
@@ -133,6 +143,23 @@ class AttributePredictor(nn.Module):
                 terms[t] = F.cross_entropy(z, y.argmax(1))
         terms["loss"] = sum(terms.values())
         return terms
+
+
+class FrozenPredictor:
+    """A trained AttributePredictor as the joint predictor of counterfactual fine-tuning:
+    (images, parents) -> {attribute: continuous value | logits}, gradients flowing to the images only.
+
+    Not an nn.Module on purpose: held by a mechanism, it stays out of the mechanism's state dict and
+    checkpoints; it follows the images to their device on each call.
+    """
+
+    def __init__(self, model: AttributePredictor) -> None:
+        self.model = model.eval().requires_grad_(False)
+
+    def __call__(self, images: Tensor, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if next(self.model.parameters()).device != images.device:
+            self.model.to(images.device)
+        return self.model.training_targets(images, values)
 
 
 @dataclass

@@ -15,45 +15,52 @@ from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
 from imcf.io import atomic_write_yaml, read_yaml, safe_torch_load
 from imcf.scm import SCM, unit_name
+from imcf.training.finetune import attach_finetune_predictors
 from imcf.training.loggers import build_loggers
 from imcf.training.modular import Unit, plan_units
 from imcf.training.module import UnitModule
 
 
 def build_scm(cfg: DictConfig) -> tuple[SCM, dict[str, Any]]:
-    """Graph and fresh mechanisms from the config; pretrained mechanisms loaded and frozen."""
+    """Graph and fresh mechanisms from the config; `pretrained` mechanisms loaded and frozen, `init` ones
+    loaded and left trainable."""
     graph = CausalGraph.from_dict(OmegaConf.to_container(cfg.graph, resolve=True))
     specs = mechanism_specs(graph, cfg.mechanism)
     build_specs: dict[str, Any] = {n: {"family": s.family, "config": s.config} for n, s in specs.items()}
     build_specs["_components"] = {"*": OmegaConf.to_container(cfg.mechanism.get("confounder") or {}, resolve=True)}
     scm = SCM.build(graph, build_specs)
     for node, spec in specs.items():
+        if spec.pretrained and spec.init:
+            raise ConfigError(f"mechanism.{node}: set pretrained (frozen) or init (trained on), not both")
         if spec.pretrained:
             load_pretrained(scm, node, spec.pretrained)
+        elif spec.init:
+            load_pretrained(scm, node, spec.init, freeze=False)
     return scm, specs
 
 
-def load_pretrained(scm: SCM, node: str, path: str) -> None:
-    """Load `node`'s weights from a unit checkpoint of another run and freeze them."""
+def load_pretrained(scm: SCM, node: str, path: str, freeze: bool = True) -> None:
+    """Load `node`'s weights from a unit checkpoint of another run; freeze them unless `freeze=False`."""
+    key = f"mechanism.{node}.{'pretrained' if freeze else 'init'}={path}"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{key}: no such file")
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or node not in ckpt["state_dict"]:
         held = list(ckpt.get("state_dict", {})) if isinstance(ckpt, dict) else []
-        raise KeyError(f"mechanism.{node}.pretrained={path}: no weights for {node!r} (checkpoint holds {held})")
+        raise KeyError(f"{key}: no weights for {node!r} (checkpoint holds {held})")
     mech = scm.mechanisms[node]
     meta = (ckpt.get("meta") or {}).get(node, {})
     if "parents" in meta and list(meta["parents"]) != list(mech.parents):
-        raise ValueError(
-            f"mechanism.{node}.pretrained={path}: trained with parents {meta['parents']}, "
-            f"this graph gives {list(mech.parents)}"
-        )
+        raise ValueError(f"{key}: trained with parents {meta['parents']}, this graph gives {list(mech.parents)}")
     if "kind" in meta and meta["kind"] != str(mech.kind):
-        raise ValueError(f"mechanism.{node}.pretrained={path}: node kind {meta['kind']} != {mech.kind}")
+        raise ValueError(f"{key}: node kind {meta['kind']} != {mech.kind}")
     try:
         mech.load_state_dict(ckpt["state_dict"][node])
     except RuntimeError as e:
-        raise ValueError(f"mechanism.{node}.pretrained={path}: shapes do not match: {e}") from None
-    mech.requires_grad_(False)
-    mech.eval()
+        raise ValueError(f"{key}: shapes do not match: {e}") from None
+    if freeze:
+        mech.requires_grad_(False)
+        mech.eval()
 
 
 def _write_run_files(run_dir: Path, cfg: DictConfig, scm: SCM) -> None:
@@ -139,6 +146,8 @@ def train(cfg: Any) -> dict[str, Any]:
         shuffle_seed=cfg.seed,
         **OmegaConf.to_container(cfg.dataset.options, resolve=True),
     )
+    trained = [n for u in units if not u.pretrained for n in u.nodes]
+    finetune = attach_finetune_predictors(cfg, scm, trained)
     written = {}
     for unit in units:
         if unit.pretrained:
@@ -148,6 +157,8 @@ def train(cfg: Any) -> dict[str, Any]:
         print(f"[imcf] training unit {unit.name!r}: nodes {list(unit.nodes)}, inputs {list(unit.inputs)}")
         written[unit.name] = train_unit(cfg, scm, unit, dm, run_dir)
     result: dict[str, Any] = {"run_dir": str(run_dir), "units": {k: str(v) for k, v in written.items()}}
+    if finetune:
+        result["finetune_predictors"] = finetune
     complete = all((run_dir / f"{unit_name(c)}.ckpt").is_file() for c in scm.graph.c_components())
     if cfg.evaluate_after and complete and not cfg.trainer.fast_dev_run:
         from imcf.evaluation import evaluate

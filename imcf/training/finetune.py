@@ -1,0 +1,70 @@
+"""Counterfactual fine-tuning in `train.py`: give image mechanisms that enable it their anti-causal predictors.
+
+A mechanism with `counterfactual_finetune.enabled: true` (the latent-image families) trains on the constrained
+objective of Ribeiro et al. 2023 once it holds predictors. They are the evaluator's predictors
+(`imcf.metrics.predictors`: same architecture, epochs and data as `evaluate.predictors`) trained with another
+seed (`finetune_predictors.seed`), cached under the data root, so effectiveness is scored afterwards by a
+classifier the model was not tuned against. Usually the mechanism starts from a trained run
+(`+mechanism.image.init=<run>/image.ckpt`): see docs/training.md, "Counterfactual fine-tuning".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from imcf.config import ConfigError, PredictorConfig
+from imcf.metrics.offline import dataset_fingerprint
+from imcf.metrics.predictors import FrozenPredictor, load_or_train_predictors
+from imcf.scm import SCM
+
+
+def wants_finetune(mech: Any) -> bool:
+    """Whether a mechanism is configured for counterfactual fine-tuning."""
+    return bool(getattr(mech, "finetune", {}).get("enabled", False))
+
+
+def attach_finetune_predictors(cfg: DictConfig, scm: SCM, nodes: list[str]) -> dict[str, str]:
+    """Load (training and caching when absent) predictors for each node in `nodes` that fine-tunes and hand
+    them to its mechanism. Returns {node: predictor file}."""
+    from imcf.data.datamodule import build_dataset
+
+    files = {}
+    for node in nodes:
+        mech = scm.mechanisms[node]
+        if not wants_finetune(mech):
+            continue
+        kind = scm.graph.kinds[node]
+        targets = {p: str(scm.graph.kinds[p]) for p in mech.parents if not scm.graph.kinds[p].is_image}
+        if not kind.is_image or not hasattr(mech, "set_predictors"):
+            raise ConfigError(
+                f"mechanism.{node}.config.counterfactual_finetune: only image mechanisms of the latent families "
+                f"(vae, hvae) fine-tune; {node!r} is {kind} with {type(mech).__name__}"
+            )
+        if not targets:
+            raise ConfigError(f"mechanism.{node}.config.counterfactual_finetune: {node!r} has no attribute parents")
+        options = OmegaConf.to_container(cfg.dataset.options, resolve=True)
+        pcfg = OmegaConf.merge(OmegaConf.structured(PredictorConfig), cfg.evaluate.predictors)
+        pcfg.path = cfg.finetune_predictors.path
+        fingerprint = dataset_fingerprint(build_dataset(cfg.dataset.name, cfg.dataset.root, "test", **options))
+        model, quality, path = load_or_train_predictors(
+            cfg.dataset.name,
+            options,
+            cfg.dataset.root,
+            node,
+            kind.shape,
+            targets,
+            pcfg,
+            accelerator=cfg.evaluate.accelerator,
+            seed=int(cfg.finetune_predictors.seed),
+            progress=bool(cfg.evaluate.progress),
+            fingerprint=fingerprint,
+        )
+        poor = {t: q.reason for t, q in quality.items() if q.poor}
+        if poor:
+            print(f"[imcf] warning: fine-tuning {node!r} against poor predictors {poor} (test scores, {path})")
+        mech.set_predictors(FrozenPredictor(model))
+        files[node] = path
+        print(f"[imcf] counterfactual fine-tuning of {node!r} against the predictors in {path}")
+    return files

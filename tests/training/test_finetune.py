@@ -1,0 +1,92 @@
+"""Counterfactual fine-tuning through train.py: `init` weights, predictors attached, the constrained objective."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from imcf.config import ConfigError
+from imcf.training import train
+from imcf.training.run import build_scm
+
+CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def _cfg(tmp_path, run, *overrides, experiment="morphomnist"):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=[
+                f"experiment={experiment}",
+                f"run_dir={tmp_path / run}",
+                f"data_root={tmp_path / 'data'}",
+                "trainer.enable_progress_bar=false",
+                "evaluate_after=false",
+                "evaluate.progress=false",
+                *overrides,
+            ],
+        )
+
+
+def test_init_loads_weights_and_leaves_them_trainable(tmp_path):
+    first = train(_cfg(tmp_path, "first", "trainer.max_epochs=1", experiment="linear4"))
+    scm, _ = build_scm(_cfg(tmp_path, "second", f"+mechanism.x2.init={first['units']['x2']}", experiment="linear4"))
+    saved = torch.load(first["units"]["x2"], weights_only=True)["state_dict"]["x2"]
+    for k, v in scm.mechanisms["x2"].state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    assert all(p.requires_grad for p in scm.mechanisms["x2"].parameters())
+    with pytest.raises(ConfigError, match="pretrained .* or init"):
+        ckpt = first["units"]["x2"]
+        build_scm(
+            _cfg(tmp_path, "third", f"+mechanism.x2.init={ckpt}", f"+mechanism.x2.pretrained={ckpt}", experiment="linear4")
+        )
+    with pytest.raises(FileNotFoundError, match="mechanism.x2.init=.*no such file"):
+        build_scm(_cfg(tmp_path, "fourth", f"+mechanism.x2.init={tmp_path / 'nope.ckpt'}", experiment="linear4"))
+
+
+SMALL = [
+    "dataset.options.num_samples=300",
+    "units=[image]",
+    "unit_overrides.image.trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "evaluate.predictors.max_epochs=1",
+]
+
+
+def test_finetune_stage_trains_against_separately_seeded_predictors(tmp_path):
+    first = train(_cfg(tmp_path, "first", *SMALL))
+    before = torch.load(first["units"]["image"], weights_only=True)["state_dict"]["image"]
+    second = train(
+        _cfg(
+            tmp_path,
+            "second",
+            *SMALL,
+            f"+mechanism.image.init={first['units']['image']}",
+            "mechanism.image.config.counterfactual_finetune.enabled=true",
+            "logger=csv",
+        )
+    )
+    path = Path(second["finetune_predictors"]["image"])
+    assert path.is_file() and path.parent == tmp_path / "data" / "evaluators"
+    cached = torch.load(path, weights_only=True)
+    assert cached["meta"]["seed"] == 1 and cached["meta"]["targets"] == {
+        "thickness": "continuous",
+        "intensity": "continuous",
+        "digit": "categorical(10)",
+    }
+    metrics = pd.read_csv(next((Path(second["run_dir"]) / "logs").rglob("metrics.csv")))
+    for col in ("train/image/cf_loss_epoch", "train/image/cf_digit_epoch", "train/image/lagrange_epoch"):
+        assert col in metrics and metrics[col].notna().any(), col
+    after = torch.load(second["units"]["image"], weights_only=True)["state_dict"]["image"]
+    assert not torch.isnan(after["elbo_bound"]) and torch.isnan(before["elbo_bound"])
+    moved = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
+    assert any(k.startswith("decoder") for k in moved), moved
+
+
+def test_finetune_refuses_a_mechanism_that_cannot(tmp_path):
+    cfg = _cfg(tmp_path, "run", "+mechanism.x2.config.counterfactual_finetune={enabled: true}", experiment="linear4")
+    with pytest.raises(TypeError, match=r"mechanism.x2.config \(linear_gaussian\): .*counterfactual_finetune"):
+        train(cfg)
