@@ -39,9 +39,8 @@ def test_init_loads_weights_and_leaves_them_trainable(tmp_path):
     assert all(p.requires_grad for p in scm.mechanisms["x2"].parameters())
     with pytest.raises(ConfigError, match="pretrained .* or init"):
         ckpt = first["units"]["x2"]
-        build_scm(
-            _cfg(tmp_path, "third", f"+mechanism.x2.init={ckpt}", f"+mechanism.x2.pretrained={ckpt}", experiment="linear4")
-        )
+        both = [f"+mechanism.x2.init={ckpt}", f"+mechanism.x2.pretrained={ckpt}"]
+        build_scm(_cfg(tmp_path, "third", *both, experiment="linear4"))
     with pytest.raises(FileNotFoundError, match="mechanism.x2.init=.*no such file"):
         build_scm(_cfg(tmp_path, "fourth", f"+mechanism.x2.init={tmp_path / 'nope.ckpt'}", experiment="linear4"))
 
