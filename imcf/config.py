@@ -160,6 +160,8 @@ class TrainConfig:
     data_root: str = "data"
     run_dir: str = MISSING
     units: list[str] | None = None
+    # a previous run directory: the units trained here start from its weights, the others are copied frozen
+    init_from: str | None = None
     # per-unit changes to `trainer` and `optim`, e.g. {image: {trainer: {max_epochs: 5}, optim: {lr: 2e-4}}}
     unit_overrides: dict[str, Any] = field(default_factory=dict)
     evaluate_after: bool = True

@@ -29,6 +29,8 @@ def build_scm(cfg: DictConfig) -> tuple[SCM, dict[str, Any]]:
     build_specs: dict[str, Any] = {n: {"family": s.family, "config": s.config} for n, s in specs.items()}
     build_specs["_components"] = {"*": OmegaConf.to_container(cfg.mechanism.get("confounder") or {}, resolve=True)}
     scm = SCM.build(graph, build_specs)
+    if cfg.get("init_from"):
+        specs_from_run(specs, graph, cfg.init_from, cfg.units)
     for node, spec in specs.items():
         if spec.pretrained and spec.init:
             raise ConfigError(f"mechanism.{node}: set pretrained (frozen) or init (trained on), not both")
@@ -37,6 +39,30 @@ def build_scm(cfg: DictConfig) -> tuple[SCM, dict[str, Any]]:
         elif spec.init:
             load_pretrained(scm, node, spec.init, freeze=False)
     return scm, specs
+
+
+def specs_from_run(specs: dict[str, Any], graph: CausalGraph, run_dir: str, units: list[str] | None) -> None:
+    """`init_from=<run>`: every unit of `units` (all when None) starts from that run's `<unit>.ckpt` and
+    trains on (`init`); every other unit is loaded frozen from it (`pretrained`). Nodes that already name
+    their own `pretrained` / `init` keep them."""
+    known = [unit_name(c) for c in graph.c_components()]
+    bad = [u for u in units or [] if u not in known]
+    if bad:
+        raise ConfigError(f"units={list(units or [])}: {bad} are not units of this graph; units: {known}")
+    for comp in graph.c_components():
+        name = unit_name(comp)
+        path = Path(run_dir) / f"{name}.ckpt"
+        if all(specs[n].pretrained or specs[n].init for n in comp):
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from={run_dir}: no checkpoint of unit {name!r} ({path})")
+        for n in comp:
+            if specs[n].pretrained or specs[n].init:
+                continue
+            if units is None or name in units:
+                specs[n].init = str(path)
+            else:
+                specs[n].pretrained = str(path)
 
 
 def load_pretrained(scm: SCM, node: str, path: str, freeze: bool = True) -> None:
@@ -58,6 +84,11 @@ def load_pretrained(scm: SCM, node: str, path: str, freeze: bool = True) -> None
         mech.load_state_dict(ckpt["state_dict"][node])
     except RuntimeError as e:
         raise ValueError(f"{key}: shapes do not match: {e}") from None
+    comp = next((c for c in scm.components.values() if node in c.nodes), None)
+    if comp is not None and "component" in ckpt:  # the shared-noise model of a confounded unit
+        comp.load_state_dict(ckpt["component"])
+        if freeze:
+            comp.requires_grad_(False)
     if freeze:
         mech.requires_grad_(False)
         mech.eval()
@@ -132,7 +163,8 @@ def train(cfg: Any) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     _write_run_files(run_dir, cfg, scm)
     pretrained = {n for n, s in specs.items() if s.pretrained}
-    units = plan_units(scm.graph, pretrained, cfg.units)
+    # with init_from the units not selected are copied frozen, so every unit is written
+    units = plan_units(scm.graph, pretrained, None if cfg.init_from else cfg.units)
     names = [u.name for u in plan_units(scm.graph, pretrained)]
     stray = [u for u in cfg.unit_overrides if u not in names]
     if stray:

@@ -56,18 +56,23 @@ SMALL = [
 
 
 def test_finetune_stage_trains_against_separately_seeded_predictors(tmp_path):
-    first = train(_cfg(tmp_path, "first", *SMALL))
+    first = train(_cfg(tmp_path, "first", *SMALL, "units=null", "trainer.max_epochs=1"))
     before = torch.load(first["units"]["image"], weights_only=True)["state_dict"]["image"]
     second = train(
         _cfg(
             tmp_path,
             "second",
             *SMALL,
-            f"+mechanism.image.init={first['units']['image']}",
+            f"init_from={first['run_dir']}",
             "mechanism.image.config.counterfactual_finetune.enabled=true",
             "logger=csv",
         )
     )
+    assert sorted(second["units"]) == ["digit", "image", "intensity", "thickness"]  # attributes copied frozen
+    for node in ("thickness", "digit"):
+        old = torch.load(first["units"][node], weights_only=True)["state_dict"][node]
+        new = torch.load(second["units"][node], weights_only=True)["state_dict"][node]
+        assert all(torch.equal(old[k], new[k]) for k in old), node
     path = Path(second["finetune_predictors"]["image"])
     assert path.is_file() and path.parent == tmp_path / "data" / "evaluators"
     cached = torch.load(path, weights_only=True)
@@ -83,6 +88,11 @@ def test_finetune_stage_trains_against_separately_seeded_predictors(tmp_path):
     assert not torch.isnan(after["elbo_bound"]) and torch.isnan(before["elbo_bound"])
     moved = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
     assert any(k.startswith("decoder") for k in moved), moved
+
+
+def test_init_from_names_a_missing_unit(tmp_path):
+    with pytest.raises(FileNotFoundError, match="init_from=.*no checkpoint of unit 'x1'"):
+        build_scm(_cfg(tmp_path, "run", f"init_from={tmp_path / 'empty'}", experiment="linear4"))
 
 
 def test_finetune_refuses_a_mechanism_that_cannot(tmp_path):
