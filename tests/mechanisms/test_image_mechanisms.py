@@ -163,6 +163,36 @@ def test_lagrange_multiplier_ascends_on_the_constraint():
     assert out["elbo_gap"] > 0 and mech.lagrange_raw.grad < 0  # descent on -gap * lambda raises lambda
 
 
+def test_joint_predictor_gets_counterfactual_parents_and_stays_frozen():
+    """A FrozenPredictor (the evaluator's AttributePredictor) as the joint predictor: its thickness-style head
+    takes extra inputs from the counterfactual parents, gradients reach the decoder but not the predictor, and
+    in eval mode the loss is weight * CF + lambda * max(gap, 0)."""
+    from imcf.metrics.predictors import AttributePredictor, FrozenPredictor
+
+    torch.manual_seed(0)
+    mech = ConditionalVAE.from_graph(
+        GRAPH, "image", counterfactual_finetune={"enabled": True, "weight": 2.0}, **TINY_VAE
+    )
+    model = AttributePredictor((1, 32, 32), {"ink": "continuous", "digit": "categorical(10)"}, {"ink": ["digit"]}, 8)
+    seen = []
+    frozen = FrozenPredictor(model)
+    mech.set_predictors(lambda img, parents: seen.append(parents) or frozen(img, parents))
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
+    cf_pa = {"ink": pa["ink"].flip(0), "digit": pa["digit"]}
+    out = mech.counterfactual_loss(x, pa, mech.predictors, cf_parents=cf_pa)
+    out["loss"].backward()
+    assert seen[-1] is cf_pa and set(out) >= {"cf_ink", "cf_digit", "lagrange", "elbo_gap"}
+    assert all(p.grad is None for p in model.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in mech.decoder.parameters())
+    mech.eval()
+    mech.elbo_bound.fill_(-1e6)  # violated: the penalty counts
+    with torch.no_grad():
+        ev = mech.counterfactual_loss(x, pa, mech.predictors, cf_parents=cf_pa)
+    expected = 2.0 * ev["cf_loss"] + ev["lagrange"] * ev["elbo_gap"].clamp(min=0)
+    torch.testing.assert_close(ev["loss"], expected)
+
+
 def test_hvae_exogenous_latents_match_fixed_under_factual_parents():
     torch.manual_seed(0)
     fixed = HierarchicalVAE.from_graph(GRAPH, "image", abduction={"keep_residual": False}, **TINY_HVAE)
