@@ -121,7 +121,9 @@ def train_lightning(mech: Any, data: dict[str, torch.Tensor], seconds: float, ba
     trainer.fit(UnitModule({"image": mech}, {"lr": 1e-3}), loader)
     elapsed = time.perf_counter() - start
     mech.eval()
-    return {"train_steps": trainer.global_step, "train_images_per_s": trainer.global_step * batch_size / elapsed}
+    # manual optimisation counts optimiser steps in global_step (two per adversarial batch): count batches
+    batches = int(getattr(mech, "train_batches", trainer.global_step))
+    return {"train_steps": batches, "train_images_per_s": batches * batch_size / elapsed}
 
 
 def digit_classifier(data_root: str, num_samples: int) -> AttributePredictor:
