@@ -1,13 +1,14 @@
 """Counterfactual fine-tuning on the default experiment: the evaluator's numbers before and after.
 
-Stage 1 is `python train.py` (default Morpho-MNIST experiment, conditional VAE); stage 2 fine-tunes its image unit
-with the constrained objective of Ribeiro et al. 2023 (`init_from`, `counterfactual_finetune.enabled=true`) against
-predictors of seed 1; both runs are then scored by the evaluator (quick protocol, its own seed-0 predictors).
-A stage whose report already exists is not run again.
+Stage 1 is `python train.py` (default Morpho-MNIST experiment, conditional VAE or `--family hvae`); stage 2
+fine-tunes its image unit with the constrained objective of Ribeiro et al. 2023 (`init_from`,
+`counterfactual_finetune.enabled=true`) against predictors of seed 1; both runs are then scored by the
+evaluator (quick protocol, its own seed-0 predictors). A stage whose report already exists is not run again.
 
-    python benchmarks/counterfactual_finetune.py [--runs runs] [--epochs 10] [extra train.py overrides ...]
+    python benchmarks/counterfactual_finetune.py [--family vae|hvae] [--runs runs] [--epochs 10] [overrides ...]
 
-Prints a table and writes benchmarks/results/counterfactual_finetune.json.
+Runs are runs/mm-<family> and runs/mm-<family>-cft. Prints a table and writes
+benchmarks/results/counterfactual_finetune[_<family>].json (no suffix for the VAE).
 """
 
 from __future__ import annotations
@@ -53,10 +54,13 @@ def main() -> None:
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--reports", default="reports")
     parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs of the image unit")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "counterfactual_finetune.json"))
+    parser.add_argument("--family", default="vae", choices=["vae", "hvae"])
+    parser.add_argument("--out", default=None)
     args, extra = parser.parse_known_args()
-    common = ["trainer.enable_progress_bar=false", "evaluate.progress=false", *extra]
-    base, tuned = Path(args.runs) / "mm-vae", Path(args.runs) / "mm-vae-cft"
+    suffix = "" if args.family == "vae" else f"_{args.family}"
+    out_path = args.out or str(ROOT / "benchmarks" / "results" / f"counterfactual_finetune{suffix}.json")
+    common = ["trainer.enable_progress_bar=false", "evaluate.progress=false", f"mechanism/image={args.family}", *extra]
+    base, tuned = Path(args.runs) / f"mm-{args.family}", Path(args.runs) / f"mm-{args.family}-cft"
     stages = {
         "before": (base, [f"run_dir={base}", f"evaluate.report_dir={Path(args.reports) / base.name}"]),
         "after": (
@@ -85,11 +89,17 @@ def main() -> None:
         lines.append(f"| {label} | {b:.4g} | {a:.4g} |" if b is not None and a is not None else f"| {label} | - | - |")
     print("\n".join(lines))
     out = {
-        "meta": {"date": time.strftime("%Y-%m-%d"), "epochs": args.epochs, "extra": extra, "seconds": seconds},
+        "meta": {
+            "date": time.strftime("%Y-%m-%d"),
+            "family": args.family,
+            "epochs": args.epochs,
+            "extra": extra,
+            "seconds": seconds,
+        },
         "results": table,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_path).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
