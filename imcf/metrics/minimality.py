@@ -154,7 +154,7 @@ def load_or_train_vae(
     `fingerprint` (`imcf.metrics.offline.dataset_fingerprint`) ties the cache to the dataset's content.
     """
     from imcf.data.datamodule import build_dataset
-    from imcf.metrics.offline import cache_path, fit, load_cached, save_cached, subset
+    from imcf.metrics.offline import cache_path, fit_from_config, load_cached, save_cached
 
     spec = {
         "what": "vae",
@@ -181,17 +181,7 @@ def load_or_train_vae(
         return vae.eval(), str(path)
     print(f"[imcf] training the minimality VAE for {dataset}/{image_node} -> {path}")
     train = build_dataset(dataset, data_root, "train", **options)
-    val = subset(build_dataset(dataset, data_root, "val", **options), 2000, seed)
-    fit(
-        vae,
-        subset(train, cfg.max_train_samples, seed),
-        val,
-        int(cfg.max_epochs),
-        int(cfg.batch_size),
-        float(cfg.lr),
-        accelerator,
-        seed,
-        progress,
-    )
+    val = build_dataset(dataset, data_root, "val", **options)
+    fit_from_config(vae, train, val, cfg, accelerator, seed, progress)
     save_cached(path, spec, {"state_dict": vae.state_dict()})
     return vae.eval(), str(path)

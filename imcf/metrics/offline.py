@@ -136,3 +136,27 @@ def fit(
     )
     trainer.fit(OfflineModule(model, lr), loader, val_loader)
     return model.cpu().eval()
+
+
+def fit_from_config(
+    model: nn.Module,
+    train: Dataset,
+    val: Dataset,
+    cfg: Any,
+    accelerator: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> nn.Module:
+    """`fit` with an evaluator config's settings (max_train_samples, max_epochs, batch_size, lr); at most 2,000
+    validation items."""
+    return fit(
+        model,
+        subset(train, cfg.max_train_samples, seed),
+        subset(val, 2000, seed),
+        int(cfg.max_epochs),
+        int(cfg.batch_size),
+        float(cfg.lr),
+        accelerator,
+        seed,
+        progress,
+    )

@@ -259,7 +259,7 @@ def load_or_train_predictors(
     Returns (model in eval mode on CPU, test-set quality, cache file).
     """
     from imcf.data.datamodule import build_dataset
-    from imcf.metrics.offline import cache_path, fit, load_cached, save_cached, subset
+    from imcf.metrics.offline import cache_path, fit_from_config, load_cached, save_cached, subset
 
     inputs = {t: [x for x in v if x in targets] for t, v in dict(cfg.inputs or {}).items() if t in targets}
     spec = {
@@ -296,18 +296,8 @@ def load_or_train_predictors(
     if cont:
         items = [probe[i] for i in range(len(probe))]
         model.set_target_stats({t: torch.stack([it[t] for it in items]) for t in cont})
-    val = subset(build_dataset(dataset, data_root, "val", **options), 2000, seed)
-    fit(
-        model,
-        subset(train, cfg.max_train_samples, seed),
-        val,
-        int(cfg.max_epochs),
-        int(cfg.batch_size),
-        float(cfg.lr),
-        accelerator,
-        seed,
-        progress,
-    )
+    val = build_dataset(dataset, data_root, "val", **options)
+    fit_from_config(model, train, val, cfg, accelerator, seed, progress)
     test = build_dataset(dataset, data_root, "test", **options)
     quality = score_predictor(model, test, max_nmae=float(cfg.poor_nmae), min_f1=float(cfg.poor_f1))
     save_cached(path, spec, {"state_dict": model.state_dict(), "quality": as_dict(quality)})

@@ -10,6 +10,7 @@ classifier the model was not tuned against. Usually the mechanism starts from a 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -47,6 +48,8 @@ def attach_finetune_predictors(cfg: DictConfig, scm: SCM, nodes: list[str]) -> d
         options = OmegaConf.to_container(cfg.dataset.options, resolve=True)
         pcfg = OmegaConf.merge(OmegaConf.structured(PredictorConfig), cfg.evaluate.predictors)
         pcfg.path = cfg.finetune_predictors.path
+        if pcfg.path and not Path(pcfg.path).is_file():
+            raise FileNotFoundError(f"finetune_predictors.path={pcfg.path}: no such file")
         fingerprint = dataset_fingerprint(build_dataset(cfg.dataset.name, cfg.dataset.root, "test", **options))
         model, quality, path = load_or_train_predictors(
             cfg.dataset.name,
