@@ -188,8 +188,10 @@ class MechanismSpec:
 def validate(cfg: Any, schema: type) -> DictConfig:
     """Merge `cfg` onto `schema`; raise ConfigError naming the full key path on unknown/missing/mistyped keys."""
     try:
+        # a `???` in the given config would silently take the schema's default in the merge: check it first
+        given = sorted(OmegaConf.missing_keys(cfg)) if isinstance(cfg, DictConfig) else []
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-        missing = sorted(OmegaConf.missing_keys(merged))
+        missing = sorted(set(OmegaConf.missing_keys(merged)) | set(given))
         if missing:
             raise ConfigError(f"missing required config key(s): {missing}")
         OmegaConf.resolve(merged)

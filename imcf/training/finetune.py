@@ -4,12 +4,13 @@ A mechanism with `counterfactual_finetune.enabled: true` (the latent-image famil
 objective of Ribeiro et al. 2023 once it holds predictors. They are the evaluator's predictors
 (`imcf.metrics.predictors`: same architecture, epochs and data as `evaluate.predictors`) trained with another
 seed (`finetune_predictors.seed`), cached under the data root, so effectiveness is scored afterwards by a
-classifier the model was not tuned against. Usually the mechanism starts from a trained run
-(`+mechanism.image.init=<run>/image.ckpt`): see docs/training.md, "Counterfactual fine-tuning".
+classifier the model was not tuned against. The mechanism starts from a trained run (`init_from=<run>` or
+`+mechanism.image.init=<run>/image.ckpt`): see docs/training.md, "Counterfactual fine-tuning".
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +27,37 @@ def wants_finetune(mech: Any) -> bool:
     return bool(getattr(mech, "finetune", {}).get("enabled", False))
 
 
-def attach_finetune_predictors(cfg: DictConfig, scm: SCM, nodes: list[str]) -> dict[str, str]:
-    """Load (training and caching when absent) predictors for each node in `nodes` that fine-tunes and hand
-    them to its mechanism. Returns {node: predictor file}."""
-    from imcf.data.datamodule import build_dataset
-
-    files = {}
+def finetune_nodes(scm: SCM, nodes: list[str], specs: Mapping[str, Any]) -> list[str]:
+    """The nodes among `nodes` that fine-tune; ConfigError for one that cannot or that starts untrained
+    (no `init`, no `elbo_bound`: a bound taken from an untrained model's ELBO means nothing)."""
+    out = []
     for node in nodes:
         mech = scm.mechanisms[node]
         if not wants_finetune(mech):
             continue
-        kind = scm.graph.kinds[node]
-        targets = {p: str(scm.graph.kinds[p]) for p in mech.parents if not scm.graph.kinds[p].is_image}
-        if not kind.is_image or not hasattr(mech, "set_predictors"):
+        key = f"mechanism.{node}.config.counterfactual_finetune"
+        if not scm.graph.kinds[node].is_image or not hasattr(mech, "set_predictors"):
+            raise ConfigError(f"{key}: only image mechanisms of the latent families (vae, hvae) fine-tune")
+        if not any(not scm.graph.kinds[p].is_image for p in mech.parents):
+            raise ConfigError(f"{key}: {node!r} has no attribute parents to fine-tune for")
+        if not specs[node].init and mech.finetune.get("elbo_bound") is None:
             raise ConfigError(
-                f"mechanism.{node}.config.counterfactual_finetune: only image mechanisms of the latent families "
-                f"(vae, hvae) fine-tune; {node!r} is {kind} with {type(mech).__name__}"
+                f"{key} is enabled but {node!r} starts untrained: set init_from=<stage-1 run dir> "
+                f"(or +mechanism.{node}.init=<unit ckpt>), or give counterfactual_finetune.elbo_bound"
             )
-        if not targets:
-            raise ConfigError(f"mechanism.{node}.config.counterfactual_finetune: {node!r} has no attribute parents")
+        out.append(node)
+    return out
+
+
+def attach_finetune_predictors(cfg: DictConfig, scm: SCM, nodes: list[str]) -> dict[str, str]:
+    """Load (training and caching when absent) predictors for each node in `nodes` (from `finetune_nodes`) and
+    hand them to its mechanism. Returns {node: predictor file}."""
+    from imcf.data.datamodule import build_dataset
+
+    files = {}
+    for node in nodes:
+        mech, kind = scm.mechanisms[node], scm.graph.kinds[node]
+        targets = {p: str(scm.graph.kinds[p]) for p in mech.parents if not scm.graph.kinds[p].is_image}
         options = OmegaConf.to_container(cfg.dataset.options, resolve=True)
         pcfg = OmegaConf.merge(OmegaConf.structured(PredictorConfig), cfg.evaluate.predictors)
         pcfg.path = cfg.finetune_predictors.path

@@ -15,7 +15,7 @@ from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
 from imcf.io import atomic_write_yaml, read_yaml, safe_torch_load
 from imcf.scm import SCM, unit_name
-from imcf.training.finetune import attach_finetune_predictors
+from imcf.training.finetune import attach_finetune_predictors, finetune_nodes
 from imcf.training.loggers import build_loggers
 from imcf.training.modular import Unit, plan_units
 from imcf.training.module import UnitModule
@@ -161,7 +161,6 @@ def train(cfg: Any) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     scm, specs = build_scm(cfg)
     run_dir = Path(cfg.run_dir)
-    _write_run_files(run_dir, cfg, scm)
     pretrained = {n for n, s in specs.items() if s.pretrained}
     # with init_from the units not selected are copied frozen, so every unit is written
     units = plan_units(scm.graph, pretrained, None if cfg.init_from else cfg.units)
@@ -169,6 +168,8 @@ def train(cfg: Any) -> dict[str, Any]:
     stray = [u for u in cfg.unit_overrides if u not in names]
     if stray:
         raise ConfigError(f"unit_overrides names unknown unit(s) {stray}; units of this graph: {names}")
+    tuned = finetune_nodes(scm, [n for u in units if not u.pretrained for n in u.nodes], specs)
+    _write_run_files(run_dir, cfg, scm)
     dm = CausalDataModule(
         cfg.dataset.name,
         root=cfg.dataset.root,
@@ -178,8 +179,7 @@ def train(cfg: Any) -> dict[str, Any]:
         shuffle_seed=cfg.seed,
         **OmegaConf.to_container(cfg.dataset.options, resolve=True),
     )
-    trained = [n for u in units if not u.pretrained for n in u.nodes]
-    finetune = attach_finetune_predictors(cfg, scm, trained)
+    finetune = attach_finetune_predictors(cfg, scm, tuned)
     written = {}
     for unit in units:
         if unit.pretrained:

@@ -58,15 +58,8 @@ SMALL = [
 def test_finetune_stage_trains_against_separately_seeded_predictors(tmp_path):
     first = train(_cfg(tmp_path, "first", *SMALL, "units=null", "trainer.max_epochs=1"))
     before = torch.load(first["units"]["image"], weights_only=True)["state_dict"]["image"]
-    second = train(
-        _cfg(
-            tmp_path,
-            "second",
-            *SMALL,
-            f"init_from={first['run_dir']}",
-            "mechanism.image.config.counterfactual_finetune.enabled=true",
-            "logger=csv",
-        )
+    second = train(  # the stage-2 preset: attributes copied frozen, the image fine-tuned
+        _cfg(tmp_path, "second", *SMALL, f"init_from={first['run_dir']}", "logger=csv", experiment="morphomnist_cft")
     )
     assert sorted(second["units"]) == ["digit", "image", "intensity", "thickness"]  # attributes copied frozen
     for node in ("thickness", "digit"):
@@ -88,6 +81,13 @@ def test_finetune_stage_trains_against_separately_seeded_predictors(tmp_path):
     assert not torch.isnan(after["elbo_bound"]) and torch.isnan(before["elbo_bound"])
     moved = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
     assert any(k.startswith("decoder") for k in moved), moved
+
+
+def test_finetune_from_an_untrained_model_is_refused_before_anything_is_written(tmp_path):
+    cfg = _cfg(tmp_path, "run", experiment="morphomnist_cft")  # the preset without its stage-1 run
+    with pytest.raises(ConfigError, match="counterfactual_finetune is enabled but 'image' starts untrained"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_init_from_names_a_missing_unit(tmp_path):
