@@ -244,7 +244,10 @@ def evaluate(cfg: Any) -> str:
     ds = run_cfg["dataset"]
     root = cfg.data_root or ds.get("root") or "data"
     report_dir = cfg.report_dir or str(Path("reports") / Path(cfg.run_dir).name)
-    return evaluate_scm(scm, ds["name"], root, dict(ds.get("options") or {}), cfg, report_dir, str(cfg.run_dir))
+    seed = int((run_cfg.get("finetune_predictors") or {}).get("seed", 1))
+    tuned = {n: seed for n, m in scm.mechanisms.items() if getattr(m, "finetune", {}).get("enabled", False)}
+    options = dict(ds.get("options") or {})
+    return evaluate_scm(scm, ds["name"], root, options, cfg, report_dir, str(cfg.run_dir), tuned_against=tuned)
 
 
 def evaluate_scm(
@@ -255,8 +258,12 @@ def evaluate_scm(
     cfg: Any,
     report_dir: str | Path,
     run_dir: str = "(in memory)",
+    tuned_against: Mapping[str, int] | None = None,
 ) -> str:
-    """Evaluate an SCM (trained, loaded or hand-built) on a registered dataset; write the report to `report_dir`."""
+    """Evaluate an SCM (trained, loaded or hand-built) on a registered dataset; write the report to `report_dir`.
+
+    `tuned_against`: {image node: seed of the predictors it was counterfactually fine-tuned against}; the report
+    says whether the evaluator's predictors (seed `cfg.seed`) are independent of them."""
     cfg = validate(OmegaConf.merge({"run_dir": run_dir}, cfg), EvaluateConfig)
     started = time.perf_counter()
     scm.strict = bool(cfg.identify.strict)
@@ -454,6 +461,17 @@ def evaluate_scm(
         notes.append(
             f"interventions: continuous values from another of {cfg.interventions.bins} equal bins (benchmark)"
         )
+    for m, seed in (tuned_against or {}).items():
+        if seed == int(cfg.seed):
+            notes.append(
+                f"NOT INDEPENDENT: {m} was counterfactually fine-tuned against predictors of seed {seed}, the "
+                f"evaluator's own: its effectiveness numbers are optimistic (use another finetune_predictors.seed)"
+            )
+        else:
+            notes.append(
+                f"{m} was counterfactually fine-tuned against predictors of seed {seed}; effectiveness here uses "
+                f"the evaluator's, of seed {int(cfg.seed)} (same data and architecture, separate training run)"
+            )
     poor = [f"{m}/{a}" for m, q in quality.items() for a, d in q.items() if d["poor"]]
     if poor:
         notes.append(f"POOR predictors {poor}: effectiveness that relies on them is not meaningful")

@@ -1,13 +1,16 @@
 """Counterfactual fine-tuning through train.py: `init` weights, predictors attached, the constrained objective."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from imcf.config import ConfigError
+from imcf.evaluation import evaluate
 from imcf.training import train
 from imcf.training.run import build_scm
 
@@ -77,6 +80,22 @@ def test_finetune_stage_trains_against_separately_seeded_predictors(tmp_path):
     metrics = pd.read_csv(next((Path(second["run_dir"]) / "logs").rglob("metrics.csv")))
     for col in ("train/image/cf_loss_epoch", "train/image/cf_digit_epoch", "train/image/lagrange_epoch"):
         assert col in metrics and metrics[col].notna().any(), col
+    for seed, says in ((0, "effectiveness here uses the evaluator's, of seed 0"), (1, "NOT INDEPENDENT")):
+        report = evaluate(
+            OmegaConf.create(
+                {
+                    "run_dir": second["run_dir"],
+                    "report_dir": str(tmp_path / f"report{seed}"),
+                    "seed": seed,
+                    "compute": ["effectiveness"],
+                    "num_samples": 24,
+                    "predictors": {"max_epochs": 1},
+                    "progress": False,
+                }
+            )
+        )
+        notes = json.loads((Path(report) / "metrics.json").read_text())["meta"]["notes"]
+        assert any(says in n for n in notes), notes
     after = torch.load(second["units"]["image"], weights_only=True)["state_dict"]["image"]
     assert not torch.isnan(after["elbo_bound"]) and torch.isnan(before["elbo_bound"])
     moved = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
