@@ -229,6 +229,15 @@ class LatentImageMechanism(Mechanism):
             raise KeyError(f"predictors given for non-parents {sorted(unknown)} of {self.node!r}")
         self.predictors = dict(predictors)
 
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Parameter groups for one optimiser: the Lagrange multiplier learns at `lr * lagrange_lr_scale`
+        (a gradient scale alone would be undone by Adam's normalisation). Used by `imcf.training.UnitModule`."""
+        rest = [p for n, p in self.named_parameters() if n != "lagrange_raw" and p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": rest, "lr": lr}]
+        if self.lagrange_raw.requires_grad:
+            groups.append({"params": [self.lagrange_raw], "lr": lr * float(self.finetune["lagrange_lr_scale"])})
+        return groups
+
     @property
     def lagrange(self) -> Tensor:
         """The Lagrange multiplier of the ELBO constraint (>= 0)."""
@@ -278,7 +287,7 @@ class LatentImageMechanism(Mechanism):
         lam = self.lagrange
         # model: CF + lambda * gap (lambda held); lambda: gradient ascent on lambda * gap (gap held)
         if self.training:
-            lagrangian = lam.detach() * gap - float(self.finetune["lagrange_lr_scale"]) * lam * gap.detach()
+            lagrangian = lam.detach() * gap - lam * gap.detach()
         else:
             lagrangian = lam.detach() * gap.clamp(min=0)
         loss = float(self.finetune["weight"]) * cf_loss + lagrangian

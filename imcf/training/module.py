@@ -124,10 +124,19 @@ class UnitModule(L.LightningModule):
         if not self.automatic_optimization:
             (mech,) = self.mechanisms.values()
             return mech.configure_unit_optimizers(self.optim)
-        params = [p for p in self.parameters() if p.requires_grad]
+        lr = float(self.optim.get("lr", 1e-3))
+        groups, grouped = [], set()
+        for mech in self.mechanisms.values():  # families may ask for their own groups (e.g. a Lagrange multiplier)
+            if hasattr(mech, "optimizer_groups"):
+                for g in mech.optimizer_groups(lr):
+                    groups.append(g)
+                    grouped.update(id(p) for p in g["params"])
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in grouped]
+        if rest:
+            groups.append({"params": rest, "lr": lr})
         opt = torch.optim.Adam(
-            params,
-            lr=float(self.optim.get("lr", 1e-3)),
+            [g for g in groups if g["params"]],
+            lr=lr,
             betas=tuple(self.optim.get("betas", (0.9, 0.999))),
             weight_decay=float(self.optim.get("weight_decay", 0.0)),
         )

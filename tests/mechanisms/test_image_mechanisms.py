@@ -163,6 +163,28 @@ def test_lagrange_multiplier_ascends_on_the_constraint():
     assert out["elbo_gap"] > 0 and mech.lagrange_raw.grad < 0  # descent on -gap * lambda raises lambda
 
 
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_lagrange_multiplier_learns_at_its_own_rate_in_the_unit_optimiser(scale):
+    """UnitModule gives the multiplier its own Adam group at lr * lagrange_lr_scale: under a violated bound it
+    rises by ~lr * scale per step (a mere gradient scale would be undone by Adam's normalisation)."""
+    from imcf.training.module import UnitModule
+
+    torch.manual_seed(0)
+    finetune = {"enabled": True, "elbo_bound": -1e6, "lagrange_lr_scale": scale}
+    mech = ConditionalVAE.from_graph(GRAPH, "image", counterfactual_finetune=finetune, **TINY_VAE)
+    mech.set_predictors({"ink": ink_of})
+    opt = UnitModule({"image": mech}, {"lr": 1e-3}).configure_optimizers()
+    assert sorted(g["lr"] for g in opt.param_groups) == sorted([1e-3, 1e-3 * scale])
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
+    before = mech.lagrange_raw.item()
+    for _ in range(5):
+        opt.zero_grad()
+        mech.loss(x, pa)["loss"].backward()
+        opt.step()
+    assert mech.lagrange_raw.item() - before == pytest.approx(5 * 1e-3 * scale, rel=0.05)
+
+
 def test_joint_predictor_gets_counterfactual_parents_and_stays_frozen():
     """A FrozenPredictor (the evaluator's AttributePredictor) as the joint predictor: its thickness-style head
     takes extra inputs from the counterfactual parents, gradients reach the decoder but not the predictor, and
