@@ -21,11 +21,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from imcf.config import EvaluateConfig, validate
+from imcf.config import EvaluateConfig, FinetunePredictorsConfig, validate
 from imcf.data.base import CausalDataset, stack_batch
 from imcf.data.datamodule import build_dataset
 from imcf.graph import CausalGraph, NodeKind
 from imcf.io import read_yaml
+from imcf.mechanisms.latent_image import finetunes
 from imcf.metrics.composition import LPIPSDistance, feature_l1, node_distance, null_intervention, repeat
 from imcf.metrics.effectiveness import effectiveness, f1_score, labels, mean_and_std
 from imcf.metrics.minimality import LatentVAE, counterfactual_latent_divergence, load_or_train_vae
@@ -244,8 +245,8 @@ def evaluate(cfg: Any) -> str:
     ds = run_cfg["dataset"]
     root = cfg.data_root or ds.get("root") or "data"
     report_dir = cfg.report_dir or str(Path("reports") / Path(cfg.run_dir).name)
-    seed = int((run_cfg.get("finetune_predictors") or {}).get("seed", 1))
-    tuned = {n: seed for n, m in scm.mechanisms.items() if getattr(m, "finetune", {}).get("enabled", False)}
+    seed = int((run_cfg.get("finetune_predictors") or {}).get("seed", FinetunePredictorsConfig.seed))
+    tuned = {n: seed for n, m in scm.mechanisms.items() if finetunes(m)}
     options = dict(ds.get("options") or {})
     return evaluate_scm(scm, ds["name"], root, options, cfg, report_dir, str(cfg.run_dir), tuned_against=tuned)
 

@@ -27,6 +27,12 @@ Predictor = Callable[[Tensor], Tensor]
 #: parents feeding heads that take extra inputs (e.g. `imcf.metrics.predictors.FrozenPredictor`)
 JointPredictor = Callable[[Tensor, Mapping[str, Tensor]], Mapping[str, Tensor]]
 
+
+def finetunes(mech: Any) -> bool:
+    """Whether a mechanism is configured for counterfactual fine-tuning (`counterfactual_finetune.enabled`)."""
+    return bool(getattr(mech, "finetune", {}).get("enabled", False))
+
+
 ABDUCTION_KEYS = {"keep_residual", "sample", "latents"}
 FINETUNE_KEYS = {"enabled", "weight", "elbo_bound", "lagrange_init", "lagrange_lr_scale"}
 

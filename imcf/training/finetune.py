@@ -17,14 +17,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imcf.config import ConfigError, PredictorConfig
+from imcf.mechanisms.latent_image import finetunes
 from imcf.metrics.offline import dataset_fingerprint
 from imcf.metrics.predictors import FrozenPredictor, load_or_train_predictors
 from imcf.scm import SCM
-
-
-def wants_finetune(mech: Any) -> bool:
-    """Whether a mechanism is configured for counterfactual fine-tuning."""
-    return bool(getattr(mech, "finetune", {}).get("enabled", False))
 
 
 def finetune_nodes(scm: SCM, nodes: list[str], specs: Mapping[str, Any]) -> list[str]:
@@ -33,7 +29,7 @@ def finetune_nodes(scm: SCM, nodes: list[str], specs: Mapping[str, Any]) -> list
     out = []
     for node in nodes:
         mech = scm.mechanisms[node]
-        if not wants_finetune(mech):
+        if not finetunes(mech):
             continue
         key = f"mechanism.{node}.config.counterfactual_finetune"
         if not scm.graph.kinds[node].is_image or not hasattr(mech, "set_predictors"):
