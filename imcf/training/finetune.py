@@ -50,16 +50,18 @@ def attach_finetune_predictors(cfg: DictConfig, scm: SCM, nodes: list[str]) -> d
     hand them to its mechanism. Returns {node: predictor file}."""
     from imcf.data.datamodule import build_dataset
 
+    if not nodes:
+        return {}
+    options = OmegaConf.to_container(cfg.dataset.options, resolve=True)
+    pcfg = OmegaConf.merge(OmegaConf.structured(PredictorConfig), cfg.evaluate.predictors)
+    pcfg.path = cfg.finetune_predictors.path
+    if pcfg.path and not Path(pcfg.path).is_file():
+        raise FileNotFoundError(f"finetune_predictors.path={pcfg.path}: no such file")
+    fingerprint = dataset_fingerprint(build_dataset(cfg.dataset.name, cfg.dataset.root, "test", **options))
     files = {}
     for node in nodes:
         mech, kind = scm.mechanisms[node], scm.graph.kinds[node]
         targets = {p: str(scm.graph.kinds[p]) for p in mech.parents if not scm.graph.kinds[p].is_image}
-        options = OmegaConf.to_container(cfg.dataset.options, resolve=True)
-        pcfg = OmegaConf.merge(OmegaConf.structured(PredictorConfig), cfg.evaluate.predictors)
-        pcfg.path = cfg.finetune_predictors.path
-        if pcfg.path and not Path(pcfg.path).is_file():
-            raise FileNotFoundError(f"finetune_predictors.path={pcfg.path}: no such file")
-        fingerprint = dataset_fingerprint(build_dataset(cfg.dataset.name, cfg.dataset.root, "test", **options))
         model, quality, path = load_or_train_predictors(
             cfg.dataset.name,
             options,
