@@ -1,8 +1,8 @@
 """Counterfactual fine-tuning on the default experiment: the evaluator's numbers before and after.
 
 Stage 1 is `python train.py` (default Morpho-MNIST experiment, conditional VAE or `--family hvae`); stage 2
-fine-tunes its image unit with the constrained objective of Ribeiro et al. 2023 (`init_from`,
-`counterfactual_finetune.enabled=true`) against predictors of seed 1; both runs are then scored by the
+(`experiment=morphomnist_cft init_from=<stage 1>`) fine-tunes its image unit with the constrained objective of
+Ribeiro et al. 2023 against predictors of seed 1; both runs are then scored by the
 evaluator (quick protocol, its own seed-0 predictors). A stage whose report already exists is not run again.
 
     python benchmarks/counterfactual_finetune.py [--family vae|hvae] [--runs runs] [--epochs 10] [overrides ...]
@@ -65,12 +65,11 @@ def main() -> None:
         "before": (base, [f"run_dir={base}", f"evaluate.report_dir={Path(args.reports) / base.name}"]),
         "after": (
             tuned,
-            [
+            [  # the stage-2 preset (units=[image], counterfactual_finetune.enabled) with this script's epochs
+                "experiment=morphomnist_cft",
                 f"run_dir={tuned}",
                 f"evaluate.report_dir={Path(args.reports) / tuned.name}",
                 f"init_from={base}",
-                "units=[image]",
-                "mechanism.image.config.counterfactual_finetune.enabled=true",
                 f"unit_overrides.image.trainer.max_epochs={args.epochs}",
             ],
         ),
