@@ -12,21 +12,19 @@ from imcf.training.module import UnitModule
 GRAPH = CausalGraph.from_dict({"t": "continuous", "image": {"kind": "image(1,16,16)", "parents": ["t"]}})
 
 
+def _trainer(**settings) -> L.Trainer:
+    """A quiet CPU Trainer without checkpoints."""
+    quiet = {"enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    return L.Trainer(accelerator="cpu", **quiet, **settings)
+
+
 def _fit(**config) -> tuple[dict, dict]:
     torch.manual_seed(0)
     mech = ConditionalVAE.from_graph(GRAPH, "image", latent_dim=4, widths=[8, 8], **config)
     before = {k: v.detach().clone() for k, v in mech.named_parameters()}
     data = [{"t": torch.randn(1), "image": torch.rand(1, 16, 16) * 2 - 1} for _ in range(32)]
     loader = DataLoader(data, batch_size=8, collate_fn=stack_batch)
-    trainer = L.Trainer(
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(UnitModule({"image": mech}, {"lr": 1e-2}), train_dataloaders=loader)
+    _trainer(max_steps=3, logger=False).fit(UnitModule({"image": mech}, {"lr": 1e-2}), train_dataloaders=loader)
     return before, dict(mech.named_parameters())
 
 
@@ -49,15 +47,7 @@ def test_validation_logs_image_grids_to_tensorboard(tmp_path):
     data = [{"t": torch.randn(1), "image": torch.rand(1, 16, 16) * 2 - 1} for _ in range(16)]
     loader = DataLoader(data, batch_size=8, collate_fn=stack_batch)
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
-    )
+    trainer = _trainer(max_epochs=1, logger=logger, num_sanity_val_steps=0)
     trainer.fit(UnitModule({"image": mech}), train_dataloaders=loader, val_dataloaders=loader)
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"))
     events.Reload()
