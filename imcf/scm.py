@@ -236,10 +236,12 @@ class SCM(nn.Module):
                 raise KeyError(f"no mechanism specified for node {n!r}")
             extra = member_of[n].extras(n) if n in member_of else None
             family, config = specs[n]["family"], dict(specs[n].get("config") or {})
-            if family not in MECHANISMS:
-                raise KeyError(f"mechanism.{n}.family={family!r} is not registered; registered: {sorted(MECHANISMS)}")
+            try:  # the registry's own error names the known families; add the node
+                family_cls = MECHANISMS[family]
+            except KeyError as e:
+                raise KeyError(f"mechanism.{n}.family: {e.args[0]}") from None
             try:
-                mechs[n] = MECHANISMS[family].from_graph(graph, n, extra, **config)
+                mechs[n] = family_cls.from_graph(graph, n, extra, **config)
             except TypeError as e:  # an option the family does not take: name the node and the family
                 raise TypeError(f"mechanism.{n}.config ({family}): {e}") from None
         return cls(graph, mechs, components=components)
