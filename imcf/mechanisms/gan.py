@@ -17,6 +17,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from imcf.graph import NodeKind
 from imcf.mechanisms.latent_image import LatentImageMechanism, LatentNoise, parse_options
 from imcf.nn.conv import ConvDecoder, ConvEncoder, broadcast_cond
+from imcf.nn.independence import dependence
 from imcf.registry import MECHANISMS
 
 ADVERSARIAL_LOSSES = ("nonsaturating", "hinge")
@@ -165,6 +166,7 @@ class ConditionalGAN(LatentImageMechanism):
         parent_ranges: Mapping[str, list[float]] | None = None,
         grad_clip: float | None = 200.0,
         grad_skip: float | None = None,
+        independence_weight: float = 0.0,
     ) -> None:
         super().__init__(
             node,
@@ -174,6 +176,7 @@ class ConditionalGAN(LatentImageMechanism):
             parent_ranges=parent_ranges,
             grad_clip=grad_clip,
             grad_skip=grad_skip,
+            independence_weight=independence_weight,
         )
         if self.abduct_sample:
             raise ValueError(f"gan {node!r}: abduction.sample needs a stochastic encoder; the GAN's is deterministic")
@@ -329,10 +332,16 @@ class ConditionalGAN(LatentImageMechanism):
                 self.discriminator(x, z_real, cond), self.discriminator(self.generator(z, cond), z, cond)
             )
             recon = F.mse_loss(self.generator(z_real, cond), x)
-            ge_norm = self._step(ge_opt, g_loss + self.recon_weight * recon, module)
+            ge_loss = g_loss + self.recon_weight * recon
+            dep: dict[str, Tensor] = {}
+            if self.independence_weight > 0 and b >= 4:
+                dep = dependence(z_real, {p: parents[p] for p in self.parents})
+                ge_loss = ge_loss + self.independence_weight * sum(dep.values())
+            ge_norm = self._step(ge_opt, ge_loss, module)
         finally:
             self.discriminator.requires_grad_(True)
         return {
+            **{f"dep_{p}": v.detach() for p, v in dep.items()},
             "d_loss": d_loss.detach(),
             "g_loss": g_loss.detach(),
             "r1": penalty.detach(),

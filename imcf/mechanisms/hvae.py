@@ -62,6 +62,7 @@ class TopDownBlock(nn.Module):
             q_scale = F.softplus(q_raw) + _MIN_SCALE
             z = q_loc + q_scale * torch.randn_like(q_loc) if sample else q_loc
             stats["kl"] = gaussian_kl(q_loc, q_scale, p_loc, p_scale).flatten(1).sum(1)
+            stats["u_mean"] = (q_loc - p_loc) / p_scale
         elif code is not None:
             z = p_loc + p_scale * code if standardised else code
         else:
@@ -171,6 +172,8 @@ class HierarchicalVAE(LatentImageMechanism):
         loc, log_scale, stats = self.top_down(cond, acts=self.encoder(x), sample=True)
         out = {"nll": -self.likelihood.log_prob(x, loc, log_scale)}
         out["kl"] = torch.stack([s["kl"] for s in stats]).sum(0) if stats else torch.zeros_like(out["nll"])
+        key = "u_mean" if self.latent_mode == "exogenous" else "z"
+        out["codes"] = [s[key] for s in stats]
         for s in stats:
             k = f"kl_{s['resolution']}"
             out[k] = out[k] + s["kl"] if k in out else s["kl"]

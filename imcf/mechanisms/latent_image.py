@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from imcf.graph import NodeKind
 from imcf.mechanisms.base import Mechanism
 from imcf.nn.conv import check_image_shape
+from imcf.nn.independence import dependence
 from imcf.nn.parents import ParentEncoder
 
 #: an anti-causal predictor: image batch -> prediction of one attribute (continuous: values (B, 1) in the
@@ -33,7 +34,9 @@ def finetunes(mech: Any) -> bool:
     return bool(getattr(mech, "finetune", {}).get("enabled", False))
 
 
-ABDUCTION_KEYS = {"keep_residual", "sample", "latents"}
+ABDUCTION_KEYS = {"keep_residual", "sample", "latents", "withhold_residual_on", "residual"}
+#: `abduction.residual: relative`: the residual is scaled by (decode' + 1 + eps) / (decode + 1 + eps), clipped
+RELATIVE_EPS, RELATIVE_MAX = 0.1, 4.0
 FINETUNE_KEYS = {"enabled", "weight", "elbo_bound", "lagrange_init", "lagrange_lr_scale"}
 
 
@@ -75,6 +78,9 @@ class LatentImageMechanism(Mechanism):
         sample: abduct a posterior sample instead of the posterior mean;
         latents: "fixed" keeps the abducted latents under new parents (default); "exogenous" abducts the
           standardised coordinates of the conditional prior, re-mapped under the new parents.
+      independence_weight: weight of the normalised HSIC between the abducted latent and each parent
+        (`imcf.nn.independence`) added to the training loss: keeps the parents' information out of the
+        noise, so the decoder takes it from the parents (0 = off);
       kl_weight, likelihood ("discretized_gaussian" | "gaussian"), likelihood_std (null = learned),
       parent_ranges ({parent: [lo, hi]} fixed normalisation for continuous parents),
       grad_clip (max grad norm), grad_skip (skip updates whose grad norm exceeds it; null = never),
@@ -92,19 +98,33 @@ class LatentImageMechanism(Mechanism):
         grad_clip: float | None = 200.0,
         grad_skip: float | None = None,
         counterfactual_finetune: Mapping[str, Any] | None = None,
+        independence_weight: float = 0.0,
     ) -> None:
         super().__init__(node, kind, parent_kinds)
         if kind.name != "image":
             raise ValueError(f"{type(self).__name__} needs an image node; {node!r} is {kind}")
         self.channels, self.size, _ = check_image_shape(kind.shape, node)
         opts = parse_options(
-            abduction, {"keep_residual": True, "sample": False, "latents": "fixed"}, f"{node}: abduction"
+            abduction,
+            {
+                "keep_residual": True,
+                "sample": False,
+                "latents": "fixed",
+                "withhold_residual_on": "discrete",
+                "residual": "additive",
+            },
+            f"{node}: abduction",
         )
         if opts["latents"] not in ("fixed", "exogenous"):
             raise ValueError(f"{node}: abduction.latents must be fixed or exogenous, got {opts['latents']!r}")
         self.keep_residual = bool(opts["keep_residual"])
+        if opts["residual"] not in ("additive", "relative"):
+            raise ValueError(f"{node}: abduction.residual must be additive or relative, got {opts['residual']!r}")
+        self.residual_mode = opts["residual"]
         self.abduct_sample = bool(opts["sample"])
         self.latent_mode = opts["latents"]
+        self.withhold_residual_on = self._withheld_parents(opts["withhold_residual_on"], parent_kinds, node)
+        self.independence_weight = float(independence_weight)
         # honest: only the residual makes predict(abduct(x, pa), pa) == x
         self.exact_abduction = self.keep_residual
         self.kl_weight = float(kl_weight)
@@ -132,6 +152,21 @@ class LatentImageMechanism(Mechanism):
             self.elbo_bound.fill_(float(self.finetune["elbo_bound"]))
         self.predictors: dict[str, Predictor] | JointPredictor = {}
 
+    @staticmethod
+    def _withheld_parents(spec: Any, parent_kinds: Mapping[str, NodeKind], node: str) -> tuple[str, ...]:
+        if spec == "discrete":
+            return tuple(p for p, k in parent_kinds.items() if k.name in ("binary", "categorical"))
+        if spec is None:
+            return ()
+        if isinstance(spec, str) or not all(isinstance(p, str) for p in spec):
+            raise ValueError(
+                f"{node}: abduction.withhold_residual_on must be 'discrete' or a list of parents, got {spec!r}"
+            )
+        unknown = [p for p in spec if p not in parent_kinds]
+        if unknown:
+            raise KeyError(f"{node}: abduction.withhold_residual_on names non-parents {unknown}")
+        return tuple(spec)
+
     # ----- what families implement -----
     @abstractmethod
     def encode_latents(self, x: Tensor, cond: Tensor) -> LatentNoise:
@@ -143,7 +178,9 @@ class LatentImageMechanism(Mechanism):
 
     @abstractmethod
     def elbo(self, x: Tensor, cond: Tensor) -> dict[str, Tensor]:
-        """{"nll": (B,), "kl": (B,), optional "kl_<level>": (B,)} in nats per image, reparameterised."""
+        """{"nll": (B,), "kl": (B,), optional "kl_<level>": (B,)} in nats per image, reparameterised, and
+        optionally "codes": the posterior latents (means, standardised where the mode is exogenous) as a list,
+        which the independence penalty reads."""
 
     @abstractmethod
     def noise_shapes(self) -> list[tuple[int, ...]]:
@@ -176,7 +213,11 @@ class LatentImageMechanism(Mechanism):
         cond = self.condition(parents, x.shape[0])
         noise = self.encode_latents(x, cond)
         if self.keep_residual:
-            noise.residual = x - self.decode(noise, cond)
+            decoded = self.decode(noise, cond)
+            noise.residual = x - decoded
+            if self.residual_mode == "relative":
+                noise.extras["decoded"] = decoded
+            noise.extras["withheld_parents"] = {p: parents[p] for p in self.withhold_residual_on}
         return noise
 
     def decode(self, noise: LatentNoise, cond: Tensor) -> Tensor:
@@ -186,8 +227,23 @@ class LatentImageMechanism(Mechanism):
     def predict(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> Tensor:
         out = self.decode(noise, self.condition(parents, noise.batch_size))
         if noise.residual is not None:
-            out = out + noise.residual
+            residual = noise.residual * self._residual_mask(noise, parents)
+            if "decoded" in noise.extras:  # relative: the detail follows the counterfactual's brightness
+                ratio = (out + 1 + RELATIVE_EPS) / (noise.extras["decoded"] + 1 + RELATIVE_EPS)
+                residual = residual * ratio.clamp(0.0, RELATIVE_MAX)
+            out = out + residual
         return out.clamp(-1.0, 1.0)
+
+    def _residual_mask(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> Tensor | float:
+        """(B, 1, 1, 1): 0 for rows whose withheld parents (`withhold_residual_on`) differ from the factual."""
+        factual = noise.extras.get("withheld_parents") or {}
+        if not factual:
+            return 1.0
+        changed = torch.zeros(noise.batch_size, dtype=torch.bool, device=noise.residual.device)
+        for p, v in factual.items():
+            new = parents[p].to(v.device)
+            changed |= (new.reshape(len(new), -1) != v.reshape(len(v), -1)).any(1)
+        return (~changed).to(noise.residual.dtype)[:, None, None, None]
 
     def sample_noise(self, n: int) -> LatentNoise:
         return LatentNoise([torch.randn(n, *s, device=self.device) for s in self.noise_shapes()], standardised=True)
@@ -196,6 +252,7 @@ class LatentImageMechanism(Mechanism):
         self._check_image(x)
         cond = self.condition(parents, x.shape[0])
         terms = self.elbo(x, cond)
+        codes = terms.pop("codes", None)
         dims = float(x[0].numel())
         nll, kl = terms["nll"].mean() / dims, terms["kl"].mean() / dims
         elbo_loss = nll + self.kl_weight * kl
@@ -203,10 +260,16 @@ class LatentImageMechanism(Mechanism):
         for k, v in terms.items():
             if k.startswith("kl_"):
                 out[k] = v.mean().detach() / dims
+        penalty: Tensor | float = 0.0
+        if self.independence_weight > 0 and codes is not None and x.shape[0] >= 4:
+            dep = dependence(codes, {p: parents[p] for p in self.parents})
+            penalty = self.independence_weight * sum(dep.values())
+            out["loss"] = out["loss"] + penalty
+            out.update({f"dep_{p}": v.detach() for p, v in dep.items()})
         if self.finetune["enabled"] and self.predictors:
             cf = self.counterfactual_loss(x, parents, self.predictors, elbo=elbo_loss)
             out.update({k: v for k, v in cf.items() if k != "loss"})
-            out["loss"] = cf["loss"]
+            out["loss"] = cf["loss"] + penalty
         return out
 
     # ----- training stability -----

@@ -77,7 +77,7 @@ class ConditionalVAE(LatentImageMechanism):
         loc, log_scale = self._decode(z, cond)
         nll = -self.likelihood.log_prob(x, loc, log_scale)
         kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(1)
-        return {"nll": nll, "kl": kl}
+        return {"nll": nll, "kl": kl, "codes": [mu]}
 
     def noise_shapes(self) -> list[tuple[int, ...]]:
         return [(self.latent_dim,)]
