@@ -146,11 +146,8 @@ class CausalGraph:
         self._dag = nx.DiGraph()
         self._dag.add_nodes_from(self.kinds)
         self._dag.add_edges_from((p, n) for n, pa in self._parents.items() for p in pa)
-        try:
+        if not nx.is_directed_acyclic_graph(self._dag):  # find_cycle only to name it: it is slow
             cycle = nx.find_cycle(self._dag)
-        except nx.NetworkXNoCycle:
-            cycle = None
-        if cycle:
             path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
             raise GraphError(f"the directed edges contain a cycle: {path}")
         order = {n: i for i, n in enumerate(self.kinds)}

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,6 +23,29 @@ def _run(args, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
+
+
+def _gpu_smoke_args(run, tmp_path):
+    return [
+        "train.py",
+        "experiment=linear4",
+        "trainer=gpu",
+        "trainer.fast_dev_run=true",
+        "trainer.enable_progress_bar=false",
+        f"run_dir={run}",
+        f"data_root={tmp_path / 'data'}",
+        "evaluate_after=false",
+    ]
+
+
+@pytest.mark.gpu
+def test_train_on_gpu_fast_dev_run(tmp_path):
+    """trainer=gpu (one GPU, 16-bit mixed precision) trains every unit of linear4; skipped without CUDA."""
+    run = tmp_path / "run"
+    out = _run(_gpu_smoke_args(run, tmp_path), tmp_path)
+    assert "[imcf] run directory" in out
+    for f in ("config.yaml", "mechanisms.yaml", "x1.ckpt", "x4.ckpt"):
+        assert (run / f).is_file(), f
 
 
 def test_train_fast_dev_run_then_evaluate(tmp_path):

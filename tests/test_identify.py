@@ -387,3 +387,26 @@ def test_cli_prints_verdict_and_estimand(tmp_path, capsys):
     assert main([f"graph={path}", "query=P(intensity | do(thickness))", "identify.strict=true"]) == 1
     assert "thickness <-> intensity" in capsys.readouterr().err
     assert main([f"graph={tmp_path / 'missing.yaml'}", "query=P(a | do(b))"]) == 1
+
+
+def test_a_new_family_states_its_own_assumption_without_editing_identify():
+    """A family's `abduction_assumption` reaches the verdict, whether it is named (as SCM.verdict does) or
+    passed as the class; a family that states none gets the base class's text."""
+    from imcf.mechanisms import Mechanism
+    from imcf.registry import MECHANISMS
+
+    class ToyImage(Mechanism):
+        abduction_assumption = "toy abduction: the toy encoder's code is the noise"
+        abduct = predict = sample_noise = loss = None  # never called: identify reads only the class
+
+    class Silent(ToyImage):
+        abduction_assumption = Mechanism.abduction_assumption
+
+    MECHANISMS.register("toy_image")(ToyImage)
+    try:
+        for image_family in ("toy_image", ToyImage):
+            v = counterfactual_verdict(morpho(False), {"digit": 3}, families={**FAMILIES, "image": image_family})
+            assert v["assumptions"] == {"image": ToyImage.abduction_assumption}
+    finally:
+        del MECHANISMS["toy_image"]
+    assert "states no abduction assumption" in family_assumption(Silent)

@@ -23,6 +23,11 @@ class Mechanism(nn.Module, ABC):
     """
 
     exact_abduction: bool = False
+    # What a unit-level counterfactual on this node rests on beyond the graph (imcf.identify reports it);
+    # every family states its own.
+    abduction_assumption: str = (
+        "the family states no abduction assumption; its counterfactuals rest on its own modelling choices"
+    )
 
     def __init__(self, node: str, kind: NodeKind, parent_kinds: Mapping[str, NodeKind]) -> None:
         super().__init__()
@@ -47,6 +52,12 @@ class Mechanism(nn.Module, ABC):
         mech = cls(node, graph.kinds[node], kinds, **kwargs)
         mech.config = dict(kwargs)
         return mech
+
+    @classmethod
+    def abduction_assumption_for(cls, config: Mapping[str, Any] | None = None) -> str:
+        """The abduction assumption of this family built with `config` (a family whose assumption depends on
+        its configuration overrides this)."""
+        return cls.abduction_assumption
 
     @property
     def device(self) -> torch.device:

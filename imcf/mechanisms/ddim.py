@@ -39,6 +39,12 @@ class DDIM(Mechanism):
     as the number of steps grows (docs/mechanism_ddim.md gives measured numbers).
     """
 
+    abduction_assumption = (
+        "exact invertible mechanism (up to solver error): deterministic DDIM inversion maps the image to its "
+        "latent noise given the parents; the counterfactual is that of the learned ODE map, one bijection among "
+        "many that fit the same data"
+    )
+
     exact_abduction = False
 
     def __init__(

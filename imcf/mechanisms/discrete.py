@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,10 @@ from imcf.nn.parents import ParentEncoder
 from imcf.registry import MECHANISMS
 
 MODES = ("gumbel", "threshold")
+MODE_ASSUMPTIONS = {
+    "gumbel": "Gumbel-max SCM (Oberst & Sontag 2019): counterfactual stability chooses the counterfactual",
+    "threshold": "inverse-CDF threshold SCM: a monotone noise-to-class map chooses the counterfactual",
+}
 MIN_PROB = 1e-6  # threshold mode: every class keeps an interval at least this wide, so abduction never fails
 
 
@@ -47,7 +52,23 @@ class DiscreteMechanism(Mechanism):
     seeded with `seed` and the node name, so two nodes with the same config draw independent streams).
     """
 
+    abduction_assumption = (
+        "discrete counterfactuals are not identified by data: the Gumbel-max SCM (Oberst & Sontag 2019; "
+        "mode=gumbel, counterfactual stability) or the inverse-CDF threshold SCM (mode=threshold, monotone in the"
+        " noise) chooses one of the SCMs that fit the same observational distribution"
+    )
+
     exact_abduction = True
+
+    @classmethod
+    def abduction_assumption_for(cls, config: Mapping[str, Any] | None = None) -> str:
+        """The assumption of the configured `mode`, or of both when none is given."""
+        mode = (config or {}).get("mode")
+        return (
+            f"{MODE_ASSUMPTIONS[mode]}; not identified by data alone"
+            if mode in MODE_ASSUMPTIONS
+            else super().abduction_assumption_for(config)
+        )
 
     def __init__(
         self,

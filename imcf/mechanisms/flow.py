@@ -105,6 +105,12 @@ class FlowMechanism(Mechanism):
     `support` / `lower` / `upper` choose the fixed bijection onto R (see `SupportBijection`).
     """
 
+    abduction_assumption = (
+        "exact invertible mechanism: the normalizing flow is a bijection between the node and its noise given the"
+        " parents, so abduction recovers the noise exactly; the counterfactual is the one of the bijective "
+        "(monotone, for 1-d nodes) SCM the flow was fitted as, which the data alone cannot single out"
+    )
+
     exact_abduction = True
 
     def __init__(

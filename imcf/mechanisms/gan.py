@@ -142,6 +142,12 @@ class ConditionalGAN(LatentImageMechanism):
         assume per-sample outputs).
     """
 
+    abduction_assumption = (
+        "approximate abduction: the noise is found by an encoder or by inverting the generator (optimisation), "
+        "with no guarantee that it is the posterior of the true noise; the counterfactual assumes the recovered "
+        "latent is parent-independent"
+    )
+
     manual_optimization = True
 
     def __init__(

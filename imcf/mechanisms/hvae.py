@@ -84,6 +84,12 @@ class HierarchicalVAE(LatentImageMechanism):
     `kl_<resolution>`.
     """
 
+    abduction_assumption = (
+        "approximate abduction: the hierarchical encoder's posterior over all latent levels stands in for the "
+        "true noise posterior; the counterfactual assumes the latents are independent of the parents and capture "
+        "the image's noise (disentanglement), reconstruction error is a residual"
+    )
+
     def __init__(
         self,
         node: str,

@@ -87,6 +87,11 @@ class LatentImageMechanism(Mechanism):
       counterfactual_finetune: {enabled, weight, elbo_bound, lagrange_init, lagrange_lr_scale}.
     """
 
+    abduction_assumption = (
+        "approximate abduction: an encoder's latent code (plus an optional pixel residual) stands in for the true"
+        " noise; the counterfactual assumes the code is independent of the parents"
+    )
+
     def __init__(
         self,
         node: str,

@@ -20,6 +20,11 @@ class LinearGaussian(Mechanism):
     `weights`, `bias` and `sigma` set the parameters (e.g. to a known SCM); `learnable=False` freezes them.
     """
 
+    abduction_assumption = (
+        "exact invertible mechanism: additive Gaussian noise, u = x - f(pa) recovered exactly; the counterfactual"
+        " holds if the true mechanism is additive-noise"
+    )
+
     exact_abduction = True
 
     def __init__(

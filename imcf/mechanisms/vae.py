@@ -25,6 +25,12 @@ class ConditionalVAE(LatentImageMechanism):
     likelihood, likelihood_std.
     """
 
+    abduction_assumption = (
+        "approximate abduction: the encoder's posterior q(z | x, pa) stands in for the true noise posterior; the "
+        "counterfactual assumes the latent captures all of the image's noise and nothing of its parents "
+        "(disentanglement), and reconstruction error is attributed to a fixed residual"
+    )
+
     def __init__(
         self,
         node: str,
