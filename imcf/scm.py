@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import reprlib
 import warnings
 from collections.abc import Mapping
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,37 @@ class SCM(nn.Module):
         if missing:
             raise KeyError(f"{what} needs node(s) {missing} in the batch; it has {sorted(batch)}")
 
+    def _check_factual(self, factual: Mapping[str, Any], nodes: Any) -> int:
+        """Check that the factual values of `nodes` are finite float tensors of their kind's shape, all with the
+        same number of rows (returned); the errors name the node. One device sync for the finiteness test."""
+        ordered = [n for n in self.graph.topological_order if n in nodes]
+        first = None
+        for n in ordered:
+            t, shape = factual[n], self.graph.kinds[n].tensor_shape
+            if not isinstance(t, Tensor):
+                raise TypeError(f"factual[{n!r}]: expected a tensor, got {type(t).__name__}")
+            if not t.is_floating_point():
+                raise TypeError(f"factual[{n!r}]: dtype {t.dtype} is not floating point (convert with .float())")
+            if t.shape[1:] != shape or t.ndim != len(shape) + 1:
+                expected = ", ".join(["B", *map(str, shape)])
+                raise ValueError(
+                    f"factual[{n!r}]: shape {tuple(t.shape)} does not fit a {self.graph.kinds[n]} node; "
+                    f"expected ({expected})"
+                )
+            if first is None:
+                first = n
+            elif t.shape[0] != factual[first].shape[0]:
+                raise ValueError(
+                    f"factual[{n!r}] has {t.shape[0]} rows, factual[{first!r}] has {factual[first].shape[0]}: "
+                    "every node needs one row per sample"
+                )
+        finite = torch.stack([torch.isfinite(factual[n]).all() for n in ordered])
+        if not bool(finite.all()):
+            n = ordered[int((~finite).nonzero()[0, 0])]
+            bad = int((~torch.isfinite(factual[n])).sum())
+            raise ValueError(f"factual[{n!r}]: {bad} NaN/inf value(s); a factual batch must be finite")
+        return int(factual[first].shape[0])
+
     @property
     def device(self) -> torch.device:
         return next(iter(self.mechanisms.values())).device
@@ -124,6 +157,8 @@ class SCM(nn.Module):
     def intervene(self, do: Mapping[str, Any], n: int) -> Batch:
         """Draw `n` samples from the interventional distribution P(V | do(...))."""
         self._check_do(do)
+        if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+            raise ValueError(f"intervene: n is the number of samples, a positive integer; got {n!r}")
         shared = {name: comp.sample_shared(n, self.mechanisms) for name, comp in self.components.items()}
         out: Batch = {}
         for node in self.graph.topological_order:
@@ -140,6 +175,7 @@ class SCM(nn.Module):
     def abduct(self, factual: Mapping[str, Tensor]) -> dict[str, Any]:
         """Exogenous noise of every node given a full factual batch."""
         self._require(factual, self.graph.nodes, "abduction")
+        self._check_factual(factual, self.graph.nodes)
         cache: dict[str, Any] = {}
         out = {}
         for n in self.graph.topological_order:
@@ -165,7 +201,7 @@ class SCM(nn.Module):
             for m in comp.nodes if comp is not None else (n,):
                 needed |= {m, *self.graph.parents(m)}
         self._require(factual, needed, "this counterfactual query")
-        b = factual[next(iter(needed))].shape[0] if needed else _batch_size_from_do(do)
+        b = self._check_factual(factual, needed) if needed else _batch_size_from_do(do)
         out: Batch = {}
         shared: dict[str, Any] = {}  # confounder noise, abducted once per c-component
         for node in self.graph.topological_order:
@@ -283,7 +319,17 @@ def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str
     (for continuous/binary nodes a (n,) vector also works; for categorical, (n,) class indices).
     """
     shape = kind.tensor_shape
-    v = torch.as_tensor(value, device=device)
+    if isinstance(value, (str, bytes)) or value is None:  # torch would read bytes as numbers, a str not at all
+        raise TypeError(f"do({node}): {reprlib.repr(value)} is not numeric (give a number, numbers or a tensor)")
+    try:
+        v = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"do({node}): {reprlib.repr(value)} is not numeric ({e})") from None
+    if v.is_complex():
+        raise TypeError(f"do({node}): complex values are not allowed")
+    if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+        bad = int((~torch.isfinite(v)).sum())
+        raise ValueError(f"do({node}): {bad} NaN/inf value(s); an intervention value must be finite")
     if kind.name == "categorical" and not torch.is_floating_point(v):
         k = int(kind.num_classes)
         if v.ndim > 1 or (v.numel() and (v.min() < 0 or v.max() >= k)):

@@ -182,3 +182,58 @@ def test_load_reports_missing_unit(tmp_path, scm):
     (tmp_path / "run" / "x3.ckpt").unlink()
     with pytest.raises(FileNotFoundError, match="unit 'x3'"):
         SCM.load(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "do, error, message",
+    [
+        ({"x1": float("nan")}, ValueError, r"do\(x1\): .*NaN"),
+        ({"x1": torch.full((256, 1), float("inf"))}, ValueError, r"do\(x1\): .*inf"),
+        ({"x2": [0.0, float("-inf")] * 128}, ValueError, r"do\(x2\): .*inf"),
+        ({"x1": "1.0"}, TypeError, r"do\(x1\): '1.0' is not numeric"),
+        ({"x1": None}, TypeError, r"do\(x1\): None is not numeric"),
+    ],
+)
+def test_bad_do_values_name_the_node(scm, factual, do, error, message):
+    with pytest.raises(error, match=message):
+        scm.counterfactual(factual, do)
+    with pytest.raises(error, match=message):
+        scm.intervene(do, 256)
+
+
+def _broken(factual, node, value):
+    return {**factual, node: value}
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (
+            lambda f: _broken(f, "x1", f["x1"].clone().index_fill_(0, torch.tensor([3]), float("nan"))),
+            ValueError,
+            r"factual\['x1'\]: 1 NaN/inf value",
+        ),
+        (lambda f: _broken(f, "x3", f["x3"].clone().fill_(float("inf"))), ValueError, r"factual\['x3'\]: 256 NaN/inf"),
+        (lambda f: _broken(f, "x1", f["x1"][:, 0]), ValueError, r"factual\['x1'\]: shape \(256,\) .*\(B, 1\)"),
+        (lambda f: _broken(f, "x3", f["x3"][:4]), ValueError, r"factual\['x3'\] has 4 rows, factual\['x1'\] has 256"),
+        (lambda f: _broken(f, "x1", f["x1"].tolist()), TypeError, r"factual\['x1'\]: expected a tensor, got list"),
+        (lambda f: _broken(f, "x1", f["x1"].long()), TypeError, r"factual\['x1'\]: dtype torch.int64 .*floating"),
+    ],
+)
+def test_bad_factual_batches_name_the_node(scm, factual, change, error, message):
+    with pytest.raises(error, match=message):
+        scm.counterfactual(change(factual), {"x2": 0.0})
+
+
+def test_nan_in_a_node_the_query_does_not_read_is_not_an_error(scm, factual):
+    broken = _broken(factual, "x4", torch.full_like(factual["x4"], float("nan")))
+    cf = scm.counterfactual(broken, {"x4": 0.0})  # do(x4) never reads x4's factual value
+    assert torch.all(cf["x4"] == 0)
+
+
+def test_sample_size_must_be_a_positive_integer(scm, factual):
+    for n in (0, 2.5, "8"):
+        with pytest.raises(ValueError, match="n is the number of samples"):
+            scm.intervene({}, n)
+    with pytest.raises(ValueError, match=r"factual\['x2'\]: 256 NaN/inf"):
+        scm.abduct(_broken(factual, "x2", factual["x2"] + float("nan")))
