@@ -6,6 +6,7 @@ import torch
 
 from imcf.data.linear import DEFAULT_GRAPH, DEFAULT_MECHANISMS, true_linear_scm
 from imcf.graph import CausalGraph
+from imcf.io import CheckpointError
 from imcf.mechanisms.base import Mechanism
 from imcf.mechanisms.linear_gaussian import LinearGaussian
 from imcf.scm import SCM
@@ -237,3 +238,74 @@ def test_sample_size_must_be_a_positive_integer(scm, factual):
             scm.intervene({}, n)
     with pytest.raises(ValueError, match=r"factual\['x2'\]: 256 NaN/inf"):
         scm.abduct(_broken(factual, "x2", factual["x2"] + float("nan")))
+
+
+# ----- checkpoints that do not belong to the graph, and checkpoints that cannot be read
+
+X2_FROM_X3 = {  # x1 -> x3 -> x2 -> x4, x3 -> x4: x2 has one parent, as in DEFAULT_GRAPH, but another one
+    "name": "other",
+    "nodes": {
+        "x1": {"kind": "continuous"},
+        "x3": {"kind": "continuous", "parents": ["x1"]},
+        "x2": {"kind": "continuous", "parents": ["x3"]},
+        "x4": {"kind": "continuous", "parents": ["x2", "x3"]},
+    },
+}
+
+
+def _linear_run(directory, graph=DEFAULT_GRAPH, **config):
+    g = CausalGraph.from_dict(graph)
+    scm = SCM.build(g, {n: {"family": "linear_gaussian", "config": config.get(n, {})} for n in g.nodes})
+    return scm.save(directory)
+
+
+def test_load_refuses_a_checkpoint_of_another_graph_with_the_same_shapes(tmp_path):
+    run, other = _linear_run(tmp_path / "run"), _linear_run(tmp_path / "other", X2_FROM_X3)
+    (run / "x2.ckpt").write_bytes((other / "x2.ckpt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"x2\.ckpt.*node 'x2': parents \['x3'\] in the checkpoint, \['x1'\] in "):
+        SCM.load(run)
+
+
+def test_load_refuses_other_shapes_without_torchs_size_mismatch(tmp_path):
+    run = _linear_run(tmp_path / "run")
+    other = _linear_run(tmp_path / "other", {"nodes": {**DEFAULT_GRAPH["nodes"], "x4": {"kind": "continuous"}}})
+    (run / "x4.ckpt").write_bytes((other / "x4.ckpt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"x4\.ckpt.*node 'x4': parents \[\] in the checkpoint") as err:
+        SCM.load(run)
+    assert "size mismatch" not in str(err.value)
+    # a checkpoint without meta (an older format): the weights' shapes are compared and named
+    ckpt = torch.load(other / "x4.ckpt", weights_only=True)
+    del ckpt["meta"]
+    torch.save(ckpt, run / "x4.ckpt")
+    with pytest.raises(CheckpointError, match=r"x4\.ckpt.*node 'x4': .*weight: shape \(0,\) in the checkpoint, \(2,\)"):
+        SCM.load(run)
+
+
+def test_load_refuses_another_family_or_constructor_arguments(tmp_path):
+    run = _linear_run(tmp_path / "run")
+    other = _linear_run(tmp_path / "other", x3={"sigma": 2.0})
+    (run / "x3.ckpt").write_bytes((other / "x3.ckpt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"x3\.ckpt.*node 'x3': config \{'sigma': 2\.0\} in the checkpoint, \{\}"):
+        SCM.load(run)
+    ckpt = torch.load(other / "x3.ckpt", weights_only=True)
+    ckpt["meta"]["x3"].update(family="flow", config={})
+    torch.save(ckpt, run / "x3.ckpt")
+    with pytest.raises(CheckpointError, match=r"node 'x3': family 'flow' in the checkpoint, 'linear_gaussian'"):
+        SCM.load(run)
+
+
+def test_load_refuses_a_checkpoint_of_another_unit(tmp_path):
+    run = _linear_run(tmp_path / "run")
+    (run / "x2.ckpt").write_bytes((run / "x3.ckpt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"x2\.ckpt holds unit \['x3'\], expected \['x2'\]"):
+        SCM.load(run)
+
+
+def test_truncated_checkpoint_names_the_file_and_the_way_back(tmp_path):
+    run = _linear_run(tmp_path / "run")
+    data = (run / "x3.ckpt").read_bytes()
+    (run / "x3.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*x3\.ckpt.*retrain unit 'x3'.*units=\[x3\]"):
+        SCM.load(run)
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*x3\.ckpt"):
+        SCM.load(_linear_run(tmp_path / "fresh")).load_unit(run / "x3.ckpt")
