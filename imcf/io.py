@@ -71,7 +71,7 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device | None = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # truncated, overwritten, not torch's
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"cannot read checkpoint {path} ({reason}): the file is damaged or not a checkpoint"
             + (f"; {recover}" if recover else "")
