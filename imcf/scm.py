@@ -437,9 +437,8 @@ def _retrain_hint(directory: Path, unit: str) -> str:
 
 def _batch_size_from_do(do: Mapping[str, Any]) -> int:
     for v in do.values():
-        t = torch.as_tensor(v)
-        if t.ndim >= 1:
-            return int(t.shape[0])
+        if isinstance(v, Tensor) or (isinstance(v, Sequence) and not isinstance(v, (str, bytes))):
+            return len(v) if not isinstance(v, Tensor) or v.ndim else 1  # as_value names bad values
     return 1
 
 

@@ -309,3 +309,10 @@ def test_truncated_checkpoint_names_the_file_and_the_way_back(tmp_path):
         SCM.load(run)
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*x3\.ckpt"):
         SCM.load(_linear_run(tmp_path / "fresh")).load_unit(run / "x3.ckpt")
+
+
+def test_a_query_that_reads_no_factual_value_checks_its_do_values(scm):
+    with pytest.raises(TypeError, match=r"do\(x1\): '1.0' is not numeric"):
+        scm.counterfactual({}, {n: "1.0" for n in scm.graph.nodes})
+    cf = scm.counterfactual({}, {n: torch.zeros(3, 1) for n in scm.graph.nodes})
+    assert cf["x4"].shape == (3, 1)
