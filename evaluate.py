@@ -11,9 +11,11 @@ import imcf.config  # noqa: F401  (registers the config schemas with Hydra)
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    from imcf.cli import user_errors
     from imcf.evaluation import evaluate
 
-    evaluate(cfg)
+    with user_errors():
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ import imcf.config  # noqa: F401  (registers the config schemas with Hydra)
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
+    from imcf.cli import user_errors
     from imcf.training import train
 
-    train(cfg)
+    with user_errors():
+        train(cfg)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ class NodeKind:
             raise GraphError("categorical kind needs num_classes >= 2")
         if self.name == "image" and (self.shape is None or len(self.shape) != 3):
             raise GraphError("image kind needs shape (C, H, W)")
+        for d in self.shape or ():
+            _positive_int(d, f"image shape {list(self.shape)}")  # type: ignore[arg-type]
 
     @property
     def is_image(self) -> bool:
@@ -81,18 +84,18 @@ class NodeKind:
         if m is None:
             raise GraphError(f"node {node!r}: cannot parse kind {spec!r}")
         name, args = m.group(1), m.group(2)
-        if args:
-            values = [int(a) for a in args.split(",") if a.strip()]
-            if name == "categorical":
-                num_classes = values[0]
-            elif name == "image":
-                shape = values
         try:
-            return cls(
-                name,
-                int(num_classes) if num_classes is not None else None,
-                tuple(int(s) for s in shape) if shape is not None else None,
-            )
+            if args:  # `categorical(10)`, `image(1,32,32)`: the dimensions are text
+                values = [_positive_int(a.strip(), spec.strip()) for a in args.split(",") if a.strip()]
+                if name == "categorical":
+                    num_classes = values[0]
+                elif name == "image":
+                    shape = values
+            elif num_classes is not None:
+                num_classes = _positive_int(num_classes, f"num_classes {num_classes!r}")
+            if shape is not None and (isinstance(shape, str) or not isinstance(shape, Sequence)):
+                raise GraphError(f"image shape {shape!r} must be a list [C, H, W]")
+            return cls(name, num_classes, tuple(shape) if shape is not None else None)
         except GraphError as e:
             raise GraphError(f"node {node!r}: {e}") from None
 
@@ -121,7 +124,10 @@ class CausalGraph:
                 raise GraphError(f"parents given for unknown node {node!r}")
         self._parents: dict[str, tuple[str, ...]] = {}
         for node in self.kinds:
-            pa = tuple(parents.get(node, ()) or ())
+            pa = parents.get(node, ()) or ()
+            if isinstance(pa, str) or not isinstance(pa, Iterable):  # a string would split into characters
+                raise GraphError(f"node {node!r}: parents must be a list of node names, got {pa!r}")
+            pa = tuple(pa)
             for p in pa:
                 if p == node:
                     raise GraphError(f"self-loop: node {node!r} lists itself as a parent")
@@ -179,7 +185,7 @@ class CausalGraph:
             if unknown:
                 raise GraphError(f"node {node!r}: unknown keys {sorted(unknown)}")
             nodes[node] = NodeKind.parse(ns, node)
-            parents[node] = list(ns.get("parents") or [])
+            parents[node] = ns.get("parents") or []
         return cls(
             nodes,
             parents,
@@ -345,6 +351,17 @@ class CausalGraph:
         edges = [f"{p}->{n}" for n in self._topo for p in self._parents[n]]
         bi = [f"{a}<->{b}" for a, b in self.confounded]
         return f"CausalGraph({self.name!r}, nodes={list(self.kinds)}, edges={edges + bi})"
+
+
+def _positive_int(value: Any, where: str) -> int:
+    """`value` as a positive int: digits in text are read, anything else (a float, a bool) is an error."""
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise GraphError(f"{where}: {value!r} is not an integer")
+    if value <= 0:
+        raise GraphError(f"{where}: {value} is not positive")
+    return int(value)
 
 
 def _load_yaml_no_duplicates(text: str, source: str) -> Any:

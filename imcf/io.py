@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,26 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def safe_torch_load(path: str | Path, map_location: str | torch.device | None = "cpu") -> Any:
-    """torch.load with weights_only=True (tensors and plain containers only); clear error if absent."""
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not belong to the model; the message names the file."""
+
+
+def safe_torch_load(path: str | Path, map_location: str | torch.device | None = "cpu", recover: str = "") -> Any:
+    """torch.load with weights_only=True (tensors and plain containers only); clear error if absent or unreadable.
+
+    `recover` says how to get a good file back; it ends the error of a damaged checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # truncated, overwritten, not torch's
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({reason}): the file is damaged or not a checkpoint"
+            + (f"; {recover}" if recover else "")
+        ) from None
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import reprlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from imcf.graph import CausalGraph, NodeKind
-from imcf.io import atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
+from imcf.io import CheckpointError, atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
 from imcf.mechanisms.base import Mechanism
 from imcf.mechanisms.component import ConfoundedComponent
 from imcf.registry import MECHANISMS
@@ -96,6 +98,37 @@ class SCM(nn.Module):
         if missing:
             raise KeyError(f"{what} needs node(s) {missing} in the batch; it has {sorted(batch)}")
 
+    def _check_factual(self, factual: Mapping[str, Any], nodes: Any) -> int:
+        """Check that the factual values of `nodes` are finite float tensors of their kind's shape, all with the
+        same number of rows (returned); the errors name the node. One device sync for the finiteness test."""
+        ordered = [n for n in self.graph.topological_order if n in nodes]
+        first = None
+        for n in ordered:
+            t, shape = factual[n], self.graph.kinds[n].tensor_shape
+            if not isinstance(t, Tensor):
+                raise TypeError(f"factual[{n!r}]: expected a tensor, got {type(t).__name__}")
+            if not t.is_floating_point():
+                raise TypeError(f"factual[{n!r}]: dtype {t.dtype} is not floating point (convert with .float())")
+            if t.shape[1:] != shape or t.ndim != len(shape) + 1:
+                expected = ", ".join(["B", *map(str, shape)])
+                raise ValueError(
+                    f"factual[{n!r}]: shape {tuple(t.shape)} does not fit a {self.graph.kinds[n]} node; "
+                    f"expected ({expected})"
+                )
+            if first is None:
+                first = n
+            elif t.shape[0] != factual[first].shape[0]:
+                raise ValueError(
+                    f"factual[{n!r}] has {t.shape[0]} rows, factual[{first!r}] has {factual[first].shape[0]}: "
+                    "every node needs one row per sample"
+                )
+        finite = torch.stack([torch.isfinite(factual[n]).all() for n in ordered])
+        if not bool(finite.all()):
+            n = ordered[int((~finite).nonzero()[0, 0])]
+            bad = int((~torch.isfinite(factual[n])).sum())
+            raise ValueError(f"factual[{n!r}]: {bad} NaN/inf value(s); a factual batch must be finite")
+        return int(factual[first].shape[0])
+
     @property
     def device(self) -> torch.device:
         return next(iter(self.mechanisms.values())).device
@@ -124,6 +157,8 @@ class SCM(nn.Module):
     def intervene(self, do: Mapping[str, Any], n: int) -> Batch:
         """Draw `n` samples from the interventional distribution P(V | do(...))."""
         self._check_do(do)
+        if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+            raise ValueError(f"intervene: n is the number of samples, a positive integer; got {n!r}")
         shared = {name: comp.sample_shared(n, self.mechanisms) for name, comp in self.components.items()}
         out: Batch = {}
         for node in self.graph.topological_order:
@@ -140,6 +175,7 @@ class SCM(nn.Module):
     def abduct(self, factual: Mapping[str, Tensor]) -> dict[str, Any]:
         """Exogenous noise of every node given a full factual batch."""
         self._require(factual, self.graph.nodes, "abduction")
+        self._check_factual(factual, self.graph.nodes)
         cache: dict[str, Any] = {}
         out = {}
         for n in self.graph.topological_order:
@@ -165,7 +201,7 @@ class SCM(nn.Module):
             for m in comp.nodes if comp is not None else (n,):
                 needed |= {m, *self.graph.parents(m)}
         self._require(factual, needed, "this counterfactual query")
-        b = factual[next(iter(needed))].shape[0] if needed else _batch_size_from_do(do)
+        b = self._check_factual(factual, needed) if needed else _batch_size_from_do(do)
         out: Batch = {}
         shared: dict[str, Any] = {}  # confounder noise, abducted once per c-component
         for node in self.graph.topological_order:
@@ -209,10 +245,11 @@ class SCM(nn.Module):
         ckpt: dict[str, Any] = {
             "nodes": list(component),
             "state_dict": {n: self.mechanisms[n].state_dict() for n in component},
-            "meta": {n: {"parents": list(self.graph.parents(n)), "kind": str(self.graph.kinds[n])} for n in component},
+            "meta": {n: self._unit_meta(n) for n in component},  # what load_unit checks against the graph
         }
         if name in self.components:
             ckpt["component"] = self.components[name].state_dict()
+            ckpt["component_config"] = _plain(self.components[name].config)
         return atomic_torch_save(ckpt, Path(directory) / f"{name}.ckpt")
 
     @classmethod
@@ -257,23 +294,82 @@ class SCM(nn.Module):
         cfg = directory / "config.yaml"
         scm.config = (read_yaml(cfg) or {}) if cfg.is_file() else {}
         for comp in graph.c_components():
-            path = directory / f"{unit_name(comp)}.ckpt"
+            name = unit_name(comp)
+            path = directory / f"{name}.ckpt"
             if not path.is_file():
-                raise FileNotFoundError(
-                    f"checkpoint for unit {unit_name(comp)!r} missing: {path} (was the unit trained?)"
-                )
-            scm.load_unit(path)
+                raise FileNotFoundError(f"checkpoint for unit {name!r} missing: {path} (was the unit trained?)")
+            scm.load_unit(path, comp, recover=_retrain_hint(directory, name))
         return scm.to(map_location).eval()
 
-    def load_unit(self, path: str | Path) -> None:
-        """Load one unit checkpoint written by `save_unit`."""
-        ckpt = safe_torch_load(path)
-        for n, sd in ckpt["state_dict"].items():
-            if n not in self.mechanisms:
-                raise KeyError(f"checkpoint {path} holds node {n!r}, which is not in the graph")
-            self.mechanisms[n].load_state_dict(sd)
-        if "component" in ckpt:
-            self.components[unit_name(tuple(ckpt["nodes"]))].load_state_dict(ckpt["component"])
+    def load_unit(self, path: str | Path, component: tuple[str, ...] | None = None, recover: str = "") -> None:
+        """Load one unit checkpoint written by `save_unit`, after checking that it belongs to this graph.
+
+        `component` is the unit the file should hold (default: the unit of its first node); `recover` says how
+        to get a good file back when this one cannot be read. A mismatch raises `CheckpointError` naming the
+        file, the node and what differs.
+        """
+        path = Path(path)
+        ckpt = safe_torch_load(path, recover=recover or "retrain the unit it holds (python train.py units=[...])")
+        if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping) or "nodes" not in ckpt:
+            keys = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
+            raise CheckpointError(f"{path} is not a unit checkpoint (written by SCM.save_unit); it holds {keys}")
+        nodes = [str(n) for n in ckpt["nodes"]]
+        stray = [n for n in nodes if n not in self.graph]
+        if stray:
+            raise CheckpointError(f"{path} holds node(s) {stray}, which are not in the graph {list(self.graph.nodes)}")
+        if component is None:
+            component = self.graph.c_component_of(nodes[0]) if nodes else ()
+        expected = list(component)
+        if nodes != expected or sorted(ckpt["state_dict"]) != sorted(nodes):
+            raise CheckpointError(f"{path} holds unit {nodes}, expected {expected}; was it copied from another run?")
+        problems = [f"node {n!r}: {d}" for n in nodes for d in self.checkpoint_differences(n, ckpt)]
+        name = unit_name(tuple(nodes))
+        if name in self.components:
+            comp = self.components[name]
+            if "component" not in ckpt:
+                problems.append(f"unit {name!r}: no shared-noise model (the unit was not confounded when trained)")
+            else:
+                saved = ckpt.get("component_config", _plain(comp.config))
+                if saved != _plain(comp.config):
+                    problems.append(f"confounder config {saved} in the checkpoint, {_plain(comp.config)} in the run")
+                problems += [f"confounder {d}" for d in _shape_differences(ckpt["component"], comp.state_dict())]
+        elif "component" in ckpt:
+            problems.append(f"unit {name!r}: has a shared-noise model, but the graph has no confounder here")
+        if problems:
+            raise CheckpointError(
+                f"checkpoint {path} does not belong to this model: " + "; ".join(problems) + ". Load it with the run"
+                " it was trained in, or retrain the unit for this graph"
+            )
+        for n in nodes:
+            self.mechanisms[n].load_state_dict(ckpt["state_dict"][n])
+        if name in self.components:
+            self.components[name].load_state_dict(ckpt["component"])
+
+    def _unit_meta(self, node: str) -> dict[str, Any]:
+        """What a unit checkpoint records about `node`: its parents, kind, mechanism family and arguments."""
+        mech = self.mechanisms[node]
+        return {
+            "parents": list(self.graph.parents(node)),
+            "kind": str(self.graph.kinds[node]),
+            "family": type(mech).registry_name,
+            "config": _plain(mech.config),
+        }
+
+    def checkpoint_differences(
+        self, node: str, ckpt: Mapping[str, Any], fields: tuple[str, ...] = ("parents", "kind", "family", "config")
+    ) -> list[str]:
+        """How a unit checkpoint's record of `node` (its `fields`, then its weights' shapes) differs from this SCM,
+        in words; empty when it fits. Fields an older checkpoint lacks are not compared."""
+        saved, here = (ckpt.get("meta") or {}).get(node) or {}, self._unit_meta(node)
+        out = [
+            f"{key} {saved[key]!r} in the checkpoint, {here[key]!r} in the "
+            + ("graph" if key in ("parents", "kind") else "mechanism config")
+            for key in fields
+            if key in saved and saved[key] != here[key]
+        ]
+        if out:  # the weights would not mean the same thing; their shapes are beside the point
+            return out
+        return _shape_differences(ckpt["state_dict"][node], self.mechanisms[node].state_dict())
 
 
 def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str = "?") -> Tensor:
@@ -283,7 +379,17 @@ def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str
     (for continuous/binary nodes a (n,) vector also works; for categorical, (n,) class indices).
     """
     shape = kind.tensor_shape
-    v = torch.as_tensor(value, device=device)
+    if isinstance(value, (str, bytes)) or value is None:  # torch would read bytes as numbers, a str not at all
+        raise TypeError(f"do({node}): {reprlib.repr(value)} is not numeric (give a number, numbers or a tensor)")
+    try:
+        v = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"do({node}): {reprlib.repr(value)} is not numeric ({e})") from None
+    if v.is_complex():
+        raise TypeError(f"do({node}): complex values are not allowed")
+    if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+        bad = int((~torch.isfinite(v)).sum())
+        raise ValueError(f"do({node}): {bad} NaN/inf value(s); an intervention value must be finite")
     if kind.name == "categorical" and not torch.is_floating_point(v):
         k = int(kind.num_classes)
         if v.ndim > 1 or (v.numel() and (v.min() < 0 or v.max() >= k)):
@@ -307,11 +413,32 @@ def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str
     return v.clone()
 
 
+def _shape_differences(saved: Mapping[str, Any], here: Mapping[str, Tensor], limit: int = 3) -> list[str]:
+    """Parameters missing, unexpected or of another shape in a saved state dict, in words (at most `limit`)."""
+    out = [f"{k} missing from the checkpoint" for k in here if k not in saved]
+    out += [f"{k} in the checkpoint is not a parameter here" for k in saved if k not in here]
+    out += [
+        f"{k}: shape {tuple(v.shape)} in the checkpoint, {tuple(here[k].shape)} here"
+        for k, v in saved.items()
+        if k in here and isinstance(v, Tensor) and v.shape != here[k].shape
+    ]
+    return out[:limit] + ([f"and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def _retrain_hint(directory: Path, unit: str) -> str:
+    """How to get a unit checkpoint of a run back: train the unit again (resuming when Lightning's checkpoint
+    is there, which for a finished unit only re-exports its best weights)."""
+    hint = f"retrain unit {unit!r}: python train.py --config-dir {directory} --config-name config units=[{unit}]"
+    last = directory / "checkpoints" / unit / "last.ckpt"
+    if last.is_file():
+        hint += f" (it resumes from {last}; a finished unit is re-exported from its best checkpoint, not retrained)"
+    return hint
+
+
 def _batch_size_from_do(do: Mapping[str, Any]) -> int:
     for v in do.values():
-        t = torch.as_tensor(v)
-        if t.ndim >= 1:
-            return int(t.shape[0])
+        if isinstance(v, Tensor) or (isinstance(v, Sequence) and not isinstance(v, (str, bytes))):
+            return len(v) if not isinstance(v, Tensor) or v.ndim else 1  # as_value names bad values
     return 1
 
 
@@ -319,7 +446,7 @@ def _plain(obj: Any) -> Any:
     """Convert configs (possibly OmegaConf) to plain YAML-safe data."""
     if isinstance(obj, Mapping):
         return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):  # lists, tuples, OmegaConf ListConfig
         return [_plain(v) for v in obj]
     if hasattr(obj, "items"):
         return _plain(dict(obj.items()))

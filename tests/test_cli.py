@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from imcf.data.linear import DEFAULT_GRAPH
+from imcf.graph import CausalGraph
+from imcf.scm import SCM
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -121,3 +125,22 @@ def test_ddp_two_cpu_processes_agree(tmp_path):
     )
     assert "2 ranks agree on the weights of ['x4']" in out
     assert (run / "x4.ckpt").is_file()
+
+
+def test_evaluate_bad_run_dirs_end_in_one_clear_line(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    g = CausalGraph.from_dict(DEFAULT_GRAPH)
+    run = SCM.build(g, {n: {"family": "linear_gaussian"} for n in g.nodes}).save(tmp_path / "run")
+    (run / "x3.ckpt").write_bytes((run / "x3.ckpt").read_bytes()[:100])
+    for run_dir, message in [("/nonexistent", "run directory /nonexistent does not exist"), (run, r"x3.ckpt")]:
+        proc = subprocess.run(
+            [sys.executable, "evaluate.py", f"run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 1
+        assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert "cannot read checkpoint" in proc.stderr and "units=[x3]" in proc.stderr

@@ -100,6 +100,17 @@ def test_draw_writes_png(tmp_path):
         ({"img": "image(1,8,8)", "y": {"kind": "binary", "parents": ["img"]}}, "image node 'img' has children"),
         ({"a": {"kind": "continuous", "colour": "red"}}, r"node 'a': unknown keys \['colour'\]"),
         ({"a": {"parents": []}}, "node 'a': missing 'kind'"),
+        ({"img": {"kind": "image", "shape": [0, 32, 32]}}, r"node 'img': image shape \[0, 32, 32\]: 0 is not positive"),
+        ({"img": {"kind": "image", "shape": [1, -32, 32]}}, r"node 'img': image shape .*: -32 is not positive"),
+        ({"img": {"kind": "image", "shape": [1, 32.7, 32]}}, r"node 'img': image shape .*: 32.7 is not an integer"),
+        ({"img": {"kind": "image", "shape": "abc"}}, r"node 'img': image shape 'abc' must be a list \[C, H, W\]"),
+        ({"img": {"kind": "image", "shape": [1, True, 32]}}, r"node 'img': image shape .*: True is not an integer"),
+        ({"img": "image(1,abc,32)"}, r"node 'img': image\(1,abc,32\): 'abc' is not an integer"),
+        ({"img": "image(1,0,32)"}, r"node 'img': image\(1,0,32\): 0 is not positive"),
+        ({"y": "categorical(2.5)"}, r"node 'y': categorical\(2.5\): '2.5' is not an integer"),
+        ({"y": {"kind": "categorical", "num_classes": 1.5}}, r"node 'y': num_classes 1.5: 1.5 is not an integer"),
+        ({"a": "continuous", "b": {"kind": "continuous", "parents": "ab"}}, r"node 'b': parents must be a list"),
+        ({"a": "continuous", "b": {"kind": "continuous", "parents": 3}}, r"node 'b': parents must be a list"),
     ],
 )
 def test_errors_name_the_culprit(spec, message):
@@ -125,3 +136,10 @@ def test_unknown_node_query():
     g = CausalGraph.from_dict(MORPHO)
     with pytest.raises(GraphError, match="unknown node 'colour'"):
         g.parents("colour")
+
+
+def test_python_constructor_rejects_a_string_of_parents_and_bad_kinds():
+    with pytest.raises(GraphError, match=r"node 'b': parents must be a list"):
+        CausalGraph({"a": "continuous", "b": "continuous"}, {"b": "a"})
+    with pytest.raises(GraphError, match="positive"):
+        NodeKind("image", shape=(1, 0, 8))

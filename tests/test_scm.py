@@ -6,6 +6,7 @@ import torch
 
 from imcf.data.linear import DEFAULT_GRAPH, DEFAULT_MECHANISMS, true_linear_scm
 from imcf.graph import CausalGraph
+from imcf.io import CheckpointError
 from imcf.mechanisms.base import Mechanism
 from imcf.mechanisms.linear_gaussian import LinearGaussian
 from imcf.scm import SCM
@@ -182,3 +183,136 @@ def test_load_reports_missing_unit(tmp_path, scm):
     (tmp_path / "run" / "x3.ckpt").unlink()
     with pytest.raises(FileNotFoundError, match="unit 'x3'"):
         SCM.load(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "do, error, message",
+    [
+        ({"x1": float("nan")}, ValueError, r"do\(x1\): .*NaN"),
+        ({"x1": torch.full((256, 1), float("inf"))}, ValueError, r"do\(x1\): .*inf"),
+        ({"x2": [0.0, float("-inf")] * 128}, ValueError, r"do\(x2\): .*inf"),
+        ({"x1": "1.0"}, TypeError, r"do\(x1\): '1.0' is not numeric"),
+        ({"x1": None}, TypeError, r"do\(x1\): None is not numeric"),
+    ],
+)
+def test_bad_do_values_name_the_node(scm, factual, do, error, message):
+    with pytest.raises(error, match=message):
+        scm.counterfactual(factual, do)
+    with pytest.raises(error, match=message):
+        scm.intervene(do, 256)
+
+
+def _broken(factual, node, value):
+    return {**factual, node: value}
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (
+            lambda f: _broken(f, "x1", f["x1"].clone().index_fill_(0, torch.tensor([3]), float("nan"))),
+            ValueError,
+            r"factual\['x1'\]: 1 NaN/inf value",
+        ),
+        (lambda f: _broken(f, "x3", f["x3"].clone().fill_(float("inf"))), ValueError, r"factual\['x3'\]: 256 NaN/inf"),
+        (lambda f: _broken(f, "x1", f["x1"][:, 0]), ValueError, r"factual\['x1'\]: shape \(256,\) .*\(B, 1\)"),
+        (lambda f: _broken(f, "x3", f["x3"][:4]), ValueError, r"factual\['x3'\] has 4 rows, factual\['x1'\] has 256"),
+        (lambda f: _broken(f, "x1", f["x1"].tolist()), TypeError, r"factual\['x1'\]: expected a tensor, got list"),
+        (lambda f: _broken(f, "x1", f["x1"].long()), TypeError, r"factual\['x1'\]: dtype torch.int64 .*floating"),
+    ],
+)
+def test_bad_factual_batches_name_the_node(scm, factual, change, error, message):
+    with pytest.raises(error, match=message):
+        scm.counterfactual(change(factual), {"x2": 0.0})
+
+
+def test_nan_in_a_node_the_query_does_not_read_is_not_an_error(scm, factual):
+    broken = _broken(factual, "x4", torch.full_like(factual["x4"], float("nan")))
+    cf = scm.counterfactual(broken, {"x4": 0.0})  # do(x4) never reads x4's factual value
+    assert torch.all(cf["x4"] == 0)
+
+
+def test_sample_size_must_be_a_positive_integer(scm, factual):
+    for n in (0, 2.5, "8"):
+        with pytest.raises(ValueError, match="n is the number of samples"):
+            scm.intervene({}, n)
+    with pytest.raises(ValueError, match=r"factual\['x2'\]: 256 NaN/inf"):
+        scm.abduct(_broken(factual, "x2", factual["x2"] + float("nan")))
+
+
+# ----- checkpoints that do not belong to the graph, and checkpoints that cannot be read
+
+X2_FROM_X3 = {  # x1 -> x3 -> x2 -> x4, x3 -> x4: x2 has one parent, as in DEFAULT_GRAPH, but another one
+    "name": "other",
+    "nodes": {
+        "x1": {"kind": "continuous"},
+        "x3": {"kind": "continuous", "parents": ["x1"]},
+        "x2": {"kind": "continuous", "parents": ["x3"]},
+        "x4": {"kind": "continuous", "parents": ["x2", "x3"]},
+    },
+}
+
+
+def _linear_run(directory, graph=DEFAULT_GRAPH, **config):
+    g = CausalGraph.from_dict(graph)
+    scm = SCM.build(g, {n: {"family": "linear_gaussian", "config": config.get(n, {})} for n in g.nodes})
+    return scm.save(directory)
+
+
+def test_load_refuses_a_checkpoint_of_another_graph_with_the_same_shapes(tmp_path):
+    run, other = _linear_run(tmp_path / "run"), _linear_run(tmp_path / "other", X2_FROM_X3)
+    (run / "x2.ckpt").write_bytes((other / "x2.ckpt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"x2\.ckpt.*node 'x2': parents \['x3'\] in the checkpoint, \['x1'\] in "):
+        SCM.load(run)
+
+
+def test_load_refuses_other_shapes_without_torchs_size_mismatch(tmp_path):
+    run = _linear_run(tmp_path / "run")
+    other = _linear_run(tmp_path / "other", {"nodes": {**DEFAULT_GRAPH["nodes"], "x4": {"kind": "continuous"}}})
+    (run / "x4.ckpt").write_bytes((other / "x4.ckpt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"x4\.ckpt.*node 'x4': parents \[\] in the checkpoint") as err:
+        SCM.load(run)
+    assert "size mismatch" not in str(err.value)
+    # a checkpoint without meta (an older format): the weights' shapes are compared and named
+    ckpt = torch.load(other / "x4.ckpt", weights_only=True)
+    del ckpt["meta"]
+    torch.save(ckpt, run / "x4.ckpt")
+    with pytest.raises(CheckpointError, match=r"x4\.ckpt.*node 'x4': .*weight: shape \(0,\) in the checkpoint, \(2,\)"):
+        SCM.load(run)
+
+
+def test_load_refuses_another_family_or_constructor_arguments(tmp_path):
+    run = _linear_run(tmp_path / "run")
+    other = _linear_run(tmp_path / "other", x3={"sigma": 2.0})
+    (run / "x3.ckpt").write_bytes((other / "x3.ckpt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"x3\.ckpt.*node 'x3': config \{'sigma': 2\.0\} in the checkpoint, \{\}"):
+        SCM.load(run)
+    ckpt = torch.load(other / "x3.ckpt", weights_only=True)
+    ckpt["meta"]["x3"].update(family="flow", config={})
+    torch.save(ckpt, run / "x3.ckpt")
+    with pytest.raises(CheckpointError, match=r"node 'x3': family 'flow' in the checkpoint, 'linear_gaussian'"):
+        SCM.load(run)
+
+
+def test_load_refuses_a_checkpoint_of_another_unit(tmp_path):
+    run = _linear_run(tmp_path / "run")
+    (run / "x2.ckpt").write_bytes((run / "x3.ckpt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"x2\.ckpt holds unit \['x3'\], expected \['x2'\]"):
+        SCM.load(run)
+
+
+def test_truncated_checkpoint_names_the_file_and_the_way_back(tmp_path):
+    run = _linear_run(tmp_path / "run")
+    data = (run / "x3.ckpt").read_bytes()
+    (run / "x3.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*x3\.ckpt.*retrain unit 'x3'.*units=\[x3\]"):
+        SCM.load(run)
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*x3\.ckpt"):
+        SCM.load(_linear_run(tmp_path / "fresh")).load_unit(run / "x3.ckpt")
+
+
+def test_a_query_that_reads_no_factual_value_checks_its_do_values(scm):
+    with pytest.raises(TypeError, match=r"do\(x1\): '1.0' is not numeric"):
+        scm.counterfactual({}, {n: "1.0" for n in scm.graph.nodes})
+    cf = scm.counterfactual({}, {n: torch.zeros(3, 1) for n in scm.graph.nodes})
+    assert cf["x4"].shape == (3, 1)

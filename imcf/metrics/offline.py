@@ -45,7 +45,7 @@ def save_cached(path: str | Path, spec: Mapping[str, Any], state: Mapping[str, A
 
 def load_cached(path: str | Path, spec: Mapping[str, Any], what: str) -> dict[str, Any]:
     """Load a cached model and check it was made for `spec`; raise CacheMismatchError naming the difference."""
-    ckpt = safe_torch_load(path)
+    ckpt = safe_torch_load(path, recover=f"delete it and the next evaluation trains the {what} model again")
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict):
         raise CacheMismatchError(f"{path} is not an imcf {what} cache (no 'meta'); delete it or point elsewhere")

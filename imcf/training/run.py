@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from imcf.config import ConfigError, TrainConfig, mechanism_specs, validate
 from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
-from imcf.io import atomic_write_yaml, read_yaml, safe_torch_load
+from imcf.io import CheckpointError, atomic_write_yaml, read_yaml, safe_torch_load
 from imcf.scm import SCM, unit_name
 from imcf.training.finetune import attach_finetune_predictors, finetune_nodes
 from imcf.training.loggers import build_loggers
@@ -75,15 +76,11 @@ def load_pretrained(scm: SCM, node: str, path: str, freeze: bool = True) -> None
         held = list(ckpt.get("state_dict", {})) if isinstance(ckpt, dict) else []
         raise KeyError(f"{key}: no weights for {node!r} (checkpoint holds {held})")
     mech = scm.mechanisms[node]
-    meta = (ckpt.get("meta") or {}).get(node, {})
-    if "parents" in meta and list(meta["parents"]) != list(mech.parents):
-        raise ValueError(f"{key}: trained with parents {meta['parents']}, this graph gives {list(mech.parents)}")
-    if "kind" in meta and meta["kind"] != str(mech.kind):
-        raise ValueError(f"{key}: node kind {meta['kind']} != {mech.kind}")
-    try:
-        mech.load_state_dict(ckpt["state_dict"][node])
-    except RuntimeError as e:
-        raise ValueError(f"{key}: shapes do not match: {e}") from None
+    # the constructor arguments may differ (initial values, fine-tuning options); what the weights mean may not
+    problems = scm.checkpoint_differences(node, ckpt, fields=("parents", "kind", "family"))
+    if problems:
+        raise CheckpointError(f"{key}: the checkpoint does not fit this graph: {'; '.join(problems)}")
+    mech.load_state_dict(ckpt["state_dict"][node])
     comp = next((c for c in scm.components.values() if node in c.nodes), None)
     if comp is not None and "component" in ckpt:  # the shared-noise model of a confounded unit
         comp.load_state_dict(ckpt["component"])
@@ -144,7 +141,9 @@ def train_unit(cfg: DictConfig, scm: SCM, unit: Unit, datamodule: CausalDataModu
         callbacks=[checkpoint],
     )
     last = ckpt_dir / "last.ckpt"
-    resume = str(last) if cfg.resume and last.is_file() and not trainer_cfg["fast_dev_run"] else None
+    resume = None
+    if cfg.resume and last.is_file() and not trainer_cfg["fast_dev_run"]:
+        resume = str(resumable_checkpoint(ckpt_dir, unit.name))
     if resume:
         print(f"[imcf] resuming unit {unit.name!r} from {resume}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
@@ -153,6 +152,32 @@ def train_unit(cfg: DictConfig, scm: SCM, unit: Unit, datamodule: CausalDataModu
         state = safe_torch_load(best)["state_dict"]
         module.load_state_dict(state)
     return scm.save_unit(run_dir, unit.nodes) if trainer.is_global_zero else run_dir / f"{unit.name}.ckpt"
+
+
+def resumable_checkpoint(ckpt_dir: Path, unit: str) -> Path:
+    """`ckpt_dir/last.ckpt`, or, when it cannot be read (a crash mid-write, a full disk), the newest readable
+    checkpoint beside it, with a warning; damaged files are renamed `<name>.damaged` so Lightning never reads them."""
+    last = ckpt_dir / "last.ckpt"
+    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+    damaged: list[str] = []
+    for path in [last, *others]:
+        try:
+            safe_torch_load(path)
+        except CheckpointError as e:
+            damaged.append(str(e))
+            path.rename(path.with_name(path.name + ".damaged"))
+            continue
+        if damaged:
+            warnings.warn(
+                f"{damaged[0]}; resuming unit {unit!r} from {path} instead (the damaged file is kept as "
+                f"{last.name}.damaged)",
+                stacklevel=2,
+            )
+        return path
+    raise CheckpointError(
+        f"{'; '.join(damaged)}; no readable checkpoint in {ckpt_dir} to resume unit {unit!r} from: "
+        f"train it from scratch with resume=false (or delete {ckpt_dir})"
+    )
 
 
 def train(cfg: Any) -> dict[str, Any]:

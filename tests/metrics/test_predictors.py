@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from imcf.graph import NodeKind
+from imcf.io import CheckpointError
 from imcf.metrics.offline import CacheMismatchError, cache_path, load_cached, save_cached
 from imcf.metrics.predictors import AttributePredictor, judge
 
@@ -43,6 +44,9 @@ def test_cache_for_another_dataset_is_refused(tmp_path):
         load_cached(path, {**spec, "dataset": "morphomnist"}, "predictors")
     with pytest.raises(CacheMismatchError, match="options"):
         load_cached(path, {**spec, "options": {"seed": 1}}, "predictors")
+    path.write_bytes(path.read_bytes()[:50])  # a truncated cache names the file and the way back
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*faces-predictors.*delete it and"):
+        load_cached(path, spec, "predictors")
 
 
 def test_cache_key_follows_the_dataset_content(tmp_path):

@@ -8,9 +8,11 @@ from hydra import compose, initialize_config_dir
 
 from imcf.data.linear import DEFAULT_MECHANISMS
 from imcf.graph import CausalGraph
+from imcf.io import CheckpointError
 from imcf.scm import SCM
 from imcf.training import train
 from imcf.training.modular import plan_units
+from imcf.training.run import build_scm, load_pretrained
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 
@@ -134,3 +136,40 @@ def test_unit_overrides_change_one_unit_only(tmp_path):
                 tmp_path / "c", "evaluate_after=false", "units=[x1]", "+unit_overrides={x1: {trainer: {max_epoch: 3}}}"
             )
         )
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_falls_back_from_a_damaged_last_checkpoint(tmp_path):
+    train(_cfg(tmp_path, "trainer.max_epochs=2", "evaluate_after=false", "units=[x4]"))
+    ckpts = tmp_path / "run" / "checkpoints" / "x4"
+    _truncate(ckpts / "last.ckpt")
+    with pytest.warns(UserWarning, match=r"cannot read checkpoint .*last\.ckpt .*resuming unit 'x4' from .*best\.ckpt"):
+        result = train(_cfg(tmp_path, "trainer.max_epochs=3", "evaluate_after=false", "units=[x4]"))
+    assert torch.load(result["units"]["x4"], weights_only=True)["state_dict"]["x4"]["weight"].shape == (2,)
+    assert (ckpts / "last.ckpt.damaged").is_file()
+    torch.load(ckpts / "last.ckpt", weights_only=True)  # written afresh
+    for p in ckpts.glob("*.ckpt"):
+        _truncate(p)
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint in .*x4.*resume=false"):
+        train(_cfg(tmp_path, "trainer.max_epochs=4", "evaluate_after=false", "units=[x4]"))
+
+
+def test_pretrained_from_another_graph_names_what_differs(tmp_path):
+    cfg = _cfg(tmp_path)
+    scm, _ = build_scm(cfg)
+    other = CausalGraph.from_dict({"nodes": {"x2": "continuous", "x4": {"kind": "continuous", "parents": ["x2"]}}})
+    path = SCM.build(other, {n: {"family": "linear_gaussian"} for n in other.nodes}).save(tmp_path / "o") / "x4.ckpt"
+    with pytest.raises(
+        CheckpointError, match=r"pretrained=.*x4\.ckpt: .*parents \['x2'\] in the checkpoint, \['x2', 'x3'\]"
+    ):
+        load_pretrained(scm, "x4", str(path))
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["meta"]  # an older checkpoint: only the weights' shapes tell
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"weight: shape \(1,\) in the checkpoint, \(2,\) here") as err:
+        load_pretrained(scm, "x4", str(path))
+    assert "size mismatch" not in str(err.value)

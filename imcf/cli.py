@@ -1,0 +1,25 @@
+"""What the entry points share: a mistake of the user's ends in one clear line on stderr, not a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from imcf.config import ConfigError
+from imcf.evaluation import EvaluationError
+from imcf.graph import GraphError
+from imcf.io import CheckpointError
+
+# errors whose message already says what is wrong and what to do; anything else is a bug and keeps its traceback
+USER_ERRORS = (ConfigError, GraphError, CheckpointError, EvaluationError)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a user error's message as `error: ...` and exit with status 1."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
