@@ -36,7 +36,7 @@ def finetunes(mech: Any) -> bool:
 
 ABDUCTION_KEYS = {"keep_residual", "sample", "latents", "withhold_residual_on", "residual"}
 #: `abduction.residual: relative`: the residual is scaled by (decode' + 1 + eps) / (decode + 1 + eps), clipped
-RELATIVE_EPS, RELATIVE_MAX = 0.1, 4.0
+RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON = 0.1, 4.0, 0.5
 FINETUNE_KEYS = {"enabled", "weight", "elbo_bound", "lagrange_init", "lagrange_lr_scale"}
 
 
@@ -234,8 +234,10 @@ class LatentImageMechanism(Mechanism):
         if noise.residual is not None:
             residual = noise.residual * self._residual_mask(noise, parents)
             if "decoded" in noise.extras:  # relative: the detail follows the counterfactual's brightness
-                ratio = (out + 1 + RELATIVE_EPS) / (noise.extras["decoded"] + 1 + RELATIVE_EPS)
-                residual = residual * ratio.clamp(0.0, RELATIVE_MAX)
+                before = noise.extras["decoded"]
+                ratio = ((out + 1 + RELATIVE_EPS) / (before + 1 + RELATIVE_EPS)).clamp(0.0, RELATIVE_MAX)
+                lit = (torch.minimum(out, before) + 1) > RELATIVE_ON  # stroke in both: scale; edges: add
+                residual = torch.where(lit, residual * ratio, residual)
             out = out + residual
         return out.clamp(-1.0, 1.0)
 
