@@ -166,6 +166,7 @@ class TrainConfig:
     unit_overrides: dict[str, Any] = field(default_factory=dict)
     evaluate_after: bool = True
     resume: bool = True
+    requeue: bool = True  # under SLURM (SLURM_JOB_ID set), a SIGTERM-stopped run requeues its job
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     finetune_predictors: FinetunePredictorsConfig = field(default_factory=FinetunePredictorsConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)

@@ -7,6 +7,8 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -19,6 +21,7 @@ from imcf.training.finetune import attach_finetune_predictors, finetune_nodes
 from imcf.training.loggers import build_loggers
 from imcf.training.modular import Unit, plan_units
 from imcf.training.module import UnitModule
+from imcf.training.preemption import Preempted, SignalGuard, requeue, sigterm_guard
 
 
 def build_scm(cfg: DictConfig) -> tuple[SCM, dict[str, Any]]:
@@ -127,37 +130,61 @@ def unit_settings(cfg: DictConfig, unit: Unit) -> tuple[dict[str, Any], dict[str
     return OmegaConf.to_container(trainer, resolve=True), OmegaConf.to_container(optim, resolve=True)
 
 
-def train_unit(cfg: DictConfig, scm: SCM, unit: Unit, datamodule: CausalDataModule, run_dir: Path) -> Path:
+def train_unit(
+    cfg: DictConfig, scm: SCM, unit: Unit, datamodule: CausalDataModule, run_dir: Path, guard: SignalGuard
+) -> Path:
     """Fit one unit with Lightning (resuming from its last checkpoint) and write `<unit>.ckpt`."""
     trainer_cfg, optim_cfg = unit_settings(cfg, unit)
     component = scm.components[unit.name] if unit.name in scm.components else None
     module = UnitModule({n: scm.mechanisms[n] for n in unit.nodes}, optim_cfg, component)
     ckpt_dir = run_dir / "checkpoints" / unit.name
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True, save_top_k=1
-    )
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1)
+    # every epoch, improved or not: a pre-empted unit resumes from its last completed epoch
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True)
+    last_path = ckpt_dir / "last.ckpt"
+    resume = str(last_path) if cfg.resume and last_path.is_file() and not trainer_cfg["fast_dev_run"] else None
+    resume_step = int(safe_torch_load(resume).get("global_step", 0)) if resume else None
     hparams = OmegaConf.to_container(cfg, resolve=True)
+    # under SLURM, pre-emption is ours (imcf.training.preemption), not Lightning's auto-requeue on SIGUSR1
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     trainer = L.Trainer(
         **trainer_cfg,
         default_root_dir=str(run_dir),
-        logger=build_loggers(cfg.logger, run_dir / "logs", unit.name, hparams) or False,
-        callbacks=[checkpoint],
+        logger=build_loggers(cfg.logger, run_dir / "logs", unit.name, hparams, resume_step) or False,
+        callbacks=[best, last],
+        plugins=plugins,
     )
-    last = ckpt_dir / "last.ckpt"
-    resume = str(last) if cfg.resume and last.is_file() and not trainer_cfg["fast_dev_run"] else None
     if resume:
         print(f"[imcf] resuming unit {unit.name!r} from {resume}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    best = checkpoint.best_model_path
-    if best and Path(best).is_file() and not trainer_cfg["fast_dev_run"]:
-        state = safe_torch_load(best)["state_dict"]
+    try:
+        with guard.fit():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except SIGTERMException:
+        epoch = safe_torch_load(last_path)["epoch"] if last_path.is_file() else None
+        saved = f"epoch {epoch} saved in {last_path}" if epoch is not None else "no epoch completed yet"
+        raise Preempted(f"unit {unit.name!r} stopped by SIGTERM ({saved}); rerun the same command to resume") from None
+    if best.best_model_path and Path(best.best_model_path).is_file() and not trainer_cfg["fast_dev_run"]:
+        state = safe_torch_load(best.best_model_path)["state_dict"]
         module.load_state_dict(state)
     return scm.save_unit(run_dir, unit.nodes) if trainer.is_global_zero else run_dir / f"{unit.name}.ckpt"
 
 
 def train(cfg: Any) -> dict[str, Any]:
-    """Train the SCM described by `cfg` (see configs/train.yaml); returns paths of what was written."""
+    """Train the SCM described by `cfg` (see configs/train.yaml); returns paths of what was written.
+
+    SIGTERM raises `Preempted` (exit code 143) once the unit's last completed epoch is saved; under SLURM with
+    `requeue: true` the job is requeued first."""
     cfg = validate(cfg, TrainConfig)
+    with sigterm_guard() as guard:
+        try:
+            return _train(cfg, guard)
+        except Preempted as stop:
+            done = requeue() if cfg.requeue else ""
+            print(f"[imcf] {stop}" + (f"; {done}" if done else ""), flush=True)
+            raise
+
+
+def _train(cfg: DictConfig, guard: SignalGuard) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     scm, specs = build_scm(cfg)
     run_dir = Path(cfg.run_dir)
@@ -187,7 +214,9 @@ def train(cfg: Any) -> dict[str, Any]:
             print(f"[imcf] unit {unit.name!r} is pretrained: loaded frozen, not trained")
             continue
         print(f"[imcf] training unit {unit.name!r}: nodes {list(unit.nodes)}, inputs {list(unit.inputs)}")
-        written[unit.name] = train_unit(cfg, scm, unit, dm, run_dir)
+        written[unit.name] = train_unit(cfg, scm, unit, dm, run_dir, guard)
+        if guard.received:  # the signal came as the unit's last batch ended: it is complete, stop before the next
+            raise Preempted(f"stopped by SIGTERM after unit {unit.name!r}; rerun the same command to resume")
     result: dict[str, Any] = {"run_dir": str(run_dir), "units": {k: str(v) for k, v in written.items()}}
     if finetune:
         result["finetune_predictors"] = finetune
