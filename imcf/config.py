@@ -241,6 +241,18 @@ def mechanism_specs(graph: CausalGraph, mechanism_cfg: Any) -> dict[str, Mechani
     return out
 
 
+def multirun_subdir() -> str:
+    """`-<overrides of this job>` inside a Hydra multirun (`-m seed=0,1` -> `-seed=0`), else "": every job of a
+    sweep gets its own run directory, and the same sweep started again finds its directories (to resume)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    job = HydraConfig.get().job
+    return "-" + (job.override_dirname or f"job{job.num}").replace("/", "_")
+
+
 def register_configs() -> None:
     """Register the schemas with Hydra so that composition itself rejects unknown keys (full path named)."""
     from hydra.core.config_store import ConfigStore
@@ -248,6 +260,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    if not OmegaConf.has_resolver("imcf_multirun"):
+        OmegaConf.register_new_resolver("imcf_multirun", multirun_subdir)
 
 
 register_configs()

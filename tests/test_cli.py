@@ -77,22 +77,26 @@ def test_bad_override_names_the_key(tmp_path):
     assert "trainer.max_epochs" in proc.stderr + proc.stdout
 
 
-def test_ddp_two_cpu_processes_agree(tmp_path):
+def test_ddp_two_cpu_processes_agree_and_rank_zero_evaluates_once(tmp_path):
     run = tmp_path / "run"
     out = _run(
         [
             "train.py",
             "experiment=linear4",
             "trainer=ddp_cpu",
-            "trainer.max_epochs=2",
-            "units=[x4]",
+            "trainer.max_epochs=1",
             f"run_dir={run}",
             f"data_root={tmp_path / 'data'}",
+            f"evaluate.report_dir={tmp_path / 'report'}",
+            "evaluate.num_samples=64",
             "trainer.enable_progress_bar=false",
-            "evaluate_after=false",
-            "dataset.options.sizes={train: 512, val: 128, test: 128}",
+            "dataset.options.sizes={train: 256, val: 64, test: 64}",
         ],
         tmp_path,
     )
     assert "2 ranks agree on the weights of ['x4']" in out
-    assert (run / "x4.ckpt").is_file()
+    assert "effective batch size 2 x 256 = 512" in out
+    # every rank waits for the unit checkpoints; only rank 0 evaluates and reports
+    assert "skipping evaluation" not in out and out.count("[imcf] run directory") == 1, out[-3000:]
+    assert (run / "x4.ckpt").is_file() and (tmp_path / "report" / "metrics.json").is_file()
+    assert not list(run.rglob("*.lock"))

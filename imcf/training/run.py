@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -22,6 +24,13 @@ from imcf.training.loggers import build_loggers
 from imcf.training.modular import Unit, plan_units
 from imcf.training.module import UnitModule
 from imcf.training.preemption import Preempted, SignalGuard, requeue, sigterm_guard
+from imcf.training.rundir import check_stored_config, unit_lock
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """A progress line, printed once (by rank 0 under DDP)."""
+    print(message, flush=True)
 
 
 def build_scm(cfg: DictConfig) -> tuple[SCM, dict[str, Any]]:
@@ -98,8 +107,10 @@ def load_pretrained(scm: SCM, node: str, path: str, freeze: bool = True) -> None
 
 
 def _write_run_files(run_dir: Path, cfg: DictConfig, scm: SCM) -> None:
-    """Write config.yaml, graph.yaml, mechanisms.yaml; refuse to mix two different models in one run dir."""
+    """Write config.yaml, graph.yaml, mechanisms.yaml; refuse to mix two configurations in one run dir."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    check_stored_config(run_dir, config)
     files = {
         "graph.yaml": scm.graph.to_dict(),
         "mechanisms.yaml": scm.mechanism_specs(),
@@ -112,7 +123,7 @@ def _write_run_files(run_dir: Path, cfg: DictConfig, scm: SCM) -> None:
                 f"(run_dir=runs/<new name>) or delete the old run"
             )
         atomic_write_yaml(path, content)
-    atomic_write_yaml(run_dir / "config.yaml", OmegaConf.to_container(cfg, resolve=True))
+    atomic_write_yaml(run_dir / "config.yaml", config)
     scm.graph.draw(run_dir / "graph.png")
 
 
@@ -154,8 +165,13 @@ def train_unit(
         callbacks=[best, last],
         plugins=plugins,
     )
+    if trainer.world_size > 1:
+        say(
+            f"[imcf] unit {unit.name!r}: DDP over {trainer.world_size} processes, effective batch size "
+            f"{trainer.world_size} x {cfg.dataset.batch_size} = {trainer.world_size * cfg.dataset.batch_size}"
+        )
     if resume:
-        print(f"[imcf] resuming unit {unit.name!r} from {resume}")
+        say(f"[imcf] resuming unit {unit.name!r} from {resume}")
     try:
         with guard.fit():
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
@@ -166,7 +182,9 @@ def train_unit(
     if best.best_model_path and Path(best.best_model_path).is_file() and not trainer_cfg["fast_dev_run"]:
         state = safe_torch_load(best.best_model_path)["state_dict"]
         module.load_state_dict(state)
-    return scm.save_unit(run_dir, unit.nodes) if trainer.is_global_zero else run_dir / f"{unit.name}.ckpt"
+    path = scm.save_unit(run_dir, unit.nodes) if trainer.is_global_zero else run_dir / f"{unit.name}.ckpt"
+    trainer.strategy.barrier(f"imcf-{unit.name}-saved")  # DDP: no rank goes on before the checkpoint exists
+    return path
 
 
 def train(cfg: Any) -> dict[str, Any]:
@@ -211,21 +229,26 @@ def _train(cfg: DictConfig, guard: SignalGuard) -> dict[str, Any]:
     for unit in units:
         if unit.pretrained:
             written[unit.name] = scm.save_unit(run_dir, unit.nodes)
-            print(f"[imcf] unit {unit.name!r} is pretrained: loaded frozen, not trained")
+            say(f"[imcf] unit {unit.name!r} is pretrained: loaded frozen, not trained")
             continue
-        print(f"[imcf] training unit {unit.name!r}: nodes {list(unit.nodes)}, inputs {list(unit.inputs)}")
-        written[unit.name] = train_unit(cfg, scm, unit, dm, run_dir, guard)
+        say(f"[imcf] training unit {unit.name!r}: nodes {list(unit.nodes)}, inputs {list(unit.inputs)}")
+        # one live writer per unit (rank 0 holds it for all DDP ranks); array tasks train other units beside it
+        lock = run_dir / "checkpoints" / unit.name / "train.lock"
+        with unit_lock(lock) if rank_zero_only.rank == 0 else nullcontext():
+            written[unit.name] = train_unit(cfg, scm, unit, dm, run_dir, guard)
         if guard.received:  # the signal came as the unit's last batch ended: it is complete, stop before the next
             raise Preempted(f"stopped by SIGTERM after unit {unit.name!r}; rerun the same command to resume")
     result: dict[str, Any] = {"run_dir": str(run_dir), "units": {k: str(v) for k, v in written.items()}}
     if finetune:
         result["finetune_predictors"] = finetune
     complete = all((run_dir / f"{unit_name(c)}.ckpt").is_file() for c in scm.graph.c_components())
+    if rank_zero_only.rank != 0:  # DDP: only rank 0 evaluates and reports
+        return result
     if cfg.evaluate_after and complete and not cfg.trainer.fast_dev_run:
         from imcf.evaluation import evaluate
 
         result["report"] = evaluate(cfg.evaluate)
     elif cfg.evaluate_after and not complete:
-        print("[imcf] not every unit is trained yet: skipping evaluation (run evaluate.py when all are)")
-    print(f"[imcf] run directory: {run_dir.resolve()}")
+        say("[imcf] not every unit is trained yet: skipping evaluation (run evaluate.py when all are)")
+    say(f"[imcf] run directory: {run_dir.resolve()}")
     return result
