@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -17,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from imcf.config import ConfigError, TrainConfig, mechanism_specs, validate
 from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
-from imcf.io import atomic_write_yaml, read_yaml, safe_torch_load
+from imcf.io import atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
 from imcf.scm import SCM, unit_name
 from imcf.training.finetune import attach_finetune_predictors, finetune_nodes
 from imcf.training.loggers import build_loggers
@@ -25,6 +26,16 @@ from imcf.training.modular import Unit, plan_units
 from imcf.training.module import UnitModule
 from imcf.training.preemption import Preempted, SignalGuard, requeue, sigterm_guard
 from imcf.training.rundir import check_stored_config, unit_lock
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writes (last.ckpt, best.ckpt) through `imcf.io.atomic_torch_save`: a temporary file
+    beside the target, fsynced, renamed; the user's umask."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        atomic_torch_save(checkpoint, path)
 
 
 @rank_zero_only
@@ -157,7 +168,9 @@ def train_unit(
     resume_step = int(safe_torch_load(resume).get("global_step", 0)) if resume else None
     hparams = OmegaConf.to_container(cfg, resolve=True)
     # under SLURM, pre-emption is ours (imcf.training.preemption), not Lightning's auto-requeue on SIGUSR1
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = L.Trainer(
         **trainer_cfg,
         default_root_dir=str(run_dir),

@@ -19,7 +19,14 @@ QUICK = ["units=[x1]", "trainer.max_epochs=1", "evaluate_after=false"]
 
 
 def test_resume_refuses_another_configuration_and_names_the_keys(tmp_path):
-    train(_cfg(tmp_path, *QUICK))
+    old = os.umask(0o002)  # a group-shared project folder
+    try:
+        train(_cfg(tmp_path, *QUICK))
+    finally:
+        os.umask(old)
+    run = tmp_path / "run"
+    for path in (run / "config.yaml", run / "x1.ckpt", run / "checkpoints" / "x1" / "last.ckpt"):
+        assert path.stat().st_mode & 0o777 == 0o664, path  # ours and Lightning's files: the umask, not 0600
     with pytest.raises(ConfigError, match=r"\(optim.lr: 0.01 -> 0.02, seed: 0 -> 1\)"):
         train(_cfg(tmp_path, *QUICK, "seed=1", "optim.lr=0.02"))
     # what may change on resume does not count: more epochs, other units, logging, evaluation
