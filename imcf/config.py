@@ -167,6 +167,7 @@ class TrainConfig:
     evaluate_after: bool = True
     resume: bool = True
     requeue: bool = True  # under SLURM (SLURM_JOB_ID set), a SIGTERM-stopped run requeues its job
+    prepare_only: bool = False  # build the dataset's caches (every split) and stop; nothing is trained
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     finetune_predictors: FinetunePredictorsConfig = field(default_factory=FinetunePredictorsConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)

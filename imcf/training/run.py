@@ -227,7 +227,6 @@ def _train(cfg: DictConfig, guard: SignalGuard) -> dict[str, Any]:
     if stray:
         raise ConfigError(f"unit_overrides names unknown unit(s) {stray}; units of this graph: {names}")
     tuned = finetune_nodes(scm, [n for u in units if not u.pretrained for n in u.nodes], specs)
-    _write_run_files(run_dir, cfg, scm)
     dm = CausalDataModule(
         cfg.dataset.name,
         root=cfg.dataset.root,
@@ -237,6 +236,11 @@ def _train(cfg: DictConfig, guard: SignalGuard) -> dict[str, Any]:
         shuffle_seed=cfg.seed,
         **OmegaConf.to_container(cfg.dataset.options, resolve=True),
     )
+    if cfg.prepare_only:  # one job before an array of unit jobs: they then find the caches, not build them at once
+        sizes = {split: len(dm.dataset(split)) for split in ("train", "val", "test")}
+        say(f"[imcf] dataset {cfg.dataset.name!r} ready under {cfg.dataset.root}: {sizes}")
+        return {"dataset": sizes}
+    _write_run_files(run_dir, cfg, scm)
     finetune = attach_finetune_predictors(cfg, scm, tuned)
     written = {}
     for unit in units:

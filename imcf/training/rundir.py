@@ -28,6 +28,7 @@ MAY_CHANGE = (
     "units.*",
     "resume",
     "requeue",
+    "prepare_only",
     "evaluate_after",
     "evaluate.*",
     "identify.*",
