@@ -12,7 +12,9 @@ import imcf.config  # noqa: F401  (registers the config schemas with Hydra)
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     from imcf.evaluation import evaluate
+    from imcf.training.loggers import configure_console
 
+    configure_console()
     evaluate(cfg)
 
 

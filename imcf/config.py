@@ -192,6 +192,10 @@ def validate(cfg: Any, schema: type) -> DictConfig:
     try:
         # a `???` in the given config would silently take the schema's default in the merge: check it first
         given = sorted(OmegaConf.missing_keys(cfg)) if isinstance(cfg, DictConfig) else []
+        if isinstance(cfg, DictConfig):
+            # Hydra types the composed config with the schema, and a typed config merges its `+key=...` additions
+            # in silently: merge the plain values, so that an unknown key is rejected however it was given
+            cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         missing = sorted(set(OmegaConf.missing_keys(merged)) | set(given))
         if missing:

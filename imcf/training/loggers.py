@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,30 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from imcf.io import atomic_write_text
+
+
+class _NoVendorTips(logging.Filter):
+    """Drop Lightning's advertisements ("💡 Tip: ... litlogger / litmodels") from the console and the job log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def configure_console() -> None:
+    """Each log line once: under Hydra (root handlers set) Lightning's own console handler is removed, so its lines
+    go through Hydra's (console and job log) alone; vendor tips and the expected "checkpoint directory is not empty"
+    warning of a resumed run are dropped."""
+    if logging.getLogger().hasHandlers():
+        lightning = logging.getLogger("lightning")
+        for handler in list(lightning.handlers):
+            lightning.removeHandler(handler)
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoVendorTips) for f in logger.filters):
+            logger.addFilter(_NoVendorTips())
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 class _AppendingWriter(ExperimentWriter):
