@@ -138,7 +138,7 @@ class EvaluateConfig:
     progress: bool = True
     data_root: str | None = None  # default: the run's dataset.root
     options: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the report
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: LoggerConfig | None = None  # None: the training run's loggers (its config.yaml), else CSV
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
 
 

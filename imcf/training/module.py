@@ -97,8 +97,11 @@ class UnitModule(L.LightningModule):
     @torch.no_grad()
     def image_grids(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """For each image node: rows factual | reconstruction | fresh sample | counterfactual whose parents
-        are taken from the next sample in the batch (a mechanism-level intervention on all parents)."""
+        are taken from the next sample in the batch (a mechanism-level intervention on all parents), each row
+        named in a margin on the left."""
         from torchvision.utils import make_grid
+
+        from imcf.training.loggers import label_rows
 
         grids = {}
         for node, mech in self.mechanisms.items():
@@ -110,7 +113,9 @@ class UnitModule(L.LightningModule):
             noise = mech.abduct(x, pa)
             rows = [x, mech.predict(noise, pa), mech.sample(pa, n=x.shape[0]), mech.predict(noise, shifted)]
             images = torch.cat(rows).clamp(-1, 1).add(1).div(2).float()
-            grids[f"val/{node}/factual_recon_sample_counterfactual"] = make_grid(images, nrow=x.shape[0])
+            grid = make_grid(images, nrow=x.shape[0], padding=2)
+            labels = ["factual", "recon", "sample", "cf"]
+            grids[f"val/{node}/factual_recon_sample_counterfactual"] = label_rows(grid, labels, padding=2)
         return grids
 
     def on_validation_epoch_end(self) -> None:

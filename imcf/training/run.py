@@ -21,7 +21,7 @@ from imcf.graph import CausalGraph
 from imcf.io import atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
 from imcf.scm import SCM, unit_name
 from imcf.training.finetune import attach_finetune_predictors, finetune_nodes
-from imcf.training.loggers import build_loggers
+from imcf.training.loggers import build_loggers, finish_loggers, wandb_ids
 from imcf.training.modular import Unit, plan_units
 from imcf.training.module import UnitModule
 from imcf.training.preemption import Preempted, SignalGuard, requeue, sigterm_guard
@@ -171,10 +171,12 @@ def train_unit(
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    group, run_id = wandb_ids(run_dir, unit.name)
+    loggers = build_loggers(cfg.logger, run_dir / "logs", unit.name, hparams, resume_step, group, run_id)
     trainer = L.Trainer(
         **trainer_cfg,
         default_root_dir=str(run_dir),
-        logger=build_loggers(cfg.logger, run_dir / "logs", unit.name, hparams, resume_step) or False,
+        logger=loggers or False,
         callbacks=[best, last],
         plugins=plugins,
     )
@@ -192,6 +194,14 @@ def train_unit(
         epoch = safe_torch_load(last_path)["epoch"] if last_path.is_file() else None
         saved = f"epoch {epoch} saved in {last_path}" if epoch is not None else "no epoch completed yet"
         raise Preempted(f"unit {unit.name!r} stopped by SIGTERM ({saved}); rerun the same command to resume") from None
+    finally:
+        if trainer.is_global_zero:
+            final = {
+                "hp/best_val_loss": best.best_model_score,
+                "hp/last_val_loss": trainer.callback_metrics.get("val/loss"),
+                "hp/epochs": trainer.current_epoch,
+            }
+            finish_loggers(loggers, hparams, final)
     if best.best_model_path and Path(best.best_model_path).is_file() and not trainer_cfg["fast_dev_run"]:
         state = safe_torch_load(best.best_model_path)["state_dict"]
         module.load_state_dict(state)

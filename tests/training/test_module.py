@@ -1,6 +1,7 @@
 """UnitModule inside a real Lightning Trainer: gradient stabilisation hooks of the image families."""
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -55,3 +56,13 @@ def test_validation_logs_image_grids_to_tensorboard(tmp_path):
     assert tag in events.Tags()["images"]
     img = events.Images(tag)[0]
     assert img.height > 4 * 16 and img.width > 8 * 16  # 4 rows (factual, recon, sample, cf) x 8 samples
+    # the rows are named in a white margin on the left: dark text pixels there, one label per row
+    from io import BytesIO
+
+    from PIL import Image
+
+    pixels = torch.from_numpy(np.asarray(Image.open(BytesIO(img.encoded_image_string)).convert("L")).copy())
+    margin = img.width - (8 * (16 + 2) + 2)
+    assert margin > 20
+    rows_with_text = [bool((pixels[2 + r * 18 : 2 + (r + 1) * 18 - 2, :margin] < 128).any()) for r in range(4)]
+    assert rows_with_text == [True] * 4
