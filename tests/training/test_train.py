@@ -1,6 +1,7 @@
 """Modular training: unit planning, real short fits, resume, pretrained plug-ins, offline loggers."""
 
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def _wandb_records(path: Path) -> list:
             pos += 32768 - pos % 32768
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if length == 0 and kind == 0:
+        if (length == 0 and kind == 0) or pos + 7 + length > len(data):  # the end, or a record being written
             break
         part, pos = part + data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # a full record, or the last piece of one
@@ -132,6 +133,9 @@ def test_loggers_one_wandb_run_per_unit_tensorboard_hparams_and_evaluator_logs(t
     # wandb: one finished run per unit and one for the evaluator, all in the training run's group
     runs = {}
     for path in (logs / "wandb").glob("offline-run-*/run-*.wandb"):
+        deadline = time.monotonic() + 60  # wandb's service may still be writing the last run's file
+        while not any(r.HasField("exit") for r in _wandb_records(path)) and time.monotonic() < deadline:
+            time.sleep(0.5)
         records = _wandb_records(path)
         kinds = {r.WhichOneof("record_type"): r for r in records}
         summary = {u.key for r in records if r.HasField("summary") for u in r.summary.update}
