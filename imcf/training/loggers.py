@@ -98,8 +98,8 @@ def wandb_ids(run_dir: str | Path, name: str) -> tuple[str, str]:
     """(group, run id) of one unit of a training run: the group is the run directory's name, the id is stable
     across restarts (so a resumed unit continues its wandb run) and differs between run directories."""
     run_dir = Path(run_dir).resolve()
-    digest = hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]
-    return run_dir.name, re.sub(r"[^A-Za-z0-9_-]", "_", f"{run_dir.name[:48]}-{digest}-{name}")
+    digest = hashlib.sha1(f"{run_dir}\n{name}".encode()).hexdigest()[:12]
+    return run_dir.name, re.sub(r"[^A-Za-z0-9_-]", "_", f"{run_dir.name[:24]}-{name[:16]}-{digest}")  # <= 54 chars
 
 
 def build_loggers(

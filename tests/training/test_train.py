@@ -173,3 +173,12 @@ def test_unit_overrides_change_one_unit_only(tmp_path):
                 tmp_path / "c", "evaluate_after=false", "units=[x1]", "+unit_overrides={x1: {trainer: {max_epoch: 3}}}"
             )
         )
+
+
+def test_wandb_ids_are_stable_per_unit_and_distinct_between_runs(tmp_path):
+    from imcf.training.loggers import wandb_ids
+
+    group, x1 = wandb_ids(tmp_path / "run", "x1")
+    assert group == "run" and wandb_ids(tmp_path / "run", "x1") == (group, x1)  # a resumed unit continues its run
+    assert len({x1, wandb_ids(tmp_path / "run", "x2")[1], wandb_ids(tmp_path / "other" / "run", "x1")[1]}) == 3
+    assert len(wandb_ids(tmp_path / ("r" * 200), "a+b+" * 20)[1]) <= 64
