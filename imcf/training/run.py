@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -36,6 +36,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         atomic_torch_save(checkpoint, path)
+
+
+class UnitProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, naming the unit it trains ("x2 epoch 3")."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"{self.unit} epoch {trainer.current_epoch}")
 
 
 @rank_zero_only
@@ -177,7 +189,7 @@ def train_unit(
         **trainer_cfg,
         default_root_dir=str(run_dir),
         logger=loggers or False,
-        callbacks=[best, last],
+        callbacks=[best, last, *([UnitProgressBar(unit.name)] if trainer_cfg["enable_progress_bar"] else [])],
         plugins=plugins,
     )
     if trainer.world_size > 1:

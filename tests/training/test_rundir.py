@@ -79,7 +79,7 @@ def test_a_second_live_writer_is_refused_before_training(tmp_path):
     assert lock.is_file()  # the other writer's lock is left alone
 
 
-def test_multirun_jobs_get_distinct_run_directories_and_log_each_line_once(tmp_path):
+def test_multirun_jobs_get_distinct_run_directories_and_the_console_is_clean(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [
@@ -91,7 +91,6 @@ def test_multirun_jobs_get_distinct_run_directories_and_log_each_line_once(tmp_p
             *QUICK,
             f"data_root={tmp_path / 'data'}",
             "dataset.options.sizes={train: 256, val: 64, test: 64}",
-            "trainer.enable_progress_bar=false",
             f"hydra.sweep.dir={tmp_path / 'multirun'}",
         ],
         cwd=tmp_path,
@@ -102,8 +101,9 @@ def test_multirun_jobs_get_distinct_run_directories_and_log_each_line_once(tmp_p
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
-    # the console: each Lightning line once (two jobs of one unit each), no vendor tips
+    # the console: each Lightning line once (two jobs of one unit each), no vendor tips, the unit in the progress bar
     assert out.count("GPU available: False") == 2 and "Tip:" not in out, out[-6000:]
+    assert "x1 epoch 0: 100%" in out
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert len(runs) == 2 and runs[0].endswith("seed=0") and runs[1].endswith("seed=1"), runs
     for name, seed in zip(runs, (0, 1)):
