@@ -13,7 +13,9 @@ import imcf.config  # noqa: F401  (registers the config schemas with Hydra)
 def main(cfg: DictConfig) -> None:
     from imcf.cli import user_errors
     from imcf.evaluation import evaluate
+    from imcf.training.loggers import configure_console
 
+    configure_console()
     with user_errors():
         evaluate(cfg)
 

@@ -10,7 +10,9 @@ import imcf.config  # noqa: F401  (registers the config schemas with Hydra)
 def main(cfg: DictConfig) -> None:
     from imcf.cli import user_errors
     from imcf.training import train
+    from imcf.training.loggers import configure_console
 
+    configure_console()
     with user_errors():
         train(cfg)
 

@@ -138,7 +138,7 @@ class EvaluateConfig:
     progress: bool = True
     data_root: str | None = None  # default: the run's dataset.root
     options: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the report
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: LoggerConfig | None = None  # None: the training run's loggers (its config.yaml), else CSV
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
 
 
@@ -166,6 +166,8 @@ class TrainConfig:
     unit_overrides: dict[str, Any] = field(default_factory=dict)
     evaluate_after: bool = True
     resume: bool = True
+    requeue: bool = True  # under SLURM (SLURM_JOB_ID set), a SIGTERM-stopped run requeues its job
+    prepare_only: bool = False  # build the dataset's caches (every split) and stop; nothing is trained
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     finetune_predictors: FinetunePredictorsConfig = field(default_factory=FinetunePredictorsConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -190,6 +192,10 @@ def validate(cfg: Any, schema: type) -> DictConfig:
     try:
         # a `???` in the given config would silently take the schema's default in the merge: check it first
         given = sorted(OmegaConf.missing_keys(cfg)) if isinstance(cfg, DictConfig) else []
+        if isinstance(cfg, DictConfig):
+            # Hydra types the composed config with the schema, and a typed config merges its `+key=...` additions
+            # in silently: merge the plain values, so that an unknown key is rejected however it was given
+            cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         missing = sorted(set(OmegaConf.missing_keys(merged)) | set(given))
         if missing:
@@ -240,6 +246,18 @@ def mechanism_specs(graph: CausalGraph, mechanism_cfg: Any) -> dict[str, Mechani
     return out
 
 
+def multirun_subdir() -> str:
+    """`-<overrides of this job>` inside a Hydra multirun (`-m seed=0,1` -> `-seed=0`), else "": every job of a
+    sweep gets its own run directory, and the same sweep started again finds its directories (to resume)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    job = HydraConfig.get().job
+    return "-" + (job.override_dirname or f"job{job.num}").replace("/", "_")
+
+
 def register_configs() -> None:
     """Register the schemas with Hydra so that composition itself rejects unknown keys (full path named)."""
     from hydra.core.config_store import ConfigStore
@@ -247,6 +265,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    if not OmegaConf.has_resolver("imcf_multirun"):
+        OmegaConf.register_new_resolver("imcf_multirun", multirun_subdir)
 
 
 register_configs()

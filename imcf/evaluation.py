@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from imcf.config import EvaluateConfig, FinetunePredictorsConfig, validate
+from imcf.config import EvaluateConfig, FinetunePredictorsConfig, LoggerConfig, validate
 from imcf.data.base import CausalDataset, stack_batch
 from imcf.data.datamodule import build_dataset
 from imcf.graph import CausalGraph, NodeKind
@@ -242,6 +243,8 @@ def evaluate(cfg: Any) -> str:
     """Evaluate the run in `cfg.run_dir` (see configs/evaluate.yaml); write the report and return its directory."""
     cfg = validate(cfg, EvaluateConfig)
     scm, run_cfg = load_run(cfg.run_dir)
+    if cfg.logger is None:  # log to the training run's loggers
+        cfg.logger = OmegaConf.merge(OmegaConf.structured(LoggerConfig), run_cfg.get("logger") or {})
     ds = run_cfg["dataset"]
     root = cfg.data_root or ds.get("root") or "data"
     report_dir = cfg.report_dir or str(Path("reports") / Path(cfg.run_dir).name)
@@ -522,7 +525,7 @@ def evaluate_scm(
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_report(report_dir, results, meta)
-    _log(cfg, report_dir, results, grid_images)
+    _log(cfg, report_dir, str(run_dir), results, grid_images, plots)
     print(f"[imcf] evaluation report: {report_dir.resolve() / 'report.md'}")
     return str(report_dir)
 
@@ -680,11 +683,25 @@ def _order(key: str, intervened: list[str], graph: CausalGraph) -> tuple:
     return (rank, r, cyc, c, col)
 
 
-def _log(cfg: Any, report_dir: Path, results: dict[str, dict[str, Any]], grids: dict[str, Tensor]) -> None:
-    """Send scalars and grids to the configured loggers (CSV / TensorBoard / wandb) under report_dir/logs."""
-    from imcf.training.loggers import build_loggers, log_images, log_metrics
+def _log(
+    cfg: Any,
+    report_dir: Path,
+    run_dir: str,
+    results: dict[str, dict[str, Any]],
+    grids: dict[str, Tensor],
+    plots: list[str],
+) -> None:
+    """Send the metrics (scalars and, for wandb, a table), grids and plots to the loggers: those of the training
+    run (`logger: null`, under run_dir/logs, in the run's wandb group, a run named `evaluate`) or the given ones."""
+    from PIL import Image
 
-    loggers = build_loggers(cfg.logger, report_dir / "logs", "evaluate")
+    from imcf.training.loggers import build_loggers, finish_loggers, log_images, log_metrics, wandb_ids
+
+    run = Path(run_dir)
+    trained_here = (run / "config.yaml").is_file()
+    logger_cfg = cfg.logger if cfg.logger is not None else LoggerConfig()
+    group = wandb_ids(run, "evaluate")[0] if trained_here else None
+    loggers = build_loggers(logger_cfg, (run if trained_here else report_dir) / "logs", "evaluate", group=group)
     if not loggers:
         return
     flat = {f"eval/{k}": float(v["mean"]) for k, v in results.items() if v.get("mean") is not None}
@@ -692,5 +709,10 @@ def _log(cfg: Any, report_dir: Path, results: dict[str, dict[str, Any]], grids: 
     log_metrics(loggers, flat)
     for m, img in grids.items():
         log_images(loggers, f"eval/grid/{m}", img)
+    for rel in plots:
+        rgb = np.asarray(Image.open(report_dir / rel).convert("RGB")).copy()
+        log_images(loggers, f"eval/plot/{Path(rel).stem}", torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
     for lg in loggers:
-        lg.finalize("success")
+        if type(lg).__name__ == "WandbLogger":
+            lg.log_table(key="eval/metrics", columns=["metric", "mean"], data=[[k, v] for k, v in flat.items()])
+    finish_loggers(loggers, OmegaConf.to_container(cfg, resolve=True), flat)

@@ -106,25 +106,29 @@ def test_bad_override_names_the_key(tmp_path):
     assert "trainer.max_epochs" in proc.stderr + proc.stdout
 
 
-def test_ddp_two_cpu_processes_agree(tmp_path):
+def test_ddp_two_cpu_processes_agree_and_rank_zero_evaluates_once(tmp_path):
     run = tmp_path / "run"
     out = _run(
         [
             "train.py",
             "experiment=linear4",
             "trainer=ddp_cpu",
-            "trainer.max_epochs=2",
-            "units=[x4]",
+            "trainer.max_epochs=1",
             f"run_dir={run}",
             f"data_root={tmp_path / 'data'}",
+            f"evaluate.report_dir={tmp_path / 'report'}",
+            "evaluate.num_samples=64",
             "trainer.enable_progress_bar=false",
-            "evaluate_after=false",
-            "dataset.options.sizes={train: 512, val: 128, test: 128}",
+            "dataset.options.sizes={train: 256, val: 64, test: 64}",
         ],
         tmp_path,
     )
     assert "2 ranks agree on the weights of ['x4']" in out
-    assert (run / "x4.ckpt").is_file()
+    assert "effective batch size 2 x 256 = 512" in out
+    # every rank waits for the unit checkpoints; only rank 0 evaluates and reports
+    assert "skipping evaluation" not in out and out.count("[imcf] run directory") == 1, out[-3000:]
+    assert (run / "x4.ckpt").is_file() and (tmp_path / "report" / "metrics.json").is_file()
+    assert not list(run.rglob("*.lock"))
 
 
 def test_evaluate_bad_run_dirs_end_in_one_clear_line(tmp_path):
@@ -144,3 +148,16 @@ def test_evaluate_bad_run_dirs_end_in_one_clear_line(tmp_path):
         assert proc.returncode == 1
         assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     assert "cannot read checkpoint" in proc.stderr and "units=[x3]" in proc.stderr
+
+
+def test_user_errors_end_in_one_line_but_let_preemption_exit_143(capsys):
+    from imcf.cli import user_errors
+    from imcf.config import ConfigError
+    from imcf.training.preemption import Preempted
+
+    with pytest.raises(SystemExit) as stop, user_errors():
+        raise ConfigError("runs/x holds a run of another configuration")
+    assert stop.value.code == 1 and capsys.readouterr().err == "error: runs/x holds a run of another configuration\n"
+    with pytest.raises(Preempted) as stop, user_errors():  # a SystemExit, not a user error: requeue needs 143
+        raise Preempted("unit 'x4' stopped by SIGTERM")
+    assert stop.value.code == 143 and capsys.readouterr().err == ""

@@ -30,6 +30,17 @@ def test_composition_rejects_unknown_and_mistyped_keys():
         _compose(["trainer.max_epochs=many"])
 
 
+@pytest.mark.parametrize("added", ["+bogus=1", "+trainer.foo=2", "+evaluate.bar=3"])
+def test_keys_added_with_plus_are_rejected_like_any_unknown_key(added):
+    key = added[1:].split("=")[0]
+    with pytest.raises(ConfigError, match=f"invalid config key '{key}'"):
+        validate(_compose([added]), TrainConfig)
+    # free-form sections still take new keys
+    validate(
+        _compose(["+mechanism.x2.pretrained=a.ckpt", "+unit_overrides={x2: {trainer: {max_epochs: 3}}}"]), TrainConfig
+    )
+
+
 def test_validate_names_unknown_and_mistyped_keys():
     cfg = {"run_dir": "r", "dataset": {"name": "d"}, "trainer": {"max_epoch": 3}}
     with pytest.raises(ConfigError, match="trainer.max_epoch"):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
@@ -95,8 +97,11 @@ class UnitModule(L.LightningModule):
     @torch.no_grad()
     def image_grids(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """For each image node: rows factual | reconstruction | fresh sample | counterfactual whose parents
-        are taken from the next sample in the batch (a mechanism-level intervention on all parents)."""
+        are taken from the next sample in the batch (a mechanism-level intervention on all parents), each row
+        named in a margin on the left."""
         from torchvision.utils import make_grid
+
+        from imcf.training.loggers import label_rows
 
         grids = {}
         for node, mech in self.mechanisms.items():
@@ -108,7 +113,9 @@ class UnitModule(L.LightningModule):
             noise = mech.abduct(x, pa)
             rows = [x, mech.predict(noise, pa), mech.sample(pa, n=x.shape[0]), mech.predict(noise, shifted)]
             images = torch.cat(rows).clamp(-1, 1).add(1).div(2).float()
-            grids[f"val/{node}/factual_recon_sample_counterfactual"] = make_grid(images, nrow=x.shape[0])
+            grid = make_grid(images, nrow=x.shape[0], padding=2)
+            labels = ["factual", "recon", "sample", "cf"]
+            grids[f"val/{node}/factual_recon_sample_counterfactual"] = label_rows(grid, labels, padding=2)
         return grids
 
     def on_validation_epoch_end(self) -> None:
@@ -159,11 +166,44 @@ class UnitModule(L.LightningModule):
             f"{list(self.mechanisms)} (sum {flat.sum().item():.6g})"
         )
 
-    # RNG state travels with checkpoints so that a resumed run continues exactly where it stopped.
+    # Every generator travels with checkpoints (CPU, each CUDA device, Python, NumPy) so that a resumed run
+    # continues exactly where it stopped, on GPU too.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["imcf_rng"] = {"torch": torch.get_rng_state()}
+        checkpoint["imcf_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rng = checkpoint.get("imcf_rng")
         if rng is not None:
-            torch.set_rng_state(rng["torch"])
+            set_rng_state(rng)
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every random generator a unit's training draws from."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002  (the global one is what code uses)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        # as a tensor and plain numbers: checkpoints are read with weights_only=True
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved; CUDA states only onto as many devices as were saved."""
+    torch.set_rng_state(state["torch"])
+    if "python" in state:
+        random.setstate(state["python"])
+    if "numpy" in state:
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) != torch.cuda.device_count():
+            raise RuntimeError(
+                f"checkpoint holds the generators of {len(cuda)} CUDA device(s), this process sees "
+                f"{torch.cuda.device_count()}: resume on the same devices"
+            )
+        torch.cuda.set_rng_state_all(cuda)

@@ -3,23 +3,58 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.plugins import TorchCheckpointIO
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from imcf.config import ConfigError, TrainConfig, mechanism_specs, validate
 from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
-from imcf.io import CheckpointError, atomic_write_yaml, read_yaml, safe_torch_load
+from imcf.io import CheckpointError, atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
 from imcf.scm import SCM, unit_name
 from imcf.training.finetune import attach_finetune_predictors, finetune_nodes
-from imcf.training.loggers import build_loggers
+from imcf.training.loggers import build_loggers, finish_loggers, wandb_ids
 from imcf.training.modular import Unit, plan_units
 from imcf.training.module import UnitModule
+from imcf.training.preemption import Preempted, SignalGuard, requeue, sigterm_guard
+from imcf.training.rundir import check_stored_config, unit_lock
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writes (last.ckpt, best.ckpt) through `imcf.io.atomic_torch_save`: a temporary file
+    beside the target, fsynced, renamed; the user's umask."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        atomic_torch_save(checkpoint, path)
+
+
+class UnitProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, naming the unit it trains ("x2 epoch 3")."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"{self.unit} epoch {trainer.current_epoch}")
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """A progress line, printed once (by rank 0 under DDP)."""
+    print(message, flush=True)
 
 
 def build_scm(cfg: DictConfig) -> tuple[SCM, dict[str, Any]]:
@@ -92,8 +127,10 @@ def load_pretrained(scm: SCM, node: str, path: str, freeze: bool = True) -> None
 
 
 def _write_run_files(run_dir: Path, cfg: DictConfig, scm: SCM) -> None:
-    """Write config.yaml, graph.yaml, mechanisms.yaml; refuse to mix two different models in one run dir."""
+    """Write config.yaml, graph.yaml, mechanisms.yaml; refuse to mix two configurations in one run dir."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    check_stored_config(run_dir, config)
     files = {
         "graph.yaml": scm.graph.to_dict(),
         "mechanisms.yaml": scm.mechanism_specs(),
@@ -106,7 +143,7 @@ def _write_run_files(run_dir: Path, cfg: DictConfig, scm: SCM) -> None:
                 f"(run_dir=runs/<new name>) or delete the old run"
             )
         atomic_write_yaml(path, content)
-    atomic_write_yaml(run_dir / "config.yaml", OmegaConf.to_container(cfg, resolve=True))
+    atomic_write_yaml(run_dir / "config.yaml", config)
     scm.graph.draw(run_dir / "graph.png")
 
 
@@ -124,34 +161,68 @@ def unit_settings(cfg: DictConfig, unit: Unit) -> tuple[dict[str, Any], dict[str
     return OmegaConf.to_container(trainer, resolve=True), OmegaConf.to_container(optim, resolve=True)
 
 
-def train_unit(cfg: DictConfig, scm: SCM, unit: Unit, datamodule: CausalDataModule, run_dir: Path) -> Path:
+def train_unit(
+    cfg: DictConfig, scm: SCM, unit: Unit, datamodule: CausalDataModule, run_dir: Path, guard: SignalGuard
+) -> Path:
     """Fit one unit with Lightning (resuming from its last checkpoint) and write `<unit>.ckpt`."""
     trainer_cfg, optim_cfg = unit_settings(cfg, unit)
     component = scm.components[unit.name] if unit.name in scm.components else None
     module = UnitModule({n: scm.mechanisms[n] for n in unit.nodes}, optim_cfg, component)
     ckpt_dir = run_dir / "checkpoints" / unit.name
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True, save_top_k=1
-    )
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1)
+    # every epoch, improved or not: a pre-empted unit resumes from its last completed epoch
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True)
+    last_path = ckpt_dir / "last.ckpt"
+    resume = None
+    if cfg.resume and last_path.is_file() and not trainer_cfg["fast_dev_run"]:
+        # a damaged last.ckpt (renamed .damaged) gives way to the newest readable checkpoint beside it
+        resume = str(resumable_checkpoint(ckpt_dir, unit.name))
+    resume_step = int(safe_torch_load(resume).get("global_step", 0)) if resume else None
     hparams = OmegaConf.to_container(cfg, resolve=True)
+    # under SLURM, pre-emption is ours (imcf.training.preemption), not Lightning's auto-requeue on SIGUSR1
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    group, run_id = wandb_ids(run_dir, unit.name)
+    loggers = build_loggers(cfg.logger, run_dir / "logs", unit.name, hparams, resume_step, group, run_id)
     trainer = L.Trainer(
         **trainer_cfg,
         default_root_dir=str(run_dir),
-        logger=build_loggers(cfg.logger, run_dir / "logs", unit.name, hparams) or False,
-        callbacks=[checkpoint],
+        logger=loggers or False,
+        callbacks=[best, last, *([UnitProgressBar(unit.name)] if trainer_cfg["enable_progress_bar"] else [])],
+        plugins=plugins,
     )
-    last = ckpt_dir / "last.ckpt"
-    resume = None
-    if cfg.resume and last.is_file() and not trainer_cfg["fast_dev_run"]:
-        resume = str(resumable_checkpoint(ckpt_dir, unit.name))
+    if trainer.world_size > 1:
+        say(
+            f"[imcf] unit {unit.name!r}: DDP over {trainer.world_size} processes, effective batch size "
+            f"{trainer.world_size} x {cfg.dataset.batch_size} = {trainer.world_size * cfg.dataset.batch_size}"
+        )
     if resume:
-        print(f"[imcf] resuming unit {unit.name!r} from {resume}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    best = checkpoint.best_model_path
-    if best and Path(best).is_file() and not trainer_cfg["fast_dev_run"]:
-        state = safe_torch_load(best)["state_dict"]
+        say(f"[imcf] resuming unit {unit.name!r} from {resume}")
+    try:
+        with guard.fit():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except SIGTERMException:
+        try:  # still exit 143 (requeue) when last.ckpt cannot be read: the next start falls back past it
+            epoch = safe_torch_load(last_path)["epoch"] if last_path.is_file() else None
+            saved = f"epoch {epoch} saved in {last_path}" if epoch is not None else "no epoch completed yet"
+        except CheckpointError:
+            saved = f"{last_path} is unreadable: the next start resumes from the newest readable checkpoint"
+        raise Preempted(f"unit {unit.name!r} stopped by SIGTERM ({saved}); rerun the same command to resume") from None
+    finally:
+        if trainer.is_global_zero:
+            final = {
+                "hp/best_val_loss": best.best_model_score,
+                "hp/last_val_loss": trainer.callback_metrics.get("val/loss"),
+                "hp/epochs": trainer.current_epoch,
+            }
+            finish_loggers(loggers, hparams, final)
+    if best.best_model_path and Path(best.best_model_path).is_file() and not trainer_cfg["fast_dev_run"]:
+        state = safe_torch_load(best.best_model_path)["state_dict"]
         module.load_state_dict(state)
-    return scm.save_unit(run_dir, unit.nodes) if trainer.is_global_zero else run_dir / f"{unit.name}.ckpt"
+    path = scm.save_unit(run_dir, unit.nodes) if trainer.is_global_zero else run_dir / f"{unit.name}.ckpt"
+    trainer.strategy.barrier(f"imcf-{unit.name}-saved")  # DDP: no rank goes on before the checkpoint exists
+    return path
 
 
 def resumable_checkpoint(ckpt_dir: Path, unit: str) -> Path:
@@ -181,8 +252,21 @@ def resumable_checkpoint(ckpt_dir: Path, unit: str) -> Path:
 
 
 def train(cfg: Any) -> dict[str, Any]:
-    """Train the SCM described by `cfg` (see configs/train.yaml); returns paths of what was written."""
+    """Train the SCM described by `cfg` (see configs/train.yaml); returns paths of what was written.
+
+    SIGTERM raises `Preempted` (exit code 143) once the unit's last completed epoch is saved; under SLURM with
+    `requeue: true` the job is requeued first."""
     cfg = validate(cfg, TrainConfig)
+    with sigterm_guard() as guard:
+        try:
+            return _train(cfg, guard)
+        except Preempted as stop:
+            done = requeue() if cfg.requeue else ""
+            print(f"[imcf] {stop}" + (f"; {done}" if done else ""), flush=True)
+            raise
+
+
+def _train(cfg: DictConfig, guard: SignalGuard) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     scm, specs = build_scm(cfg)
     run_dir = Path(cfg.run_dir)
@@ -194,7 +278,6 @@ def train(cfg: Any) -> dict[str, Any]:
     if stray:
         raise ConfigError(f"unit_overrides names unknown unit(s) {stray}; units of this graph: {names}")
     tuned = finetune_nodes(scm, [n for u in units if not u.pretrained for n in u.nodes], specs)
-    _write_run_files(run_dir, cfg, scm)
     dm = CausalDataModule(
         cfg.dataset.name,
         root=cfg.dataset.root,
@@ -204,24 +287,36 @@ def train(cfg: Any) -> dict[str, Any]:
         shuffle_seed=cfg.seed,
         **OmegaConf.to_container(cfg.dataset.options, resolve=True),
     )
+    if cfg.prepare_only:  # one job before an array of unit jobs: they then find the caches, not build them at once
+        sizes = {split: len(dm.dataset(split)) for split in ("train", "val", "test")}
+        say(f"[imcf] dataset {cfg.dataset.name!r} ready under {cfg.dataset.root}: {sizes}")
+        return {"dataset": sizes}
+    _write_run_files(run_dir, cfg, scm)
     finetune = attach_finetune_predictors(cfg, scm, tuned)
     written = {}
     for unit in units:
         if unit.pretrained:
             written[unit.name] = scm.save_unit(run_dir, unit.nodes)
-            print(f"[imcf] unit {unit.name!r} is pretrained: loaded frozen, not trained")
+            say(f"[imcf] unit {unit.name!r} is pretrained: loaded frozen, not trained")
             continue
-        print(f"[imcf] training unit {unit.name!r}: nodes {list(unit.nodes)}, inputs {list(unit.inputs)}")
-        written[unit.name] = train_unit(cfg, scm, unit, dm, run_dir)
+        say(f"[imcf] training unit {unit.name!r}: nodes {list(unit.nodes)}, inputs {list(unit.inputs)}")
+        # one live writer per unit (rank 0 holds it for all DDP ranks); array tasks train other units beside it
+        lock = run_dir / "checkpoints" / unit.name / "train.lock"
+        with unit_lock(lock) if rank_zero_only.rank == 0 else nullcontext():
+            written[unit.name] = train_unit(cfg, scm, unit, dm, run_dir, guard)
+        if guard.received:  # the signal came as the unit's last batch ended: it is complete, stop before the next
+            raise Preempted(f"stopped by SIGTERM after unit {unit.name!r}; rerun the same command to resume")
     result: dict[str, Any] = {"run_dir": str(run_dir), "units": {k: str(v) for k, v in written.items()}}
     if finetune:
         result["finetune_predictors"] = finetune
     complete = all((run_dir / f"{unit_name(c)}.ckpt").is_file() for c in scm.graph.c_components())
+    if rank_zero_only.rank != 0:  # DDP: only rank 0 evaluates and reports
+        return result
     if cfg.evaluate_after and complete and not cfg.trainer.fast_dev_run:
         from imcf.evaluation import evaluate
 
         result["report"] = evaluate(cfg.evaluate)
     elif cfg.evaluate_after and not complete:
-        print("[imcf] not every unit is trained yet: skipping evaluation (run evaluate.py when all are)")
-    print(f"[imcf] run directory: {run_dir.resolve()}")
+        say("[imcf] not every unit is trained yet: skipping evaluation (run evaluate.py when all are)")
+    say(f"[imcf] run directory: {run_dir.resolve()}")
     return result

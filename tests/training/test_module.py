@@ -1,13 +1,18 @@
-"""UnitModule inside a real Lightning Trainer: gradient stabilisation hooks of the image families."""
+"""UnitModule inside a real Lightning Trainer: gradient stabilisation hooks of the image families, grids, RNG state."""
+
+import random
 
 import lightning as L
+import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from imcf.data.base import stack_batch
 from imcf.graph import CausalGraph
+from imcf.io import atomic_torch_save, safe_torch_load
 from imcf.mechanisms.vae import ConditionalVAE
-from imcf.training.module import UnitModule
+from imcf.training.module import UnitModule, rng_state, set_rng_state
 
 GRAPH = CausalGraph.from_dict({"t": "continuous", "image": {"kind": "image(1,16,16)", "parents": ["t"]}})
 
@@ -55,3 +60,45 @@ def test_validation_logs_image_grids_to_tensorboard(tmp_path):
     assert tag in events.Tags()["images"]
     img = events.Images(tag)[0]
     assert img.height > 4 * 16 and img.width > 8 * 16  # 4 rows (factual, recon, sample, cf) x 8 samples
+    # the rows are named in a white margin on the left: dark text pixels there, one label per row
+    from io import BytesIO
+
+    from PIL import Image
+
+    pixels = torch.from_numpy(np.asarray(Image.open(BytesIO(img.encoded_image_string)).convert("L")).copy())
+    margin = img.width - (8 * (16 + 2) + 2)
+    assert margin > 20
+    rows_with_text = [bool((pixels[2 + r * 18 : 2 + (r + 1) * 18 - 2, :margin] < 128).any()) for r in range(4)]
+    assert rows_with_text == [True] * 4
+
+
+def _draws(cuda: bool = False) -> list:
+    draws = [torch.rand(3), random.random(), np.random.rand(3)]  # noqa: NPY002  (the global generator is the point)
+    return draws + ([torch.rand(3, device="cuda").cpu()] if cuda else [])
+
+
+def _assert_same_draws(a: list, b: list) -> None:
+    assert torch.equal(a[0], b[0]) and a[1] == b[1] and np.array_equal(a[2], b[2])
+    if len(a) > 3:
+        assert torch.equal(a[3], b[3])
+
+
+def test_every_generator_travels_with_the_checkpoint(tmp_path):
+    """torch, Python and NumPy states survive a weights_only round trip and restore the same draws."""
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)  # noqa: NPY002
+    path = atomic_torch_save({"imcf_rng": rng_state()}, tmp_path / "last.ckpt")
+    first = _draws()
+    set_rng_state(safe_torch_load(path)["imcf_rng"])
+    _assert_same_draws(first, _draws())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_generators_travel_with_the_checkpoint(tmp_path):
+    torch.cuda.manual_seed_all(3)
+    torch.rand(1, device="cuda")  # the CUDA generators exist once CUDA is initialised
+    path = atomic_torch_save({"imcf_rng": rng_state()}, tmp_path / "last.ckpt")
+    assert "cuda" in safe_torch_load(path)["imcf_rng"]
+    first = _draws(cuda=True)
+    set_rng_state(safe_torch_load(path)["imcf_rng"])
+    _assert_same_draws(first, _draws(cuda=True))

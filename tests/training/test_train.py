@@ -1,5 +1,7 @@
 """Modular training: unit planning, real short fits, resume, pretrained plug-ins, offline loggers."""
 
+import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -97,22 +99,59 @@ def test_pretrained_mismatch_is_a_clear_error(tmp_path):
         train(_cfg(tmp_path / "second", "trainer.max_epochs=1", f"+mechanism.x4.pretrained={first['units']['x2']}"))
 
 
-def test_loggers_write_offline(tmp_path, monkeypatch):
+def _wandb_records(path: Path) -> list:
+    """The protobuf records of an offline wandb run file (a LevelDB-style log: 32 KiB blocks, 7-byte headers)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, out, part = path.read_bytes(), 7, [], b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # block trailer
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if (length == 0 and kind == 0) or pos + 7 + length > len(data):  # the end, or a record being written
+            break
+        part, pos = part + data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(part)
+            out.append(record)
+            part = b""
+    return out
+
+
+def test_loggers_one_wandb_run_per_unit_tensorboard_hparams_and_evaluator_logs(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    result = train(_cfg(tmp_path, "trainer.max_epochs=1", "logger=all", "units=[x1]", "evaluate_after=false"))
-    logs = Path(result["run_dir"]) / "logs"
-    assert (logs / "x1" / "version_0" / "metrics.csv").is_file()
-    assert list((logs / "tb_x1").rglob("events.out.tfevents.*"))
-    assert list((logs / "wandb").rglob("*.wandb"))
-    header = (logs / "x1" / "version_0" / "metrics.csv").read_text().splitlines()[0]
-    assert "train/x1/nll_epoch" in header and "val/loss" in header
-
-
-def test_train_then_evaluate_writes_report(tmp_path):
-    result = train(_cfg(tmp_path, "trainer.max_epochs=3", "evaluate.num_samples=100"))
+    result = train(_cfg(tmp_path, "trainer.max_epochs=1", "logger=all", "evaluate.num_samples=100"))
     report = Path(result["report"])
     assert (report / "metrics.json").is_file() and (report / "report.md").is_file()
+    logs = Path(result["run_dir"]) / "logs"
+    header = (logs / "x1" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/x1/nll_epoch" in header and "val/loss" in header
+    # wandb: one finished run per unit and one for the evaluator, all in the training run's group
+    runs = {}
+    for path in (logs / "wandb").glob("offline-run-*/run-*.wandb"):
+        deadline = time.monotonic() + 60  # wandb's service may still be writing the last run's file
+        while not any(r.HasField("exit") for r in _wandb_records(path)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        records = _wandb_records(path)
+        kinds = {r.WhichOneof("record_type"): r for r in records}
+        summary = {u.key for r in records if r.HasField("summary") for u in r.summary.update}
+        assert "exit" in kinds, path  # wandb.finish between units
+        runs[kinds["run"].run.display_name] = (kinds["run"].run.run_group, summary)
+    assert sorted(runs) == ["evaluate", "x1", "x2", "x3", "x4"]
+    assert {group for group, _ in runs.values()} == {"run"}
+    assert "hp/best_val_loss" in runs["x1"][1] and any(k.startswith("eval/truth/") for k in runs["evaluate"][1])
+    # TensorBoard: hyper-parameters with the final metrics (HParams tab), for each unit and the evaluator
+    for name in ("tb_x1", "tb_evaluate"):
+        events = EventAccumulator(str(logs / name / "version_0"))
+        events.Reload()
+        assert "_hparams_/experiment" in events.PluginTagToContent("hparams"), name
+    assert (logs / "evaluate" / "version_0" / "metrics.csv").read_text().startswith("eval/")
 
 
 def test_unit_overrides_change_one_unit_only(tmp_path):
@@ -173,3 +212,12 @@ def test_pretrained_from_another_graph_names_what_differs(tmp_path):
     with pytest.raises(CheckpointError, match=r"weight: shape \(1,\) in the checkpoint, \(2,\) here") as err:
         load_pretrained(scm, "x4", str(path))
     assert "size mismatch" not in str(err.value)
+
+
+def test_wandb_ids_are_stable_per_unit_and_distinct_between_runs(tmp_path):
+    from imcf.training.loggers import wandb_ids
+
+    group, x1 = wandb_ids(tmp_path / "run", "x1")
+    assert group == "run" and wandb_ids(tmp_path / "run", "x1") == (group, x1)  # a resumed unit continues its run
+    assert len({x1, wandb_ids(tmp_path / "run", "x2")[1], wandb_ids(tmp_path / "other" / "run", "x1")[1]}) == 3
+    assert len(wandb_ids(tmp_path / ("r" * 200), "a+b+" * 20)[1]) <= 64

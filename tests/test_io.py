@@ -1,0 +1,46 @@
+"""File writes: atomic, fsynced, with the mode `open()` would give under the user's umask."""
+
+import os
+
+import pytest
+import torch
+
+from imcf import io
+from imcf.io import atomic_torch_save, atomic_write_text, current_umask, safe_torch_load
+
+
+@pytest.fixture
+def umask():
+    """Set a umask for one test and put the old one back."""
+    old = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_files_get_the_umask_mode_not_0600(tmp_path, umask, mask):
+    umask(mask)
+    assert current_umask() == mask
+    text = atomic_write_text(tmp_path / "a" / "report.md", "hello")
+    ckpt = atomic_torch_save({"w": torch.ones(2)}, tmp_path / "a" / "unit.ckpt")
+    for path in (text, ckpt):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, oct(path.stat().st_mode)
+    assert torch.equal(safe_torch_load(ckpt)["w"], torch.ones(2))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["report.md", "unit.ckpt"]  # no temporary left
+
+
+def test_checkpoints_are_fsynced_and_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(io.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    path = atomic_torch_save({"w": torch.zeros(1)}, tmp_path / "unit.ckpt")
+    assert len(synced) == 2  # the file, then its directory (the rename)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_torch_save({"w": Unpicklable()}, path)
+    assert torch.equal(safe_torch_load(path)["w"], torch.zeros(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["unit.ckpt"]
