@@ -80,8 +80,8 @@ class PredictorConfig:
     inputs: dict[str, list[str]] = field(default_factory=lambda: {"thickness": ["intensity"]})
     width: int = 32
     max_epochs: int = 5
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = 64
+    lr: float = 4e-3  # peak of a cosine schedule
     max_train_samples: int | None = None
     poor_nmae: float = 0.5  # a regressor whose test MAE exceeds this x the attribute's std is flagged poor
     poor_f1: float = 0.7  # a classifier whose test F1 is below this is flagged poor

@@ -78,11 +78,12 @@ def _plain(obj: Any) -> Any:
 
 
 class OfflineModule(L.LightningModule):
-    """Trains any evaluator model that has `loss(batch) -> {"loss": ..., ...}` with AdamW."""
+    """Trains any evaluator model that has `loss(batch) -> {"loss": ..., ...}` with AdamW, at a constant
+    learning rate or (`cosine`) one that anneals to zero over the run, step by step."""
 
-    def __init__(self, model: nn.Module, lr: float = 1e-3) -> None:
+    def __init__(self, model: nn.Module, lr: float = 1e-3, cosine: bool = False) -> None:
         super().__init__()
-        self.model, self.lr = model, lr
+        self.model, self.lr, self.cosine = model, lr, cosine
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         terms = self.model.loss(batch)
@@ -95,8 +96,13 @@ class OfflineModule(L.LightningModule):
         bs = next(iter(batch.values())).shape[0]
         self.log("val/loss", self.model.loss(batch)["loss"], batch_size=bs)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=self.lr)
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr)
+        if not self.cosine:
+            return optimizer
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
@@ -117,6 +123,7 @@ def fit(
     accelerator: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    cosine: bool = False,
 ) -> nn.Module:
     """Train `model` with one Lightning Trainer run (no checkpoints, no loggers); returns it in eval mode on CPU."""
     L.seed_everything(seed, workers=True, verbose=False)
@@ -134,7 +141,7 @@ def fit(
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if val_loader is not None else 0,
     )
-    trainer.fit(OfflineModule(model, lr), loader, val_loader)
+    trainer.fit(OfflineModule(model, lr, cosine), loader, val_loader)
     return model.cpu().eval()
 
 
@@ -146,6 +153,7 @@ def fit_from_config(
     accelerator: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    cosine: bool = False,
 ) -> nn.Module:
     """`fit` with an evaluator config's settings (max_train_samples, max_epochs, batch_size, lr); at most 2,000
     validation items."""
@@ -159,4 +167,5 @@ def fit_from_config(
         accelerator,
         seed,
         progress,
+        cosine,
     )

@@ -2,14 +2,16 @@
 
 One small conv network per image node with one head per attribute, trained with Lightning on the factual
 training images and cached per dataset (`imcf.metrics.offline`). Continuous targets are standardised with the
-training statistics and read back in original units (no squashing). Each predictor is scored on the real test
-images; a predictor that is poor there makes its effectiveness numbers meaningless, and the report says so.
-Its penultimate features are the domain features for realism (FID/KID) and the feature-space composition distance.
+training statistics and read back in original units (no squashing). The conv body uses BatchNorm (a per-image
+norm such as GroupNorm would normalise away the global brightness an intensity head needs), and a grey-level
+path beside it hands the heads the brightness of each image's bright pixels (`grey_levels`). Each predictor is
+scored on the real test images; a predictor that is poor there makes its effectiveness numbers meaningless, and
+the report says so. Its penultimate features are the domain features for realism (FID/KID) and the
+feature-space composition distance.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,8 @@ class AttributePredictor(nn.Module):
     `targets` maps attribute -> kind string ("continuous", "binary", "categorical(10)").
     `inputs` maps attribute -> other attributes its head also sees (the benchmark's thickness regressor
     also sees intensity). Continuous outputs are in original units, binary a probability (B, 1),
-    categorical class probabilities (B, K).
+    categorical class probabilities (B, K). In training mode `loss` shifts each image by up to `shift` pixels
+    (edges replicated); `grey_quantiles` is how many quantiles of the bright pixels the grey-level path reads.
     """
 
     def __init__(
@@ -42,6 +45,8 @@ class AttributePredictor(nn.Module):
         inputs: Mapping[str, Sequence[str]] | None = None,
         width: int = 32,
         image_node: str = "image",
+        shift: int = 1,
+        grey_quantiles: int = 9,
     ) -> None:
         super().__init__()
         c, h, w = (int(s) for s in image_shape)
@@ -52,6 +57,8 @@ class AttributePredictor(nn.Module):
             "inputs": {},
             "width": width,
             "image_node": image_node,
+            "shift": shift,
+            "grey_quantiles": grey_quantiles,
         }
         self.kinds = {t: NodeKind.parse(k, t) for t, k in targets.items()}
         bad = [t for t, k in self.kinds.items() if k.name not in ("continuous", "binary", "categorical")]
@@ -67,11 +74,14 @@ class AttributePredictor(nn.Module):
         ch, side = width, min(h, w)
         while side > 4:  # halve the resolution down to 4x4, doubling the width up to 4 x width
             nxt = min(2 * ch, 4 * width)
-            layers += [nn.Conv2d(ch, nxt, 4, stride=2, padding=1), nn.GroupNorm(math.gcd(8, nxt), nxt), nn.GELU()]
+            layers += [nn.Conv2d(ch, nxt, 4, stride=2, padding=1), nn.BatchNorm2d(nxt), nn.GELU()]
             ch, side = nxt, side // 2
         layers += [nn.Conv2d(ch, ch, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.body = nn.Sequential(*layers)
-        self.num_features = ch
+        self.shift, self.grey_quantiles = int(shift), int(grey_quantiles)
+        grey = c * (self.grey_quantiles + 2)
+        self.grey = nn.Sequential(nn.Linear(grey, width), nn.GELU(), nn.Linear(width, width), nn.GELU())
+        self.num_features = ch + grey + width
         self.encoders = nn.ModuleDict(
             {t: ParentEncoder({x: self.kinds[x] for x in extra}) for t, extra in inputs.items()}
         )
@@ -79,7 +89,8 @@ class AttributePredictor(nn.Module):
         for t, kind in self.kinds.items():
             extra = self.encoders[t].dim if t in self.encoders else 0
             out = int(kind.num_classes) if kind.name == "categorical" else 1
-            self.heads[t] = nn.Sequential(nn.Linear(ch + extra, ch), nn.GELU(), nn.Linear(ch, out))
+            n = self.num_features
+            self.heads[t] = nn.Sequential(nn.Linear(n + extra, n), nn.GELU(), nn.Linear(n, out))
         self.register_buffer("target_mean", torch.zeros(len(self.kinds)))
         self.register_buffer("target_std", torch.ones(len(self.kinds)))
         self._index = {t: i for i, t in enumerate(self.kinds)}
@@ -92,8 +103,11 @@ class AttributePredictor(nn.Module):
             self.target_std[i] = v.float().std().clamp(min=1e-6)
 
     def features(self, images: Tensor) -> Tensor:
-        """Penultimate features (B, num_features): the domain embedding for realism and composition."""
-        return self.body(images.float())
+        """Penultimate features (B, num_features): the domain embedding for realism and composition
+        (conv features, the grey levels and their embedding)."""
+        images = images.float()
+        grey = grey_levels(images, self.grey_quantiles)
+        return torch.cat([self.body(images), grey, self.grey(grey)], 1)
 
     def _logits(self, feats: Tensor, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out = {}
@@ -131,6 +145,8 @@ class AttributePredictor(nn.Module):
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Sum of per-attribute losses: MSE on standardised values, binary / categorical cross-entropy."""
         image = batch[self.image_node]
+        if self.training and self.shift:
+            image = random_shift(image, self.shift)
         raw = self._logits(self.features(image), batch)
         terms = {}
         for t, z in raw.items():
@@ -143,6 +159,36 @@ class AttributePredictor(nn.Module):
                 terms[t] = F.cross_entropy(z, y.argmax(1))
         terms["loss"] = sum(terms.values())
         return terms
+
+
+def grey_levels(images: Tensor, quantiles: int) -> Tensor:
+    """Per channel: `quantiles` evenly spaced quantiles (0 to 1) of the bright pixels (those at or above half
+    the image's range), their share of the image and the maximum, in [0, 1]: (B, C * (quantiles + 2)).
+
+    A global brightness summary that a conv body with average pooling reads poorly; differentiable (the
+    quantiles interpolate between sorted pixel values), so fine-tuning gradients reach the pixels that set them.
+    """
+    v = (images.flatten(2) + 1) / 2
+    s = v.sort(2).values
+    lo, hi = s[..., :1], s[..., -1:]
+    bright = (v >= lo + (hi - lo) / 2).sum(2, keepdim=True)  # at least the maximum itself
+    n = s.shape[2]
+    pos = (n - bright) + torch.linspace(0, 1, quantiles, device=v.device) * (bright - 1)
+    below = pos.floor().long()
+    frac = pos - below
+    values = s.gather(2, below) * (1 - frac) + s.gather(2, (below + 1).clamp(max=n - 1)) * frac
+    return torch.cat([values, bright / n, hi], 2).flatten(1)
+
+
+def random_shift(images: Tensor, pixels: int) -> Tensor:
+    """Translate each image by its own random offset of up to `pixels` in each direction, replicating edges."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pixels,) * 4, mode="replicate")
+    dy, dx = (torch.randint(0, 2 * pixels + 1, (b, 1), device=images.device) for _ in range(2))
+    rows = (dy + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
+    cols = (dx + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # advanced indices first: (B, H, W, C)
 
 
 class FrozenPredictor:
@@ -264,7 +310,7 @@ def load_or_train_predictors(
     inputs = {t: [x for x in v if x in targets] for t, v in dict(cfg.inputs or {}).items() if t in targets}
     spec = {
         "what": "predictors",
-        "version": 1,
+        "version": 2,  # 2: BatchNorm body, grey-level path, shifted training images, cosine learning rate
         "dataset": dataset,
         "options": dict(options),
         "data": dict(fingerprint or {}),
@@ -297,7 +343,7 @@ def load_or_train_predictors(
         items = [probe[i] for i in range(len(probe))]
         model.set_target_stats({t: torch.stack([it[t] for it in items]) for t in cont})
     val = build_dataset(dataset, data_root, "val", **options)
-    fit_from_config(model, train, val, cfg, accelerator, seed, progress)
+    fit_from_config(model, train, val, cfg, accelerator, seed, progress, cosine=True)
     test = build_dataset(dataset, data_root, "test", **options)
     quality = score_predictor(model, test, max_nmae=float(cfg.poor_nmae), min_f1=float(cfg.poor_f1))
     save_cached(path, spec, {"state_dict": model.state_dict(), "quality": as_dict(quality)})

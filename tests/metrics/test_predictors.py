@@ -4,7 +4,7 @@ import torch
 from imcf.graph import NodeKind
 from imcf.io import CheckpointError
 from imcf.metrics.offline import CacheMismatchError, cache_path, load_cached, save_cached
-from imcf.metrics.predictors import AttributePredictor, judge
+from imcf.metrics.predictors import AttributePredictor, grey_levels, judge, random_shift
 
 
 def test_predictor_reads_every_target_in_batch_format():
@@ -24,6 +24,36 @@ def test_predictor_reads_every_target_in_batch_format():
     torch.testing.assert_close(out["d"].sum(1), torch.ones(5))
     assert model.features(batch["image"]).shape == (5, model.num_features)
     assert torch.isfinite(model.loss(batch)["loss"])
+
+
+def test_grey_levels_read_the_bright_pixels_and_pass_gradients():
+    """The grey-level path: quantiles of the pixels at or above half the range, their share and the maximum;
+    a dimmer copy of a stroke moves every quantile by the same factor (what a per-image norm would hide)."""
+    stroke = torch.full((1, 1, 8, 8), -1.0)
+    stroke[..., 2:6, 3] = torch.tensor([0.2, 0.4, 0.6, 1.0])  # bright pixels on [0, 1]: 0.6, 0.7, 0.8, 1.0
+    stroke[..., 0, 0] = -0.2  # 0.4 on [0, 1]: below half the range, not a bright pixel
+    grey = grey_levels(stroke, 3)
+    torch.testing.assert_close(grey, torch.tensor([[0.6, 0.75, 1.0, 4 / 64, 1.0]]))
+    dim = grey_levels((stroke + 1) / 2 - 1, 3)  # every grey level halved
+    torch.testing.assert_close(dim[:, :3], grey[:, :3] / 2)
+    image = stroke.clone().requires_grad_(True)
+    grey_levels(image, 3)[:, 1].sum().backward()
+    assert image.grad.abs().sum() > 0
+
+
+def test_random_shift_translates_each_image_within_bounds():
+    torch.manual_seed(0)
+    images = torch.rand(6, 2, 10, 10)
+    shifted = random_shift(images, 2)
+    assert shifted.shape == images.shape
+    for x, y in zip(images, shifted):
+        offsets = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(torch.roll(x, (dy, dx), (1, 2))[:, 2:-2, 2:-2], y[:, 2:-2, 2:-2])
+        ]
+        assert len(offsets) == 1
 
 
 def test_poor_predictors_are_flagged():
