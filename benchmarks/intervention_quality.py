@@ -3,7 +3,7 @@ experiment, evaluated with the benchmark protocol on 500 test digits.
 
 For each family: `python train.py mechanism/image=<family> run_dir=<runs>/iq-<family> evaluate_after=false`
 (the default embedded Morpho-MNIST experiment, its own budget and stages), then
-`python evaluate.py metrics/protocol=benchmark num_samples=500 measured_max_samples=500
+`python evaluate.py metrics/protocol=benchmark num_samples=500 (all 500 measured)
 predictors.max_epochs=10` (the default experiment's predictor budget) on that run. Thickness
 and intensity are measured with the predictor-free morphometrics (`imcf.data.morphomnist.measure_batch`); the
 digit is read by the evaluator's seed-0 classifier, which no model here is trained or fine-tuned against
@@ -104,7 +104,7 @@ def main() -> None:
             cost[fam]["evaluate"] = run(
                 "evaluate.py",
                 [f"run_dir={run_dir}", f"report_dir={report}", "metrics/protocol=benchmark",
-                 f"num_samples={args.num_samples}", f"measured_max_samples={args.num_samples}", "progress=false",
+                 f"num_samples={args.num_samples}", "progress=false",
                  "predictors.max_epochs=10"],
             )  # fmt: skip
         got[fam] = json.loads((report / "metrics.json").read_text())["metrics"]
