@@ -78,6 +78,8 @@ class LatentImageMechanism(Mechanism):
         sample: abduct a posterior sample instead of the posterior mean;
         latents: "fixed" keeps the abducted latents under new parents (default); "exogenous" abducts the
           standardised coordinates of the conditional prior, re-mapped under the new parents.
+      independence_warmup: N training steps: the penalty is off for the first N / 2 and rises linearly to its
+        weight at N (from the first step it can stall the ELBO before the latent carries anything);
       independence_weight: weight of the normalised HSIC between the abducted latent and each parent
         (`imcf.nn.independence`) added to the training loss: keeps the parents' information out of the
         noise, so the decoder takes it from the parents (0 = off);
@@ -104,6 +106,7 @@ class LatentImageMechanism(Mechanism):
         grad_skip: float | None = None,
         counterfactual_finetune: Mapping[str, Any] | None = None,
         independence_weight: float = 0.0,
+        independence_warmup: int = 0,
     ) -> None:
         super().__init__(node, kind, parent_kinds)
         if kind.name != "image":
@@ -130,6 +133,9 @@ class LatentImageMechanism(Mechanism):
         self.latent_mode = opts["latents"]
         self.withhold_residual_on = self._withheld_parents(opts["withhold_residual_on"], parent_kinds, node)
         self.independence_weight = float(independence_weight)
+        self.independence_warmup = int(independence_warmup)
+        # training steps seen (checkpointed, so a resumed run continues the warm-up where it was)
+        self.register_buffer("independence_steps", torch.zeros((), dtype=torch.long))
         # honest: only the residual makes predict(abduct(x, pa), pa) == x
         self.exact_abduction = self.keep_residual
         self.kl_weight = float(kl_weight)
@@ -156,6 +162,14 @@ class LatentImageMechanism(Mechanism):
         if self.finetune["elbo_bound"] is not None:
             self.elbo_bound.fill_(float(self.finetune["elbo_bound"]))
         self.predictors: dict[str, Predictor] | JointPredictor = {}
+
+    def current_independence_weight(self) -> float:
+        """The independence penalty's weight at this training step (`independence_warmup`)."""
+        n = self.independence_warmup
+        if n <= 0:
+            return self.independence_weight
+        ramp = (int(self.independence_steps) - n / 2) / (n / 2)
+        return self.independence_weight * min(1.0, max(0.0, ramp))
 
     @staticmethod
     def _withheld_parents(spec: Any, parent_kinds: Mapping[str, NodeKind], node: str) -> tuple[str, ...]:
@@ -270,7 +284,9 @@ class LatentImageMechanism(Mechanism):
         penalty: Tensor | float = 0.0
         if self.independence_weight > 0 and codes is not None and x.shape[0] >= 4:
             dep = dependence(codes, {p: parents[p] for p in self.parents})
-            penalty = self.independence_weight * sum(dep.values())
+            penalty = self.current_independence_weight() * sum(dep.values())
+            if self.training:
+                self.independence_steps += 1
             out["loss"] = out["loss"] + penalty
             out.update({f"dep_{p}": v.detach() for p, v in dep.items()})
         if self.finetune["enabled"] and self.predictors:
