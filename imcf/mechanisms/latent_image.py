@@ -134,8 +134,8 @@ class LatentImageMechanism(Mechanism):
         self.withhold_residual_on = self._withheld_parents(opts["withhold_residual_on"], parent_kinds, node)
         self.independence_weight = float(independence_weight)
         self.independence_warmup = int(independence_warmup)
-        # training steps seen (checkpointed, so a resumed run continues the warm-up where it was)
-        self.register_buffer("independence_steps", torch.zeros((), dtype=torch.long))
+        if self.independence_warmup > 0:  # steps seen, checkpointed: a resumed run continues the warm-up
+            self.register_buffer("independence_steps", torch.zeros((), dtype=torch.long))
         # honest: only the residual makes predict(abduct(x, pa), pa) == x
         self.exact_abduction = self.keep_residual
         self.kl_weight = float(kl_weight)
@@ -285,7 +285,7 @@ class LatentImageMechanism(Mechanism):
         if self.independence_weight > 0 and codes is not None and x.shape[0] >= 4:
             dep = dependence(codes, {p: parents[p] for p in self.parents})
             penalty = self.current_independence_weight() * sum(dep.values())
-            if self.training:
+            if self.training and self.independence_warmup > 0:
                 self.independence_steps += 1
             out["loss"] = out["loss"] + penalty
             out.update({f"dep_{p}": v.detach() for p, v in dep.items()})

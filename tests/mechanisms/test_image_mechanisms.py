@@ -323,3 +323,20 @@ def test_independence_penalty_is_added_and_logged(family) -> None:
     extra = 2.0 * (b["dep_ink"] + b["dep_digit"])
     assert float(extra) > 0
     assert float(b["loss"].detach()) == pytest.approx(float(a["loss"].detach() + extra), rel=1e-5)
+
+
+def test_independence_warmup_ramps_the_weight_and_counts_training_steps_only() -> None:
+    mech = ConditionalVAE.from_graph(GRAPH, "image", independence_weight=2.0, independence_warmup=8, **TINY_VAE)
+    x = torch.rand(8, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(8, 1), "digit": F.one_hot(torch.arange(8), 10).float()}
+    seen = []
+    for _ in range(8):
+        seen.append(mech.current_independence_weight())
+        mech.loss(x, pa)
+    assert seen == [0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 1.0, 1.5]
+    assert mech.current_independence_weight() == 2.0
+    mech.eval()
+    with torch.no_grad():
+        mech.loss(x, pa)
+    assert int(mech.independence_steps) == 8  # evaluation does not advance the warm-up
+    assert "independence_steps" in mech.state_dict()  # a resumed run continues where it was
