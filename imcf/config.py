@@ -23,7 +23,7 @@ class DatasetConfig:
     root: str = "data"
     batch_size: int = 64
     eval_batch_size: int | None = None
-    num_workers: int = 0
+    num_workers: int | None = None  # data loader workers; None: the thread plan's (imcf.threads)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,6 +124,7 @@ class EvaluateConfig:
     batch_size: int = 128
     seed: int = 0
     accelerator: str = "auto"
+    threads: int | None = None  # CPUs this evaluation uses (imcf.threads); None: the affinity mask / SLURM's
     # which metrics to compute. None: every metric the run and dataset support; a list: exactly these
     # (unsupported ones are errors). Named `compute`, not `metrics`: `metrics/` is the protocol config group.
     compute: list[str] | None = None
@@ -157,6 +158,7 @@ class FinetunePredictorsConfig:
 class TrainConfig:
     name: str = "default"
     seed: int = 0
+    threads: int | None = None  # CPUs this run uses (imcf.threads); None: the affinity mask / SLURM's
     data_root: str = "data"
     run_dir: str = MISSING
     units: list[str] | None = None

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from imcf import threads
 from imcf.config import EvaluateConfig, FinetunePredictorsConfig, LoggerConfig, validate
 from imcf.data.base import CausalDataset, stack_batch
 from imcf.data.datamodule import build_dataset
@@ -242,6 +243,7 @@ def load_run(run_dir: str | Path) -> tuple[SCM, dict[str, Any]]:
 def evaluate(cfg: Any) -> str:
     """Evaluate the run in `cfg.run_dir` (see configs/evaluate.yaml); write the report and return its directory."""
     cfg = validate(cfg, EvaluateConfig)
+    threads.apply(threads.plan_for(cfg.threads))  # first: torch takes its inter-op thread count only once
     scm, run_cfg = load_run(cfg.run_dir)
     if cfg.logger is None:  # log to the training run's loggers
         cfg.logger = OmegaConf.merge(OmegaConf.structured(LoggerConfig), run_cfg.get("logger") or {})

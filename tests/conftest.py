@@ -6,6 +6,8 @@ import os
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+# one intra-op thread, also for train() / evaluate(), which follow an OMP_NUM_THREADS that is set (imcf.threads)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

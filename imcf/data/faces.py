@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import multiprocessing
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +37,7 @@ from imcf.data.base import SPLITS, CausalDataset
 from imcf.graph import CausalGraph
 from imcf.io import atomic_write_bytes, atomic_write_text
 from imcf.registry import DATASETS
+from imcf.threads import generation_processes
 
 #: binary attribute nodes, in topological order
 ATTRIBUTES = ("young", "male", "beard", "bald", "smiling", "eyeglasses")
@@ -320,11 +320,8 @@ def _render_chunk(args: tuple[np.ndarray, np.ndarray, int]) -> np.ndarray:
 
 
 def default_workers() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """Rendering processes used when none are given: the run's thread plan (imcf.threads)."""
+    return generation_processes()
 
 
 def render_faces(attributes: np.ndarray, style: np.ndarray, size: int = 64, workers: int | None = None) -> np.ndarray:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
-import os
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -585,12 +584,10 @@ def _render_chunk(args: tuple) -> dict[str, np.ndarray]:
 
 
 def default_workers() -> int:
-    """Worker processes used when none are given: the CPUs this process may use, at most 8."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    """Worker processes used when none are given: the run's thread plan (imcf.threads), at most 8."""
+    from imcf.threads import generation_processes  # here, not above: the spawned workers import this module, not torch
+
+    return max(1, min(8, generation_processes()))
 
 
 def render_batch(

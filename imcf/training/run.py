@@ -21,6 +21,7 @@ from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
 from imcf.io import CheckpointError, atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
 from imcf.scm import SCM, unit_name
+from imcf.threads import ThreadPlan, apply, plan_for
 from imcf.training.finetune import attach_finetune_predictors, finetune_nodes
 from imcf.training.loggers import build_loggers, finish_loggers, wandb_ids
 from imcf.training.modular import Unit, plan_units
@@ -257,16 +258,18 @@ def train(cfg: Any) -> dict[str, Any]:
     SIGTERM raises `Preempted` (exit code 143) once the unit's last completed epoch is saved; under SLURM with
     `requeue: true` the job is requeued first."""
     cfg = validate(cfg, TrainConfig)
+    plan = plan_for(cfg.threads, cfg.dataset.num_workers)
+    apply(plan)  # first: torch takes its inter-op thread count only before any parallel work
     with sigterm_guard() as guard:
         try:
-            return _train(cfg, guard)
+            return _train(cfg, guard, plan)
         except Preempted as stop:
             done = requeue() if cfg.requeue else ""
             print(f"[imcf] {stop}" + (f"; {done}" if done else ""), flush=True)
             raise
 
 
-def _train(cfg: DictConfig, guard: SignalGuard) -> dict[str, Any]:
+def _train(cfg: DictConfig, guard: SignalGuard, plan: ThreadPlan) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     scm, specs = build_scm(cfg)
     run_dir = Path(cfg.run_dir)
@@ -283,7 +286,7 @@ def _train(cfg: DictConfig, guard: SignalGuard) -> dict[str, Any]:
         root=cfg.dataset.root,
         batch_size=cfg.dataset.batch_size,
         eval_batch_size=cfg.dataset.eval_batch_size,
-        num_workers=cfg.dataset.num_workers,
+        num_workers=plan.loader_workers,
         shuffle_seed=cfg.seed,
         **OmegaConf.to_container(cfg.dataset.options, resolve=True),
     )

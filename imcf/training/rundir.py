@@ -27,6 +27,7 @@ MAY_CHANGE = (
     "units",
     "units.*",
     "resume",
+    "threads",
     "requeue",
     "prepare_only",
     "evaluate_after",
