@@ -15,26 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 from imcf.threads import available_cpus, plan_threads
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
-
-
-def cpu_model() -> str:
-    """The CPU's model name as lscpu reports it (platform.processor() otherwise)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def worker(intra: int, interop: int, batch: int, steps: int, warmup: int) -> None:

@@ -18,29 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from machine import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 from imcf.scm import SCM
 from imcf.training.run import build_scm
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
-
-
-def cpu_model() -> str:
-    """The CPU's model name as lscpu reports it (platform.processor() otherwise)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def default_scm(device: str) -> SCM:
