@@ -15,6 +15,11 @@ from typing import Any
 from imcf.config import ConfigError
 from imcf.io import read_yaml
 
+
+class RunDirLocked(ConfigError, RuntimeError):
+    """A unit's lock is held by a live writer: a user error (one `error:` line from the entry points)."""
+
+
 # keys that may change between two starts of one run: when to stop, what to train now, where things live,
 # how to log and evaluate. Everything else defines the model and its training, and must match to resume.
 MAY_CHANGE = (
@@ -120,7 +125,7 @@ def unit_lock(path: Path) -> Iterator[None]:
                 time.sleep(0.1)
                 continue
             if not _owner_is_gone(owner):
-                raise RuntimeError(
+                raise RunDirLocked(
                     f"{path} is held by a live training (host {owner.get('host')}, pid {owner.get('pid')}, "
                     f"SLURM job {owner.get('slurm_job')}, since {owner.get('since')}): two writers would corrupt "
                     f"this unit's checkpoints and logs. Wait for it, or use another run_dir; if that process is "
@@ -132,7 +137,7 @@ def unit_lock(path: Path) -> Iterator[None]:
             json.dump(_owner(), f)
         break
     else:
-        raise RuntimeError(f"could not take the lock {path}: it keeps changing hands")
+        raise RunDirLocked(f"could not take the lock {path}: it keeps changing hands")
     try:
         yield
     finally:

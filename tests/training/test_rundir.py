@@ -50,9 +50,10 @@ def test_lock_refuses_a_live_writer_and_breaks_a_dead_ones_lock(tmp_path, monkey
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     lock = tmp_path / "train.lock"
     lock.write_text(_lock_text(os.getppid()))  # a live process of this host
-    with pytest.raises(RuntimeError, match=f"held by a live training .*pid {os.getppid()}"):
+    with pytest.raises(RuntimeError, match=f"held by a live training .*pid {os.getppid()}") as refused:
         with unit_lock(lock):
             pass
+    assert isinstance(refused.value, ConfigError)  # a user error: the entry points print one `error:` line
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock.write_text(_lock_text(dead.pid))
