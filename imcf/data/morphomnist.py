@@ -597,8 +597,10 @@ def render_batch(
     upscale_factor: int = DEFAULT_UPSCALE,
     workers: int | None = None,
     thick_images: np.ndarray | None = None,
+    progress: str | None = None,
 ) -> dict[str, np.ndarray]:
     """The image mechanism over a batch of uint8 bases (N, H, W), with the measurements of the results.
+    `progress`: a label; when given, a line `[imcf] <label>: rendered k/N digits` is printed as chunks finish.
 
     Returns {"image": final uint8 images, "thick_image": after set_thickness only, "measured_thickness",
     "measured_intensity"}. Given `thick_images` (the thickness step already done, e.g. when only intensity
@@ -619,7 +621,9 @@ def render_batch(
     if multiprocessing.current_process().daemon:  # e.g. inside a DataLoader worker: no child processes
         workers = 1
     if workers <= 1:
-        return _render_chunk((bases, thick_images, ts, is_, upscale_factor))
+        out = _render_chunk((bases, thick_images, ts, is_, upscale_factor))
+        _report(progress, n, n)
+        return out
     bounds = np.linspace(0, n, min(n, workers * 8) + 1).astype(int)
     chunks = [
         (bases[a:b], None if thick_images is None else thick_images[a:b], ts[a:b], is_[a:b], upscale_factor)
@@ -628,9 +632,18 @@ def render_batch(
     ]
     # spawn, not fork: the caller (train.py) already runs torch / Lightning threads, and a forked child can
     # inherit a lock held by one of them and hang forever (seen with `python train.py` on 2 cores)
+    parts, every = [], max(1, len(chunks) // 10)
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        parts = pool.map(_render_chunk, chunks)
+        for i, part in enumerate(pool.imap(_render_chunk, chunks)):  # in order, as they finish
+            parts.append(part)
+            if (i + 1) % every == 0 or i + 1 == len(chunks):
+                _report(progress, sum(len(p["image"]) for p in parts), n)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _report(label: str | None, done: int, total: int) -> None:
+    if label:
+        print(f"[imcf] {label}: rendered {done:,}/{total:,} digits", flush=True)
 
 
 def pad_to(images: np.ndarray, size: int = 32) -> np.ndarray:

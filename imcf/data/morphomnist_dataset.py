@@ -135,7 +135,7 @@ def generate(options: Mapping[str, Any], workers: int | None = None) -> tuple[di
         rows = np.flatnonzero(split == s)
         split_index[rows] = np.arange(rows.shape[0])
     bases = mm.pad_to(digits[base_index], IMAGE_SIZE)
-    out = mm.render_batch(bases, thickness, intensity, options["upscale"], workers)
+    out = mm.render_batch(bases, thickness, intensity, options["upscale"], workers, progress="morphomnist")
     table = pd.DataFrame(
         {
             "index": np.arange(n),

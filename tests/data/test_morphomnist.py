@@ -171,3 +171,15 @@ def test_scm_mechanisms_closed_form() -> None:
     assert i.min() >= 64 and i.max() <= 255
     np.testing.assert_allclose(mm.intensity_noise(t, i), u["intensity"], atol=1e-6)
     assert np.corrcoef(t, i)[0, 1] > 0.8
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_render_batch_reports_progress_when_asked(digits: np.ndarray, workers: int, capsys) -> None:
+    bases = digits[:32]
+    t, i = np.full(32, 2.5), np.full(32, 180.0)
+    quiet = mm.render_batch(bases, t, i, workers=workers)
+    assert capsys.readouterr().out == ""
+    out = mm.render_batch(bases, t, i, workers=workers, progress="test set")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines and lines[-1] == "[imcf] test set: rendered 32/32 digits"
+    assert np.array_equal(out["image"], quiet["image"])
