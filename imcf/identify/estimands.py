@@ -8,6 +8,7 @@ identities, so the estimand stays equal to what the algorithm derived while it r
 from __future__ import annotations
 
 import itertools
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +16,12 @@ from typing import Any
 Pair = tuple[str, str]  # (variable, value symbol); the symbol equal to the variable name means "its value"
 
 
-class Expr:
+class Expr(ABC):
     """A symbolic estimand; `str(e)` renders it, `evaluate` computes it from a distribution oracle."""
 
+    @abstractmethod
     def free(self) -> set[str]:
-        raise NotImplementedError
+        """The variables the estimand leaves free."""
 
     def __str__(self) -> str:
         return _render(self)

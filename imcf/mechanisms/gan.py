@@ -17,7 +17,6 @@ from torch.nn.utils.parametrizations import spectral_norm
 from imcf.graph import NodeKind
 from imcf.mechanisms.latent_image import LatentImageMechanism, LatentNoise, parse_options
 from imcf.nn.conv import ConvDecoder, ConvEncoder, broadcast_cond
-from imcf.nn.independence import dependence
 from imcf.registry import MECHANISMS
 
 ADVERSARIAL_LOSSES = ("nonsaturating", "hinge")
@@ -338,16 +337,12 @@ class ConditionalGAN(LatentImageMechanism):
                 self.discriminator(x, z_real, cond), self.discriminator(self.generator(z, cond), z, cond)
             )
             recon = F.mse_loss(self.generator(z_real, cond), x)
-            ge_loss = g_loss + self.recon_weight * recon
-            dep: dict[str, Tensor] = {}
-            if self.independence_weight > 0 and b >= 4:
-                dep = dependence(z_real, {p: parents[p] for p in self.parents})
-                ge_loss = ge_loss + self.independence_weight * sum(dep.values())
-            ge_norm = self._step(ge_opt, ge_loss, module)
+            dep_penalty, dep = self.independence_penalty(z_real, parents, b)
+            ge_norm = self._step(ge_opt, g_loss + self.recon_weight * recon + dep_penalty, module)
         finally:
             self.discriminator.requires_grad_(True)
         return {
-            **{f"dep_{p}": v.detach() for p, v in dep.items()},
+            **dep,
             "d_loss": d_loss.detach(),
             "g_loss": g_loss.detach(),
             "r1": penalty.detach(),

@@ -35,7 +35,8 @@ def finetunes(mech: Any) -> bool:
 
 
 ABDUCTION_KEYS = {"keep_residual", "sample", "latents", "withhold_residual_on", "residual"}
-#: `abduction.residual: relative`: the residual is scaled by (decode' + 1 + eps) / (decode + 1 + eps), clipped
+#: `abduction.residual: relative`: where both decodes are lit (value + 1 > ON) the residual is scaled by
+#: (decode' + 1 + eps) / (decode + 1 + eps), clipped to [0, MAX]; elsewhere it is added as abducted
 RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON = 0.1, 4.0, 0.5
 FINETUNE_KEYS = {"enabled", "weight", "elbo_bound", "lagrange_init", "lagrange_lr_scale"}
 
@@ -171,6 +172,19 @@ class LatentImageMechanism(Mechanism):
         ramp = (int(self.independence_steps) - n / 2) / (n / 2)
         return self.independence_weight * min(1.0, max(0.0, ramp))
 
+    def independence_penalty(
+        self, codes: Tensor | list[Tensor] | None, parents: Mapping[str, Tensor], batch_size: int
+    ) -> tuple[Tensor | float, dict[str, Tensor]]:
+        """The current weight times sum_p nHSIC(codes, parent p), and the `dep_<parent>` terms to log; (0, {})
+        when the penalty is off, there are no codes or the batch is under 4. Advances the warm-up when training."""
+        if self.independence_weight <= 0 or codes is None or batch_size < 4:
+            return 0.0, {}
+        dep = dependence(codes, {p: parents[p] for p in self.parents})
+        penalty = self.current_independence_weight() * sum(dep.values())
+        if self.training and self.independence_warmup > 0:
+            self.independence_steps += 1
+        return penalty, {f"dep_{p}": v.detach() for p, v in dep.items()}
+
     @staticmethod
     def _withheld_parents(spec: Any, parent_kinds: Mapping[str, NodeKind], node: str) -> tuple[str, ...]:
         if spec == "discrete":
@@ -281,14 +295,9 @@ class LatentImageMechanism(Mechanism):
         for k, v in terms.items():
             if k.startswith("kl_"):
                 out[k] = v.mean().detach() / dims
-        penalty: Tensor | float = 0.0
-        if self.independence_weight > 0 and codes is not None and x.shape[0] >= 4:
-            dep = dependence(codes, {p: parents[p] for p in self.parents})
-            penalty = self.current_independence_weight() * sum(dep.values())
-            if self.training and self.independence_warmup > 0:
-                self.independence_steps += 1
-            out["loss"] = out["loss"] + penalty
-            out.update({f"dep_{p}": v.detach() for p, v in dep.items()})
+        penalty, logged = self.independence_penalty(codes, parents, x.shape[0])
+        out["loss"] = out["loss"] + penalty
+        out.update(logged)
         if self.finetune["enabled"] and self.predictors:
             cf = self.counterfactual_loss(x, parents, self.predictors, elbo=elbo_loss)
             out.update({k: v for k, v in cf.items() if k != "loss"})

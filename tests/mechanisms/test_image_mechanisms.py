@@ -286,8 +286,8 @@ def test_residual_is_withheld_where_a_discrete_parent_changes(family) -> None:
 
 def test_relative_residual_follows_the_counterfactual_brightness() -> None:
     """abduction.residual=relative: exact at a null intervention; otherwise the residual is scaled per pixel by
-    (decode' + 1 + eps) / (decode + 1 + eps), clipped to [0, 4]."""
-    from imcf.mechanisms.latent_image import RELATIVE_EPS, RELATIVE_MAX
+    (decode' + 1 + eps) / (decode + 1 + eps), clipped to [0, 4], where both decodes are lit; elsewhere added as is."""
+    from imcf.mechanisms.latent_image import RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON
 
     torch.manual_seed(1)
     mech = ConditionalVAE.from_graph(GRAPH, "image", abduction={"residual": "relative"}, **TINY_VAE).eval()
@@ -300,7 +300,8 @@ def test_relative_residual_follows_the_counterfactual_brightness() -> None:
         before = mech.decode(noise, mech.condition(pa, 4))
         after = mech.decode(noise, mech.condition(new, 4))
         ratio = ((after + 1 + RELATIVE_EPS) / (before + 1 + RELATIVE_EPS)).clamp(0, RELATIVE_MAX)
-        expected = (after + noise.residual * ratio).clamp(-1, 1)
+        lit = (torch.minimum(after, before) + 1) > RELATIVE_ON
+        expected = (after + torch.where(lit, noise.residual * ratio, noise.residual)).clamp(-1, 1)
         assert torch.allclose(mech.predict(noise, new), expected, atol=1e-6)
     with pytest.raises(ValueError, match="additive or relative"):
         ConditionalVAE.from_graph(GRAPH, "image", abduction={"residual": "scaled"}, **TINY_VAE)
