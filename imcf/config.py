@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,9 @@ class DatasetConfig:
     batch_size: int = 64
     eval_batch_size: int | None = None
     num_workers: int | None = None  # data loader workers; None: the thread plan's (imcf.threads)
+    # attributes that act on the images as a global brightness gain (how the data were made): image families
+    # that model a gain (VAE, HVAE) take those that are parents of their node as `gain_parents`
+    image_gain: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -209,11 +213,20 @@ def validate(cfg: Any, schema: type) -> DictConfig:
     return merged
 
 
-def mechanism_specs(graph: CausalGraph, mechanism_cfg: Any) -> dict[str, MechanismSpec]:
+def _models_gain(family: Any) -> bool:
+    import imcf.mechanisms  # noqa: F401  (fills the registry)
+    from imcf.registry import MECHANISMS
+
+    return isinstance(family, str) and family in MECHANISMS and bool(getattr(MECHANISMS[family], "models_gain", False))
+
+
+def mechanism_specs(graph: CausalGraph, mechanism_cfg: Any, image_gain: Sequence[str] = ()) -> dict[str, MechanismSpec]:
     """Pick each node's mechanism: `mechanism.<node>` if given, else the group of its kind.
 
     Groups: `attribute` (continuous), `discrete` (binary, categorical), `image` (image). The key `confounder`
     configures the shared-noise model of confounded c-components (imcf.mechanisms.component).
+    `image_gain` (the dataset's): an image node whose family models a gain (`models_gain`) and whose config
+    sets no `gain_parents` gets those of these attributes that are its parents.
     """
     raw = (
         OmegaConf.to_container(mechanism_cfg, resolve=True)
@@ -241,6 +254,9 @@ def mechanism_specs(graph: CausalGraph, mechanism_cfg: Any) -> dict[str, Mechani
                 f"no mechanism for node {node!r} (kind {graph.kinds[node]}): set mechanism/{group}=<family> "
                 f"or mechanism.{node}.family"
             )
+        gains = [a for a in image_gain if a in graph.parents(node)]
+        if gains and _models_gain(spec["family"]) and "gain_parents" not in (spec.get("config") or {}):
+            spec["config"] = {**(spec.get("config") or {}), "gain_parents": gains}
         try:
             out[node] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MechanismSpec), spec))
         except OmegaConfBaseException as e:

@@ -49,6 +49,26 @@ def test_validate_names_unknown_and_mistyped_keys():
         validate({"run_dir": "r", "dataset": {"name": "d"}, "optim": {"lr": "fast"}}, TrainConfig)
 
 
+def test_dataset_image_gain_reaches_the_families_that_model_a_gain():
+    g = CausalGraph.from_dict(
+        {
+            "t": "continuous",
+            "i": {"kind": "continuous", "parents": ["t"]},
+            "x": {"kind": "image", "shape": [1, 32, 32], "parents": ["t", "i"]},
+            "y": {"kind": "image", "shape": [1, 32, 32], "parents": ["t"]},
+        }
+    )
+    mech = {"attribute": {"family": "linear_gaussian"}}
+    vae = mechanism_specs(g, {**mech, "image": {"family": "vae"}}, image_gain=["i"])
+    assert vae["x"].config == {"gain_parents": ["i"]}
+    assert vae["y"].config == {}  # i is not a parent of y
+    gan = mechanism_specs(g, {**mech, "image": {"family": "gan"}}, image_gain=["i"])
+    assert gan["x"].config == {}  # the GAN models no gain
+    own = mechanism_specs(g, {**mech, "image": {"family": "hvae", "config": {"gain_parents": []}}}, image_gain=["i"])
+    assert own["x"].config == {"gain_parents": []}  # the node's own setting wins
+    assert _compose([])["dataset"]["image_gain"] == ["intensity"]
+
+
 def test_missing_required_key_is_named():
     with pytest.raises(ConfigError, match="dataset.name"):
         validate({"run_dir": "x", "dataset": {"root": "d"}}, TrainConfig)

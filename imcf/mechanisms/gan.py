@@ -141,6 +141,7 @@ class ConditionalGAN(LatentImageMechanism):
         assume per-sample outputs).
     """
 
+    models_gain = False  # no likelihood to learn a gain from
     abduction_assumption = (
         "approximate abduction: the noise is found by an encoder or by inverting the generator (optimisation), "
         "with no guarantee that it is the posterior of the true noise; the counterfactual assumes the recovered "
@@ -225,7 +226,7 @@ class ConditionalGAN(LatentImageMechanism):
     def decode_loc(self, noise: LatentNoise, cond: Tensor) -> Tensor:
         return self.generator(noise.latents[0], cond)
 
-    def elbo(self, x: Tensor, cond: Tensor) -> dict[str, Tensor]:
+    def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:
         raise NotImplementedError(f"gan {self.node!r} is an implicit model: it has no likelihood or ELBO")
 
     def noise_shapes(self) -> list[tuple[int, ...]]:

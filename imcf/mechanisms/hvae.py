@@ -174,9 +174,9 @@ class HierarchicalVAE(LatentImageMechanism):
     def decode_loc(self, noise: LatentNoise, cond: Tensor) -> Tensor:
         return self.top_down(cond, noise=noise)[0]
 
-    def elbo(self, x: Tensor, cond: Tensor) -> dict[str, Tensor]:
-        loc, log_scale, stats = self.top_down(cond, acts=self.encoder(x), sample=True)
-        out = {"nll": -self.likelihood.log_prob(x, loc, log_scale)}
+    def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:
+        loc, log_scale, stats = self.top_down(cond, acts=self.encoder(self.to_shape(x, gain)), sample=True)
+        out = {"nll": -self.likelihood.log_prob(x, self.from_shape(loc, gain), log_scale)}
         out["kl"] = torch.stack([s["kl"] for s in stats]).sum(0) if stats else torch.zeros_like(out["nll"])
         key = "u_mean" if self.latent_mode == "exogenous" else "z"
         out["codes"] = [s[key] for s in stats]

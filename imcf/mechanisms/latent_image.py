@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,12 +84,17 @@ class LatentImageMechanism(Mechanism):
       independence_weight: weight of the normalised HSIC between the abducted latent and each parent
         (`imcf.nn.independence`) added to the training loss: keeps the parents' information out of the
         noise, so the decoder takes it from the parents (0 = off);
+      gain_parents: parents that act only as an output gain, x = g(gain parents) * (s + 1) - 1, the networks
+        modelling the shape s from the latents and the other parents (e.g. a stroke brightness); the residual is
+        kept in shape units, so changing only a gain parent rescales the image exactly;
       kl_weight, likelihood ("discretized_gaussian" | "gaussian"), likelihood_std (null = learned),
       parent_ranges ({parent: [lo, hi]} fixed normalisation for continuous parents),
       grad_clip (max grad norm), grad_skip (skip updates whose grad norm exceeds it; null = never),
       counterfactual_finetune: {enabled, weight, elbo_bound, lagrange_init, lagrange_lr_scale}.
     """
 
+    #: takes `gain_parents` (the GAN, trained adversarially, does not)
+    models_gain = True
     abduction_assumption = (
         "approximate abduction: an encoder's latent code (plus an optional pixel residual) stands in for the true"
         " noise; the counterfactual assumes the code is independent of the parents"
@@ -108,6 +113,7 @@ class LatentImageMechanism(Mechanism):
         counterfactual_finetune: Mapping[str, Any] | None = None,
         independence_weight: float = 0.0,
         independence_warmup: int = 0,
+        gain_parents: Sequence[str] | None = None,
     ) -> None:
         super().__init__(node, kind, parent_kinds)
         if kind.name != "image":
@@ -154,8 +160,23 @@ class LatentImageMechanism(Mechanism):
             f"{node}: counterfactual_finetune",
         )
         ranges = {p: tuple(v) for p, v in (parent_ranges or {}).items()}
-        self.parent_encoder = ParentEncoder(parent_kinds, ranges) if parent_kinds else None
+        unknown = set(ranges) - set(parent_kinds)
+        if unknown:
+            raise KeyError(f"{node}: parent_ranges given for non-parents {sorted(unknown)}")
+        self.gain_parents = self._gain_parents(gain_parents, parent_kinds, node)
+        shape_kinds = {p: k for p, k in parent_kinds.items() if p not in self.gain_parents}
+        # the networks see the shape parents; the gain parents act only through the output gain
+        self.parent_encoder = (
+            ParentEncoder(shape_kinds, {p: r for p, r in ranges.items() if p in shape_kinds}) if shape_kinds else None
+        )
         self.cond_features = self.parent_encoder.dim if self.parent_encoder is not None else 0
+        self.gain_encoder, self.gain_net = None, None
+        if self.gain_parents:
+            gain_kinds = {p: parent_kinds[p] for p in self.gain_parents}
+            self.gain_encoder = ParentEncoder(gain_kinds, {p: r for p, r in ranges.items() if p in gain_kinds})
+            self.gain_net = nn.Sequential(nn.Linear(self.gain_encoder.dim, 32), nn.SiLU(), nn.Linear(32, self.channels))
+            nn.init.zeros_(self.gain_net[-1].weight)  # starts at gain 1: the plain decoder
+            nn.init.zeros_(self.gain_net[-1].bias)
         # Lagrange multiplier of the ELBO constraint (softplus keeps it >= 0); bound set on first use if null
         init = float(self.finetune["lagrange_init"])
         self.lagrange_raw = nn.Parameter(torch.tensor(math.log(math.expm1(max(init, 1e-6)))))
@@ -200,6 +221,17 @@ class LatentImageMechanism(Mechanism):
             raise KeyError(f"{node}: abduction.withhold_residual_on names non-parents {unknown}")
         return tuple(spec)
 
+    @staticmethod
+    def _gain_parents(spec: Any, parent_kinds: Mapping[str, NodeKind], node: str) -> tuple[str, ...]:
+        if spec is None:
+            return ()
+        if isinstance(spec, str) or not all(isinstance(p, str) for p in spec):
+            raise ValueError(f"{node}: gain_parents must be a list of parent names, got {spec!r}")
+        unknown = [p for p in spec if p not in parent_kinds]
+        if unknown:
+            raise KeyError(f"{node}: gain_parents names non-parents {unknown}; parents: {sorted(parent_kinds)}")
+        return tuple(spec)
+
     # ----- what families implement -----
     @abstractmethod
     def encode_latents(self, x: Tensor, cond: Tensor) -> LatentNoise:
@@ -210,10 +242,11 @@ class LatentImageMechanism(Mechanism):
         """Latents (without residual) and parent features -> likelihood location (B, C, H, W)."""
 
     @abstractmethod
-    def elbo(self, x: Tensor, cond: Tensor) -> dict[str, Tensor]:
+    def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:
         """{"nll": (B,), "kl": (B,), optional "kl_<level>": (B,)} in nats per image, reparameterised, and
         optionally "codes": the posterior latents (means, standardised where the mode is exogenous) as a list,
-        which the independence penalty reads."""
+        which the independence penalty reads. With a `gain` the networks see `to_shape(x, gain)` and the
+        likelihood scores the image x at `from_shape(loc, gain)` (the pixel noise stays the image's)."""
 
     @abstractmethod
     def noise_shapes(self) -> list[tuple[int, ...]]:
@@ -221,9 +254,7 @@ class LatentImageMechanism(Mechanism):
 
     # ----- the contract -----
     def condition(self, parents: Mapping[str, Tensor], batch_size: int) -> Tensor:
-        """Parents -> (B, D) normalised features ((B, 0) for a root image)."""
-        if self.parent_encoder is None:
-            return torch.zeros(batch_size, 0, device=self.device)
+        """Parents -> (B, D) normalised features of the shape parents (all but `gain_parents`; (B, 0) if none)."""
         missing = [p for p in self.parents if p not in parents]
         if missing:
             raise KeyError(f"mechanism of {self.node!r} needs parents {missing}; got {sorted(parents)}")
@@ -233,7 +264,30 @@ class LatentImageMechanism(Mechanism):
                     f"parent {p!r} of {self.node!r} has shape {tuple(parents[p].shape)}, "
                     f"expected (B, {self.parent_kinds[p].tensor_shape})"
                 )
-        return self.parent_encoder(parents).to(self._device_anchor.dtype)
+        if self.parent_encoder is None:
+            return torch.zeros(batch_size, 0, device=self.device)
+        shape = {p: parents[p] for p in self.parent_encoder.parent_kinds}
+        return self.parent_encoder(shape).to(self._device_anchor.dtype)
+
+    def gain(self, parents: Mapping[str, Tensor]) -> Tensor | None:
+        """The output gain g(gain parents) > 0 as (B, C, 1, 1), or None without `gain_parents`.
+
+        The image is x = g * (s + 1) - 1 with s the shape decoded from the latents and the other parents:
+        a gain parent scales the image's brightness and nothing else."""
+        if self.gain_encoder is None or self.gain_net is None:
+            return None
+        feats = self.gain_encoder({p: parents[p] for p in self.gain_parents}).to(self._device_anchor.dtype)
+        return self.gain_net(feats).exp()[:, :, None, None]
+
+    @staticmethod
+    def to_shape(x: Tensor, gain: Tensor | None) -> Tensor:
+        """Image in [-1, 1] -> the shape the networks model: (x + 1) / g - 1 (x itself without a gain)."""
+        return x if gain is None else (x + 1) / gain - 1
+
+    @staticmethod
+    def from_shape(s: Tensor, gain: Tensor | None) -> Tensor:
+        """The inverse of `to_shape`: g * (s + 1) - 1."""
+        return s if gain is None else gain * (s + 1) - 1
 
     def _check_image(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != (self.channels, self.size, self.size):
@@ -244,21 +298,33 @@ class LatentImageMechanism(Mechanism):
     def abduct(self, x: Tensor, parents: Mapping[str, Tensor]) -> LatentNoise:
         self._check_image(x)
         cond = self.condition(parents, x.shape[0])
-        noise = self.encode_latents(x, cond)
+        gain = self.gain(parents)
+        shape = self.to_shape(x, gain)
+        noise = self.encode_latents(shape, cond)
         if self.keep_residual:
-            decoded = self.decode(noise, cond)
-            noise.residual = x - decoded
+            decoded = self._decode_shape(noise, cond, gain is not None)
+            # in shape units: changing only a gain parent rescales the image exactly, x' = g'/g (x + 1) - 1
+            noise.residual = shape - decoded
             if self.residual_mode == "relative":
                 noise.extras["decoded"] = decoded
             noise.extras["withheld_parents"] = {p: parents[p] for p in self.withhold_residual_on}
+            if gain is not None:
+                noise.extras["gain"] = gain
+                noise.extras["shape_parents"] = {p: parents[p] for p in self.parents if p not in self.gain_parents}
         return noise
 
-    def decode(self, noise: LatentNoise, cond: Tensor) -> Tensor:
-        """Latents and parent features -> image mean in [-1, 1] (no residual)."""
-        return self.decode_loc(noise, cond).clamp(-1.0, 1.0)
+    def _decode_shape(self, noise: LatentNoise, cond: Tensor, gained: bool) -> Tensor:
+        # without a gain the decoded mean is an image and is clamped to [-1, 1]; with one, only the image is
+        loc = self.decode_loc(noise, cond)
+        return loc if gained else loc.clamp(-1.0, 1.0)
+
+    def decode(self, noise: LatentNoise, cond: Tensor, gain: Tensor | None = None) -> Tensor:
+        """Latents, shape-parent features and the output gain -> image mean in [-1, 1] (no residual)."""
+        return self.from_shape(self.decode_loc(noise, cond), gain).clamp(-1.0, 1.0)
 
     def predict(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> Tensor:
-        out = self.decode(noise, self.condition(parents, noise.batch_size))
+        gain = self.gain(parents)
+        out = self._decode_shape(noise, self.condition(parents, noise.batch_size), gain is not None)
         if noise.residual is not None:
             residual = noise.residual * self._residual_mask(noise, parents)
             if "decoded" in noise.extras:  # relative: the detail follows the counterfactual's brightness
@@ -266,19 +332,28 @@ class LatentImageMechanism(Mechanism):
                 ratio = ((out + 1 + RELATIVE_EPS) / (before + 1 + RELATIVE_EPS)).clamp(0.0, RELATIVE_MAX)
                 lit = (torch.minimum(out, before) + 1) > RELATIVE_ON  # stroke in both: scale; edges: add
                 residual = torch.where(lit, residual * ratio, residual)
+            if gain is not None:
+                # rows whose shape parents are kept: the residual follows the new gain (x' = g'/g (x + 1) - 1
+                # under a pure gain change); rows with a new shape: it is added in the factual's image units
+                kept = 1.0 - self._changed_rows(noise.extras["shape_parents"], parents, noise.batch_size)
+                residual = residual * (kept * gain + (1 - kept) * noise.extras["gain"]) / gain
             out = out + residual
-        return out.clamp(-1.0, 1.0)
+        return self.from_shape(out, gain).clamp(-1.0, 1.0)
 
     def _residual_mask(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> Tensor | float:
         """(B, 1, 1, 1): 0 for rows whose withheld parents (`withhold_residual_on`) differ from the factual."""
         factual = noise.extras.get("withheld_parents") or {}
         if not factual:
             return 1.0
-        changed = torch.zeros(noise.batch_size, dtype=torch.bool, device=noise.residual.device)
-        for p, v in factual.items():
-            new = parents[p].to(v.device)
-            changed |= (new.reshape(len(new), -1) != v.reshape(len(v), -1)).any(1)
-        return (~changed).to(noise.residual.dtype)[:, None, None, None]
+        return 1.0 - self._changed_rows(factual, parents, noise.batch_size)
+
+    @staticmethod
+    def _changed_rows(factual: Mapping[str, Tensor], parents: Mapping[str, Tensor], batch_size: int) -> Tensor:
+        """(B, 1, 1, 1): 1.0 for rows where any of `factual`'s parents has a new value in `parents`, else 0.0."""
+        changed = [(parents[p].reshape(batch_size, -1) != v.reshape(batch_size, -1)).any(1) for p, v in factual.items()]
+        if not changed:
+            return torch.zeros(batch_size, 1, 1, 1)
+        return torch.stack(changed).any(0).float()[:, None, None, None]
 
     def sample_noise(self, n: int) -> LatentNoise:
         return LatentNoise([torch.randn(n, *s, device=self.device) for s in self.noise_shapes()], standardised=True)
@@ -286,7 +361,7 @@ class LatentImageMechanism(Mechanism):
     def loss(self, x: Tensor, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
         self._check_image(x)
         cond = self.condition(parents, x.shape[0])
-        terms = self.elbo(x, cond)
+        terms = self.elbo(x, cond, self.gain(parents))
         codes = terms.pop("codes", None)
         dims = float(x[0].numel())
         nll, kl = terms["nll"].mean() / dims, terms["kl"].mean() / dims
@@ -362,8 +437,7 @@ class LatentImageMechanism(Mechanism):
         objective comparable across epochs, so that checkpoint selection respects the ELBO bound.
         """
         if elbo is None:
-            cond = self.condition(parents, x.shape[0])
-            t = self.elbo(x, cond)
+            t = self.elbo(x, self.condition(parents, x.shape[0]), self.gain(parents))
             dims = float(x[0].numel())
             elbo = (t["nll"].mean() + self.kl_weight * t["kl"].mean()) / dims
         if cf_parents is None:
@@ -417,7 +491,7 @@ class LatentImageMechanism(Mechanism):
         return (((pred.reshape(target.shape) - target) / scale) ** 2).mean()
 
     def _parent_scale(self, parent: str) -> Tensor:
-        enc = self.parent_encoder
+        enc = self.gain_encoder if parent in self.gain_parents else self.parent_encoder
         i = enc.continuous.index(parent)
         if bool(enc.fixed[i]):
             return (enc.hi[i] - enc.lo[i]).clamp(min=1e-12) / 2

@@ -77,11 +77,11 @@ class ConditionalVAE(LatentImageMechanism):
     def decode_loc(self, noise: LatentNoise, cond: Tensor) -> Tensor:
         return self._decode(noise.latents[0], cond)[0]
 
-    def elbo(self, x: Tensor, cond: Tensor) -> dict[str, Tensor]:
-        mu, logvar = self.posterior(x, cond)
+    def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:
+        mu, logvar = self.posterior(self.to_shape(x, gain), cond)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         loc, log_scale = self._decode(z, cond)
-        nll = -self.likelihood.log_prob(x, loc, log_scale)
+        nll = -self.likelihood.log_prob(x, self.from_shape(loc, gain), log_scale)
         kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(1)
         return {"nll": nll, "kl": kl, "codes": [mu]}
 

@@ -341,3 +341,70 @@ def test_independence_warmup_ramps_the_weight_and_counts_training_steps_only() -
         mech.loss(x, pa)
     assert int(mech.independence_steps) == 8  # evaluation does not advance the warm-up
     assert "independence_steps" in mech.state_dict()  # a resumed run continues where it was
+
+
+@pytest.mark.parametrize("family", [ConditionalVAE, HierarchicalVAE])
+def test_gain_parent_rescales_the_image_exactly(family) -> None:
+    """gain_parents: the networks never see the gain parent; a null intervention is exact; changing only the gain
+    parent gives g'/g (x + 1) - 1."""
+    cfg = TINY_VAE if family is ConditionalVAE else TINY_HVAE
+    torch.manual_seed(4)
+    mech = family.from_graph(GRAPH, "image", gain_parents=["ink"], **cfg).eval()
+    plain = family.from_graph(GRAPH, "image", **cfg)
+    assert mech.cond_features == plain.cond_features - 1  # ink feeds the gain only
+    with torch.no_grad():
+        mech.gain_net[-1].weight.normal_(0.0, 0.3)
+        mech.gain_net[-1].bias.normal_(0.0, 0.3)
+    x = torch.rand(6, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(6, 1) * 5, "digit": F.one_hot(torch.arange(6), 10).float()}
+    new = {**pa, "ink": pa["ink"].flip(0)}
+    with torch.no_grad():
+        noise = mech.abduct(x, pa)
+        assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)
+        g, g_new = mech.gain(pa), mech.gain(new)
+        assert g.shape == (6, 1, 1, 1) and not torch.allclose(g, g_new)
+        expected = (g_new / g * (x + 1) - 1).clamp(-1, 1)
+        assert torch.allclose(mech.predict(noise, new), expected, atol=1e-5)
+        # the likelihood scores the image at from_shape(loc): the same as the shape model at gain 1
+        mech.gain_net[-1].weight.zero_()
+        mech.gain_net[-1].bias.zero_()
+        torch.manual_seed(5)
+        with_gain = mech.elbo(x, mech.condition(pa, 6), mech.gain(pa))["nll"]
+        torch.manual_seed(5)
+        assert torch.allclose(with_gain, mech.elbo(x, mech.condition(pa, 6))["nll"])
+    with pytest.raises(KeyError, match="colour"):
+        family.from_graph(GRAPH, "image", gain_parents=["colour"], **cfg)
+
+
+def test_gain_learns_a_multiplicative_brightness(mnist) -> None:
+    """MNIST digits scaled by a brightness b in [0.3, 1] (x = b * digit): a VAE with gain_parents=[b] learns
+    g(b') / g(b) ~ b' / b (600 steps: mean relative error 6% over [0.3, 1], 17% at 0.3), so do(b) returns close
+    to the true rescaled digit."""
+    (images, parents), _ = mnist
+    gen = torch.Generator().manual_seed(6)
+    b = 0.3 + 0.7 * torch.rand(len(images), 1, generator=gen)
+    scaled = b[:, :, None, None] * (images + 1) - 1
+    graph = CausalGraph.from_dict(
+        {
+            "b": "continuous",
+            "digit": "categorical(10)",
+            "image": {"kind": "image", "shape": [1, 32, 32], "parents": ["b", "digit"]},
+        }
+    )
+    torch.manual_seed(6)
+    mech = ConditionalVAE.from_graph(
+        graph, "image", gain_parents=["b"], parent_ranges={"b": [0.0, 1.0]}, independence_weight=1.0, **TINY_VAE
+    )
+    pa = {"b": b, "digit": parents["digit"]}
+    train(mech, scaled[:4000], {k: v[:4000] for k, v in pa.items()}, steps=600)
+    with torch.no_grad():
+        grid = torch.linspace(0.3, 1.0, 8)[:, None]
+        g = mech.gain({"b": grid, "digit": parents["digit"][:8]}).flatten()
+        rel = ((g / g[-1]) / (grid.flatten() / grid[-1]) - 1).abs()
+        assert float(rel.mean()) < 0.07 and float(rel.max()) < 0.25, rel  # measured: 0.06 mean, 0.17 at b = 0.3
+        test = slice(4000, 4200)
+        new = {"b": b[test].flip(0), "digit": parents["digit"][test]}
+        cf = mech.predict(mech.abduct(scaled[test], {k: v[test] for k, v in pa.items()}), new)
+        truth = new["b"][:, :, None, None] * (images[test] + 1) - 1
+        err = float((cf - truth).abs().mean())
+        assert err < 0.02, err
