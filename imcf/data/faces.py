@@ -21,7 +21,6 @@ import functools
 import hashlib
 import io
 import json
-import multiprocessing
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from imcf.data.base import SPLITS, CausalDataset
+from imcf.data.parallel import map_chunks
 from imcf.graph import CausalGraph
 from imcf.io import atomic_write_bytes, atomic_write_text
 from imcf.registry import DATASETS
@@ -324,17 +324,25 @@ def default_workers() -> int:
     return generation_processes()
 
 
-def render_faces(attributes: np.ndarray, style: np.ndarray, size: int = 64, workers: int | None = None) -> np.ndarray:
-    """Draw many faces: attributes (N, 6) in ATTRIBUTES order, style (N, D) -> (N, size, size, 3) uint8."""
+def render_faces(
+    attributes: np.ndarray,
+    style: np.ndarray,
+    size: int = 64,
+    workers: int | None = None,
+    progress: str | None = None,
+) -> np.ndarray:
+    """Draw many faces: attributes (N, 6) in ATTRIBUTES order, style (N, D) -> (N, size, size, 3) uint8.
+    `progress`: a label; when given, about ten lines `[imcf] <label>: rendered k/N faces` are printed."""
     n = len(attributes)
     workers = default_workers() if workers is None else max(1, int(workers))
-    if workers == 1 or n < 500:
-        return _render_chunk((attributes, style, size))
+    if n < 500:
+        workers = 1
     bounds = np.linspace(0, n, 8 * workers + 1).astype(int)
     chunks = [(attributes[i:j], style[i:j], size) for i, j in zip(bounds[:-1], bounds[1:]) if j > i]
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        return np.concatenate(pool.map(_render_chunk, chunks))
+    if not chunks:
+        return np.empty((0, size, size, 3), np.uint8)
+    parts = map_chunks(_render_chunk, chunks, [len(c[0]) for c in chunks], workers, progress, "faces")
+    return np.concatenate(parts)
 
 
 def sample_exogenous(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -462,7 +470,9 @@ class FacesDataset(CausalDataset):
             table[f"u_{a}"] = u[a]
         for j, f in enumerate(STYLE_FACTORS):
             table[f"u_image_{f}"] = u["image"][:, j]
-        images = render_faces(np.stack([attrs[a] for a in ATTRIBUTES], 1), u["image"], self.size, self.workers)
+        images = render_faces(
+            np.stack([attrs[a] for a in ATTRIBUTES], 1), u["image"], self.size, self.workers, progress=f"faces {self.split}"
+        )
         return images, table
 
     # ----- dataset API -----

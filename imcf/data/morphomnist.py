@@ -19,13 +19,14 @@ Morpho-MNIST tools do; `to_uint8` converts [-1, 1] or [0, 1] float images at the
 from __future__ import annotations
 
 import functools
-import multiprocessing
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import draw, transform
+
+from imcf.data.parallel import map_chunks
 
 #: scale of the upscaled copy that measurements are taken on (the Morpho-MNIST default)
 MEASURE_SCALE = 4
@@ -618,32 +619,15 @@ def render_batch(
             raise ValueError(f"render_batch: thick_images shape {thick_images.shape} != bases shape {bases.shape}")
     workers = default_workers() if workers is None else max(1, int(workers))
     workers = min(workers, max(1, n // 16))
-    if multiprocessing.current_process().daemon:  # e.g. inside a DataLoader worker: no child processes
-        workers = 1
-    if workers <= 1:
-        out = _render_chunk((bases, thick_images, ts, is_, upscale_factor))
-        _report(progress, n, n)
-        return out
-    bounds = np.linspace(0, n, min(n, workers * 8) + 1).astype(int)
+    bounds = np.linspace(0, n, (min(n, workers * 8) if workers > 1 else 1) + 1).astype(int)
     chunks = [
         (bases[a:b], None if thick_images is None else thick_images[a:b], ts[a:b], is_[a:b], upscale_factor)
         for a, b in zip(bounds[:-1], bounds[1:])
         if b > a
     ]
-    # spawn, not fork: the caller (train.py) already runs torch / Lightning threads, and a forked child can
-    # inherit a lock held by one of them and hang forever (seen with `python train.py` on 2 cores)
-    parts, every = [], max(1, len(chunks) // 10)
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        for i, part in enumerate(pool.imap(_render_chunk, chunks)):  # in order, as they finish
-            parts.append(part)
-            if (i + 1) % every == 0 or i + 1 == len(chunks):
-                _report(progress, sum(len(p["image"]) for p in parts), n)
+    sizes = [len(c[0]) for c in chunks]
+    parts = map_chunks(_render_chunk, chunks, sizes, workers, progress, "digits")
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def _report(label: str | None, done: int, total: int) -> None:
-    if label:
-        print(f"[imcf] {label}: rendered {done:,}/{total:,} digits", flush=True)
 
 
 def pad_to(images: np.ndarray, size: int = 32) -> np.ndarray:

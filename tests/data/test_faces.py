@@ -131,11 +131,15 @@ def test_cache_is_reused_keyed_by_options_and_checked(faces_root: Path, train: F
     assert meta["options"]["fixed"] == {"eyeglasses": 0} and set(meta["sha256"]) == {"images.npz", "table.csv"}
 
 
-def test_parallel_rendering_is_identical():
+def test_parallel_rendering_is_identical_and_reports_progress(capsys):
     u = sample_exogenous(520, seed=5)
     attrs = derive_attributes(u)
     a = np.stack([attrs[k] for k in ATTRIBUTES], 1)
-    assert np.array_equal(render_faces(a, u["image"], 64, workers=2), render_faces(a, u["image"], 64, workers=1))
+    serial = render_faces(a, u["image"], 64, workers=1)
+    assert capsys.readouterr().out == ""
+    assert np.array_equal(render_faces(a, u["image"], 64, workers=2, progress="faces train"), serial)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert 1 < len(lines) <= 10 and lines[-1] == "[imcf] faces train: rendered 520/520 faces"
 
 
 def test_graph_configs_and_bad_options(faces_root: Path):
