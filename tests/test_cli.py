@@ -161,3 +161,11 @@ def test_user_errors_end_in_one_line_but_let_preemption_exit_143(capsys):
     with pytest.raises(Preempted) as stop, user_errors():  # a SystemExit, not a user error: requeue needs 143
         raise Preempted("unit 'x4' stopped by SIGTERM")
     assert stop.value.code == 143 and capsys.readouterr().err == ""
+
+
+def test_evaluate_help_lists_only_what_evaluate_reads(tmp_path):
+    out = _run(["evaluate.py", "--help"], tmp_path)
+    groups = out.split("== Configuration groups ==")[1].split("== Config ==")[0].strip().splitlines()
+    protocols = sorted(p.stem for p in (ROOT / "configs/metrics/protocol").glob("*.yaml"))
+    assert groups == [f"metrics/protocol: {', '.join(protocols)}"]  # no training groups (dataset, trainer, ...)
+    assert "run_dir: ???" in out
