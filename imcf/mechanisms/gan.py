@@ -173,6 +173,7 @@ class ConditionalGAN(LatentImageMechanism):
         grad_clip: float | None = 200.0,
         grad_skip: float | None = None,
         independence_weight: float = 0.0,
+        independence_warmup: int = 0,
     ) -> None:
         super().__init__(
             node,
@@ -183,6 +184,7 @@ class ConditionalGAN(LatentImageMechanism):
             grad_clip=grad_clip,
             grad_skip=grad_skip,
             independence_weight=independence_weight,
+            independence_warmup=independence_warmup,
         )
         if self.abduct_sample:
             raise ValueError(f"gan {node!r}: abduction.sample needs a stochastic encoder; the GAN's is deterministic")
