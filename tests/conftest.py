@@ -16,6 +16,15 @@ torch.set_num_threads(1)  # measured: small models train several times faster on
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts on one intra-op thread (train() / evaluate() may set another: restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     """`@pytest.mark.gpu` tests need CUDA: where there is none they are skipped, saying so."""
     if torch.cuda.is_available():

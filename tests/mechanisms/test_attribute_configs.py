@@ -22,15 +22,6 @@ GRAPH = CausalGraph.from_dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is fastest and keeps the shared CPU free."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("attribute", ["spline", "affine"])
 @pytest.mark.parametrize("discrete", ["gumbel", "threshold"])
 def test_configs_build_an_scm_that_samples_and_answers_counterfactuals(attribute, discrete, tmp_path):

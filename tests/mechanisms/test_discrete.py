@@ -30,15 +30,6 @@ P_YOUNG, P_MALE = 0.6, 0.5
 EULER_GAMMA = 0.5772156649
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is fastest and keeps the shared CPU free."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_table_is_the_faces_dataset_scm():
     """The table written here is the one imcf/data/faces.py renders from."""
     assert faces.BEARD_PROB == BEARD_PROB and (faces.P_YOUNG, faces.P_MALE) == (P_YOUNG, P_MALE)

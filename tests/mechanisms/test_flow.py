@@ -71,15 +71,6 @@ def fit(mech: FlowMechanism, data: dict[str, torch.Tensor], steps: int, lr: floa
     return time.perf_counter() - start
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny one-dimensional networks: one thread is fastest and keeps the shared CPU free."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_registered_as_flow():
     assert MECHANISMS["flow"] is FlowMechanism
 

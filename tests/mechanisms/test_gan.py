@@ -67,15 +67,6 @@ class History(L.Callback):
         self.rows.append({**row, "finetune": self.finetune})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_bigan_trains_on_mnist_through_the_unit_module(mnist):
     """30 adversarial batches (recon_weight 1) then 30 encoder fine-tuning batches (batch 32): every loss stays
     finite, the held-out reconstruction error of G(E(x)) falls from ~0.99 (untrained) below 0.6x that, it

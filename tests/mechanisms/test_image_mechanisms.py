@@ -58,15 +58,6 @@ def train(mech, images, parents, steps: int, batch_size: int = 32, lr: float = 2
     mech.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions run fastest single-threaded, and far faster on a shared, loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def mnist():
     images, parents = mnist_digits()
