@@ -84,6 +84,21 @@ class Mechanism(nn.Module, ABC):
     def loss(self, x: Tensor, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Training objective: {"loss": scalar, other logged terms...}."""
 
+    # ----- optional training hooks (imcf.training.UnitModule calls them; the defaults do nothing special) -----
+    #: True: the family trains itself with its own optimisers (`configure_unit_optimizers(optim)` and a
+    #: `training_step(batch, module)`, e.g. the GAN); it must be alone in its training unit
+    manual_optimization: bool = False
+
+    def stabilise_gradients(self) -> tuple[float, bool] | None:
+        """After backward, before the optimiser step: clip the gradients and return (norm before clipping, whether
+        to skip this step); None (the default) leaves them alone."""
+        return None
+
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Parameter groups of the unit's optimiser (e.g. a Lagrange multiplier at its own rate); default: one
+        group of every trainable parameter at `lr`."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
     # ----- helpers for families -----
     def batch_size(self, parents: Mapping[str, Tensor], n: int | None = None) -> int:
         """Batch size from the parents, or `n` for a root node."""

@@ -34,7 +34,7 @@ class UnitModule(L.LightningModule):
         self.mechanisms = nn.ModuleDict(dict(mechanisms))
         self.component = component  # shared confounder noise of a confounded unit: trained jointly
         self.optim = dict(optim or {})
-        manual = [n for n, m in self.mechanisms.items() if getattr(m, "manual_optimization", False)]
+        manual = [n for n, m in self.mechanisms.items() if m.manual_optimization]
         if manual and len(self.mechanisms) > 1:
             raise ValueError(f"adversarial mechanism(s) {manual} must be alone in their unit")
         self.automatic_optimization = not manual
@@ -78,9 +78,10 @@ class UnitModule(L.LightningModule):
         if not self.automatic_optimization:  # adversarial families handle their own optimisers
             return
         for node, mech in self.mechanisms.items():
-            if not hasattr(mech, "stabilise_gradients"):
+            stabilised = mech.stabilise_gradients()
+            if stabilised is None:
                 continue
-            norm, skip = mech.stabilise_gradients()
+            norm, skip = stabilised
             self.log(f"train/{node}/grad_norm", norm, on_step=True, on_epoch=False)
             if skip:  # a parameter without a gradient is left alone by the optimiser: the update is skipped
                 for p in mech.parameters():
@@ -134,10 +135,9 @@ class UnitModule(L.LightningModule):
         lr = float(self.optim.get("lr", 1e-3))
         groups, grouped = [], set()
         for mech in self.mechanisms.values():  # families may ask for their own groups (e.g. a Lagrange multiplier)
-            if hasattr(mech, "optimizer_groups"):
-                for g in mech.optimizer_groups(lr):
-                    groups.append(g)
-                    grouped.update(id(p) for p in g["params"])
+            for g in mech.optimizer_groups(lr):
+                groups.append(g)
+                grouped.update(id(p) for p in g["params"])
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in grouped]
         if rest:
             groups.append({"params": rest, "lr": lr})
