@@ -175,10 +175,13 @@ def train_unit(
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True)
     last_path = ckpt_dir / "last.ckpt"
     resume = None
-    if cfg.resume and last_path.is_file() and not trainer_cfg["fast_dev_run"]:
-        # a damaged last.ckpt (renamed .damaged) gives way to the newest readable checkpoint beside it
-        resume = str(resumable_checkpoint(ckpt_dir, unit.name))
-    resume_step = int(safe_torch_load(resume).get("global_step", 0)) if resume else None
+    resume_step = None
+    # a damaged last.ckpt (renamed .damaged, maybe by another DDP rank a moment ago) gives way to the newest
+    # readable checkpoint beside it
+    started = last_path.is_file() or last_path.with_name("last.ckpt.damaged").is_file()
+    if cfg.resume and started and not trainer_cfg["fast_dev_run"]:
+        found, resume_step = resumable_checkpoint(ckpt_dir, unit.name)
+        resume = str(found)
     hparams = OmegaConf.to_container(cfg, resolve=True)
     # under SLURM, pre-emption is ours (imcf.training.preemption), not Lightning's auto-requeue on SIGUSR1
     plugins: list[Any] = [AtomicCheckpointIO()]
@@ -226,29 +229,42 @@ def train_unit(
     return path
 
 
-def resumable_checkpoint(ckpt_dir: Path, unit: str) -> Path:
-    """`ckpt_dir/last.ckpt`, or, when it cannot be read (a crash mid-write, a full disk), the newest readable
-    checkpoint beside it, with a warning; damaged files are renamed `<name>.damaged` so Lightning never reads them."""
+def resumable_checkpoint(ckpt_dir: Path, unit: str) -> tuple[Path, int]:
+    """(`ckpt_dir/last.ckpt`, its global step), or, when it cannot be read (a crash mid-write, a full disk), the
+    newest readable checkpoint beside it, with a warning; damaged files are renamed `<name>.damaged` so Lightning
+    never reads them. Safe when several DDP ranks call it at once (a file another rank moved aside is skipped)."""
     last = ckpt_dir / "last.ckpt"
-    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except FileNotFoundError:  # moved aside by another rank since the listing
+            return float("-inf")
+
+    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=mtime, reverse=True)
     damaged: list[str] = []
     for path in [last, *others]:
         try:
-            safe_torch_load(path)
+            ckpt = safe_torch_load(path)
+        except FileNotFoundError:
+            continue
         except CheckpointError as e:
             damaged.append(str(e))
-            path.rename(path.with_name(path.name + ".damaged"))
+            try:
+                path.rename(path.with_name(path.name + ".damaged"))
+            except FileNotFoundError:  # another rank renamed it first
+                pass
             continue
-        if damaged:
+        if damaged or path != last:
             warnings.warn(
-                f"{damaged[0]}; resuming unit {unit!r} from {path} instead (the damaged file is kept as "
-                f"{last.name}.damaged)",
+                f"{damaged[0] if damaged else f'{last} was damaged before'}; resuming unit {unit!r} from {path} "
+                f"instead (the damaged file is kept as {last.name}.damaged)",
                 stacklevel=2,
             )
-        return path
+        return path, int(ckpt.get("global_step", 0))
     raise CheckpointError(
-        f"{'; '.join(damaged)}; no readable checkpoint in {ckpt_dir} to resume unit {unit!r} from: "
-        f"train it from scratch with resume=false (or delete {ckpt_dir})"
+        f"{'; '.join(damaged) or f'{last} is damaged'}; no readable checkpoint in {ckpt_dir} to resume unit "
+        f"{unit!r} from: train it from scratch with resume=false (or delete {ckpt_dir})"
     )
 
 

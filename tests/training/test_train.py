@@ -14,7 +14,7 @@ from imcf.io import CheckpointError
 from imcf.scm import SCM
 from imcf.training import train
 from imcf.training.modular import plan_units
-from imcf.training.run import build_scm, load_pretrained
+from imcf.training.run import build_scm, load_pretrained, resumable_checkpoint
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 
@@ -195,6 +195,19 @@ def test_resume_falls_back_from_a_damaged_last_checkpoint(tmp_path):
         _truncate(p)
     with pytest.raises(CheckpointError, match=r"no readable checkpoint in .*x4.*resume=false"):
         train(_cfg(tmp_path, "trainer.max_epochs=4", "evaluate_after=false", "units=[x4]"))
+
+
+def test_resumable_checkpoint_when_another_rank_moved_last_aside(tmp_path):
+    """Two DDP ranks resume at once: the one that comes second finds last.ckpt already renamed `.damaged` and
+    must still resume (from the same fallback), with the global step read from that file."""
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    torch.save({"global_step": 7, "state_dict": {}}, ckpts / "best.ckpt")
+    (ckpts / "last.ckpt.damaged").write_bytes(b"half a checkpoint")
+    with pytest.warns(UserWarning, match=r"last\.ckpt was damaged before; resuming unit 'u' from .*best\.ckpt"):
+        assert resumable_checkpoint(ckpts, "u") == (ckpts / "best.ckpt", 7)
+    torch.save({"global_step": 9}, ckpts / "last.ckpt")  # a fresh last.ckpt wins again, silently
+    assert resumable_checkpoint(ckpts, "u") == (ckpts / "last.ckpt", 9)
 
 
 def test_pretrained_from_another_graph_names_what_differs(tmp_path):
