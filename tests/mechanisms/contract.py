@@ -15,7 +15,7 @@ class ContractCase:
     """A mechanism built from `graph` for `node`, with a factual batch to check it on.
 
     `recon_tol` is the largest allowed max-abs error of predict(abduct(x, pa), pa) vs x
-    (1e-4 for exact families).
+    (1e-4 for exact families); a string instead says why the round trip is not checked for this case.
     """
 
     name: str
@@ -24,4 +24,4 @@ class ContractCase:
     mechanism: Mechanism
     x: Tensor
     parents: dict[str, Tensor] = field(default_factory=dict)
-    recon_tol: float = 1e-4
+    recon_tol: float | str = 1e-4

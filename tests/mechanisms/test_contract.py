@@ -41,6 +41,8 @@ def case(request) -> ContractCase:
 
 def test_abduct_then_predict_reconstructs(case: ContractCase):
     m = case.mechanism
+    if isinstance(case.recon_tol, str):
+        pytest.skip(f"{case.name}: {case.recon_tol}")
     with torch.no_grad():
         rec = m.predict(m.abduct(case.x, case.parents), case.parents)
     assert rec.shape == case.x.shape

@@ -5,8 +5,8 @@ on training. Case 1 is the tiny UNet trained 100 steps on real MNIST digits (tes
 run with 25 DDIM steps on 4 training digits: measured max-abs error 0.70-0.84 (mean-abs about 0.02, PSNR about
 30 dB; a few edge pixels dominate the max), so `recon_tol = 1.0`. At 50 steps the same model measures max-abs
 about 0.4 and PSNR about 35 dB. Case 2 (3x64x64, parent maps, guidance) is untrained: an untrained network
-gives no meaningful inversion, so its tolerance is the trivial bound 2.0 of images in [-1, 1]; it is there for
-the other contract checks (shapes, determinism, rebuild from config, loss, error naming).
+gives no meaningful inversion, so its round trip is not checked (skipped with that reason); it is there for the
+other contract checks (shapes, determinism, rebuild from config, loss, error naming).
 """
 
 import torch
@@ -52,7 +52,15 @@ def _untrained_rgb64() -> ContractCase:
     )
     parents = {"smiling": torch.tensor([[0.0], [1.0]]), "age": torch.tensor([[25.0], [70.0]])}
     x = torch.rand(2, 3, 64, 64) * 2 - 1
-    return ContractCase("ddim[3x64x64, untrained, maps+guidance]", g, "img", mech, x, parents, recon_tol=2.0)
+    return ContractCase(
+        "ddim[3x64x64, untrained, maps+guidance]",
+        g,
+        "img",
+        mech,
+        x,
+        parents,
+        recon_tol="untrained DDIM: no meaningful inversion",
+    )
 
 
 CASES = [_trained_mnist, _untrained_rgb64]
