@@ -359,8 +359,13 @@ class SCM(nn.Module):
         self, node: str, ckpt: Mapping[str, Any], fields: tuple[str, ...] = ("parents", "kind", "family", "config")
     ) -> list[str]:
         """How a unit checkpoint's record of `node` (its `fields`, then its weights' shapes) differs from this SCM,
-        in words; empty when it fits. Fields an older checkpoint lacks are not compared."""
+        in words; empty when it fits. Fields an older checkpoint lacks are not compared, nor the config keys the
+        family lists in `inference_options` (e.g. abduction settings), which may change after training."""
         saved, here = (ckpt.get("meta") or {}).get(node) or {}, self._unit_meta(node)
+        free = set(type(self.mechanisms[node]).inference_options)  # how to answer queries, not what weights mean
+        if free and isinstance(saved.get("config"), Mapping):
+            saved = {**saved, "config": {k: v for k, v in saved["config"].items() if k not in free}}
+            here = {**here, "config": {k: v for k, v in here["config"].items() if k not in free}}
         out = [
             f"{key} {saved[key]!r} in the checkpoint, {here[key]!r} in the "
             + ("graph" if key in ("parents", "kind") else "mechanism config")

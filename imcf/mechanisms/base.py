@@ -84,6 +84,10 @@ class Mechanism(nn.Module, ABC):
     def loss(self, x: Tensor, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Training objective: {"loss": scalar, other logged terms...}."""
 
+    #: config keys that change only how queries are answered, not what the weights mean (abduction settings, a
+    #: sampler's steps): a checkpoint trained with other values still loads
+    inference_options: tuple[str, ...] = ()
+
     # ----- optional training hooks (imcf.training.UnitModule calls them; the defaults do nothing special) -----
     #: True: the family trains itself with its own optimisers (`configure_unit_optimizers(optim)` and a
     #: `training_step(batch, module)`, e.g. the GAN); it must be alone in its training unit

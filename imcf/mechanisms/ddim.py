@@ -46,6 +46,7 @@ class DDIM(Mechanism):
     )
 
     exact_abduction = False
+    inference_options = ("guidance_scale", "num_inference_steps", "clamp_output")
 
     def __init__(
         self,

@@ -84,6 +84,7 @@ class HierarchicalVAE(LatentImageMechanism):
     `kl_<resolution>`.
     """
 
+    latents_centred = False  # the prior is parent-conditioned: only its standardised codes are centred
     abduction_assumption = (
         "approximate abduction: the hierarchical encoder's posterior over all latent levels stands in for the "
         "true noise posterior; the counterfactual assumes the latents are independent of the parents and capture "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ def finetunes(mech: Any) -> bool:
     return bool(getattr(mech, "finetune", {}).get("enabled", False))
 
 
-ABDUCTION_KEYS = {"keep_residual", "sample", "latents", "withhold_residual_on", "residual"}
+ABDUCTION_KEYS = {"keep_residual", "sample", "latents", "withhold_residual_on", "residual", "withheld_latent_scale"}
 #: `abduction.residual: relative`: where both decodes are lit (value + 1 > ON) the residual is scaled by
 #: (decode' + 1 + eps) / (decode + 1 + eps), clipped to [0, MAX]; elsewhere it is added as abducted
 RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON = 0.1, 4.0, 0.5
@@ -95,6 +95,9 @@ class LatentImageMechanism(Mechanism):
 
     #: takes `gain_parents` (the GAN, trained adversarially, does not)
     models_gain = True
+    inference_options = ("abduction",)
+    #: the latents' prior is N(0, I) whatever the parents (VAE, GAN): 0 is its mean even for "fixed" latents
+    latents_centred = True
     abduction_assumption = (
         "approximate abduction: an encoder's latent code (plus an optional pixel residual) stands in for the true"
         " noise; the counterfactual assumes the code is independent of the parents"
@@ -127,6 +130,7 @@ class LatentImageMechanism(Mechanism):
                 "latents": "fixed",
                 "withhold_residual_on": "discrete",
                 "residual": "additive",
+                "withheld_latent_scale": 1.0,
             },
             f"{node}: abduction",
         )
@@ -139,6 +143,9 @@ class LatentImageMechanism(Mechanism):
         self.abduct_sample = bool(opts["sample"])
         self.latent_mode = opts["latents"]
         self.withhold_residual_on = self._withheld_parents(opts["withhold_residual_on"], parent_kinds, node)
+        self.withheld_latent_scale = scale = float(opts["withheld_latent_scale"])
+        if not 0.0 <= scale <= 1.0:
+            raise ValueError(f"{node}: abduction.withheld_latent_scale must be in [0, 1], got {scale}")
         self.independence_weight = float(independence_weight)
         self.independence_warmup = int(independence_warmup)
         if self.independence_warmup > 0:  # steps seen, checkpointed: a resumed run continues the warm-up
@@ -301,13 +308,13 @@ class LatentImageMechanism(Mechanism):
         gain = self.gain(parents)
         shape = self.to_shape(x, gain)
         noise = self.encode_latents(shape, cond)
+        noise.extras["withheld_parents"] = {p: parents[p] for p in self.withhold_residual_on}
         if self.keep_residual:
             decoded = self._decode_shape(noise, cond, gain is not None)
             # in shape units: changing only a gain parent rescales the image exactly, x' = g'/g (x + 1) - 1
             noise.residual = shape - decoded
             if self.residual_mode == "relative":
                 noise.extras["decoded"] = decoded
-            noise.extras["withheld_parents"] = {p: parents[p] for p in self.withhold_residual_on}
             if gain is not None:
                 noise.extras["gain"] = gain
                 noise.extras["shape_parents"] = {p: parents[p] for p in self.parents if p not in self.gain_parents}
@@ -324,6 +331,8 @@ class LatentImageMechanism(Mechanism):
 
     def predict(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> Tensor:
         gain = self.gain(parents)
+        if self.withheld_latent_scale != 1.0 and noise.extras.get("withheld_parents"):
+            noise = self._shrink_withheld(noise, parents)
         out = self._decode_shape(noise, self.condition(parents, noise.batch_size), gain is not None)
         if noise.residual is not None:
             residual = noise.residual * self._residual_mask(noise, parents)
@@ -346,6 +355,19 @@ class LatentImageMechanism(Mechanism):
         if not factual:
             return 1.0
         return 1.0 - self._changed_rows(factual, parents, noise.batch_size)
+
+    def _shrink_withheld(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> LatentNoise:
+        """Rows whose withheld parents change get their latents scaled by `withheld_latent_scale` toward 0, the
+        prior mean of the codes: the part of the parent the latent still holds then weighs less."""
+        if not (noise.standardised or self.latents_centred):
+            raise ValueError(
+                f"{self.node}: abduction.withheld_latent_scale needs latents whose prior mean is 0 "
+                "(latents: exogenous for a parent-conditioned prior)"
+            )
+        changed = self._changed_rows(noise.extras["withheld_parents"], parents, noise.batch_size).flatten()
+        factor = 1.0 - changed * (1.0 - self.withheld_latent_scale)
+        latents = [z * factor.to(z).view(-1, *[1] * (z.dim() - 1)) for z in noise.latents]
+        return replace(noise, latents=latents)
 
     @staticmethod
     def _changed_rows(factual: Mapping[str, Tensor], parents: Mapping[str, Tensor], batch_size: int) -> Tensor:

