@@ -22,6 +22,8 @@ from tests.mechanisms.test_image_mechanisms import train
 
 ROOT = Path(__file__).resolve().parents[2]
 PARENTS = ("thickness", "intensity", "digit")
+#: the VAE's abduction without the latent scaling: the whole latent kept where the digit changes
+PLAIN_ABDUCTION = {"withhold_residual_on": "discrete", "withheld_latent_scale": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,7 @@ def test_counterfactual_finetuning_makes_do_digit_effective(morpho):
     with torch.no_grad():
         factual = float((judge(te["image"])["digit"].argmax(1) == te["digit"].argmax(1)).float().mean())
     assert factual >= 0.85, f"the judging classifier reads only {factual:.2f} of real test digits"
-    mech = trained_family(tr, "vae", independence_weight=0.0)
+    mech = trained_family(tr, "vae", independence_weight=0.0, abduction=PLAIN_ABDUCTION)
     before = digit_accuracy(mech, judge, te)
     mech.finetune["enabled"] = True
     mech.set_predictors(FrozenPredictor(tune))
@@ -132,12 +134,13 @@ def test_counterfactual_finetuning_makes_do_digit_effective(morpho):
 
 @pytest.mark.slow
 def test_independence_penalty_makes_do_digit_effective(morpho):
-    """The default VAE (independence_weight 1, residual withheld where the digit changes, intensity as an output
-    gain, as `dataset.image_gain` gives it) answers do(digit) with the asked digit, read by a classifier it never
-    saw, and do(intensity) with the asked brightness; the same model without the penalty and gain does not."""
+    """The default VAE (independence_weight 1, residual withheld and half the latent where the digit changes,
+    intensity as an output gain, as `dataset.image_gain` gives it) answers do(digit) with the asked digit, read by a
+    classifier it never saw, and do(intensity) with the asked brightness; the same model without the penalty, the
+    latent scaling and the gain does not."""
     tr, te = morpho
     judge = digit_classifier(tr, seed=2)
-    plain_mech = trained_family(tr, "vae", independence_weight=0.0)
+    plain_mech = trained_family(tr, "vae", independence_weight=0.0, abduction=PLAIN_ABDUCTION)
     plain = digit_accuracy(plain_mech, judge, te)
     mech = trained_family(tr, "vae", gain_parents=["intensity"])
     assert mech.independence_weight > 0 and mech.withhold_residual_on == ("digit",)
