@@ -10,36 +10,20 @@ Per query, the two timings alternate over `--repeats` rounds and medians are rep
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-from pathlib import Path
 
 import torch
-from machine import cpu_model  # benchmarks/ is on sys.path when a script runs
-from validation_overhead import cpu_seconds, default_scm
+from validation_overhead import (  # benchmarks/ is on sys.path when a script runs
+    cpu_seconds,
+    machine_info,
+    setup,
+    write_results,
+)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    scm = default_scm(args.device)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    args, scm, sync, factual, queries = setup(__doc__.splitlines()[0])
     b = args.batch
-    with torch.no_grad():
-        factual = scm.sample(b)
-        queries = {
-            "do(thickness)": {"thickness": torch.rand(b, 1, device=args.device) * 4 + 1},
-            "do(intensity)": {"intensity": torch.rand(b, 1, device=args.device) * 150 + 80},
-            "do(digit)": {"digit": torch.randint(0, 10, (b,), device=args.device)},
-        }
     image = scm.mechanisms["image"]
     rows = []
     for name, do in queries.items():
@@ -69,12 +53,7 @@ def main() -> None:
         row["counterfactuals_per_cpu_s"] = b / statistics.median(full)
         rows.append(row)
 
-    machine = {
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "torch": torch.__version__,
-    }
+    machine = machine_info(args.device)
     print(f"default model, batch {b}, {args.repeats} repeats, {args.threads} thread(s); {machine['cpu']}")
     print(f"{'query':15s} {'counterfactual':>15s} {'image abduct+predict':>21s} {'ratio':>6s} {'CF / CPU-s':>11s}")
     for r in rows:
@@ -82,11 +61,7 @@ def main() -> None:
             f"{r['query']:15s} {r['counterfactual_ms']:12.1f} ms {r['image_abduct_predict_ms']:18.1f} ms "
             f"{r['ratio']:6.2f} {r['counterfactuals_per_cpu_s']:11.0f}"
         )
-    suffix = "" if args.device == "cpu" else "_gpu"
-    dest = Path(__file__).parent / "results" / f"counterfactual_overhead{suffix}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({**vars(args), "machine": machine, "results": rows}, indent=2) + "\n")
-    print(f"\nwrote {dest}")
+    write_results("counterfactual_overhead", args, machine, rows)
 
 
 if __name__ == "__main__":

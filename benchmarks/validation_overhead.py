@@ -22,6 +22,7 @@ import statistics
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -57,8 +58,10 @@ def needed_nodes(scm: SCM, do: dict) -> set[str]:
     return needed
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def setup(description: str) -> tuple[argparse.Namespace, SCM, Any, dict, dict]:
+    """Shared by the query benchmarks: arguments (--batch, --repeats, --threads, --device), the default SCM, a
+    device sync, a factual batch `scm.sample(batch)` and the three queries."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
@@ -68,13 +71,37 @@ def main() -> None:
     torch.manual_seed(0)
     scm = default_scm(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    factual = scm.sample(args.batch)
     b = args.batch
+    with torch.no_grad():
+        factual = scm.sample(b)
     queries = {
         "do(thickness)": {"thickness": torch.rand(b, 1, device=args.device) * 4 + 1},
         "do(intensity)": {"intensity": torch.rand(b, 1, device=args.device) * 150 + 80},
         "do(digit)": {"digit": torch.randint(0, 10, (b,), device=args.device)},
     }
+    return args, scm, sync, factual, queries
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """CPU model, CPU count, device name and torch version, for a benchmark's JSON."""
+    return {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+    }
+
+
+def write_results(name: str, args: argparse.Namespace, machine: dict[str, Any], rows: list[dict]) -> None:
+    """benchmarks/results/<name>[_gpu].json with the arguments, the machine and the rows."""
+    dest = Path(__file__).parent / "results" / f"{name}{'' if args.device == 'cpu' else '_gpu'}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps({**vars(args), "machine": machine, "results": rows}, indent=2) + "\n")
+    print(f"\nwrote {dest}")
+
+
+def main() -> None:
+    args, scm, sync, factual, queries = setup(__doc__.splitlines()[0])
     checked = SCM._check_factual
 
     def unchecked(self, factual, nodes):  # the batch size, nothing else
@@ -104,12 +131,8 @@ def main() -> None:
         row["difference_share"] = (row["counterfactual_ms"] - row["without_checks_ms"]) / row["counterfactual_ms"]
         rows.append(row)
 
-    machine = {
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "torch": torch.__version__,
-    }
+    machine = machine_info(args.device)
+    b = args.batch
     print(
         f"default model, batch {b}, {args.repeats} repeats, {args.threads} thread(s); {machine['cpu']} ({args.device})"
     )
@@ -119,10 +142,7 @@ def main() -> None:
             f"{r['query']:15s} {r['counterfactual_ms']:12.2f} ms {r['without_checks_ms']:12.2f} ms "
             f"{100 * r['difference_share']:10.2f}% {r['checks_alone_ms']:10.3f} ms = {100 * r['checks_share']:.2f}%"
         )
-    dest = Path(__file__).parent / "results" / f"validation_overhead{'' if args.device == 'cpu' else '_gpu'}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({**vars(args), "machine": machine, "results": rows}, indent=2) + "\n")
-    print(f"\nwrote {dest}")
+    write_results("validation_overhead", args, machine, rows)
 
 
 if __name__ == "__main__":
