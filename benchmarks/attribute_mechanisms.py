@@ -30,6 +30,7 @@ from imcf.graph import CausalGraph
 from imcf.mechanisms.base import Mechanism
 from imcf.mechanisms.discrete import DiscreteMechanism
 from imcf.mechanisms.flow import FlowMechanism
+from imcf.training.fit import fit_mechanism
 
 MORPHO = CausalGraph.from_dict(
     {"thickness": "continuous", "intensity": {"kind": "continuous", "parents": ["thickness"]}}
@@ -48,22 +49,9 @@ SUPPORT = {
 
 
 def fit(mech: Mechanism, data: dict[str, torch.Tensor], steps: int, lr: float, batch: int) -> float:
-    """Adam over mech.loss on random minibatches with cosine decay; returns seconds."""
-    opt = torch.optim.Adam(mech.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    g = torch.Generator().manual_seed(0)
-    n = data[mech.node].shape[0]
-    mech.train()
-    start = time.perf_counter()
-    for _ in range(steps):
-        idx = torch.randint(0, n, (batch,), generator=g)
-        loss = mech.loss(data[mech.node][idx], {p: data[p][idx] for p in mech.parents})["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    mech.eval()
-    return time.perf_counter() - start
+    """The shared Adam loop over mech.loss (imcf.training.fit) with cosine decay; returns seconds."""
+    parents = {p: data[p] for p in mech.parents}
+    return fit_mechanism(mech, data[mech.node], parents, steps, batch, lr, cosine=True)["seconds"]
 
 
 # ----------------------------------------------------------------------------------------------- MorphoMNIST

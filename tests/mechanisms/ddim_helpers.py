@@ -10,6 +10,7 @@ from torch import Tensor
 
 from imcf.graph import CausalGraph
 from imcf.mechanisms.ddim import DDIM
+from imcf.training.fit import fit_mechanism
 
 # digit and ink (mean pixel value, a real measured attribute) -> 1x32x32 image
 MNIST_GRAPH = {
@@ -34,19 +35,8 @@ def mnist32() -> tuple[Tensor, dict[str, Tensor]]:
 
 
 def train(mech: DDIM, x: Tensor, parents: dict[str, Tensor], steps: int, batch: int = 32, lr: float = 2e-3) -> float:
-    """Plain torch loop over `mech.loss` (as the Lightning module calls it); returns the last loss."""
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(mech.parameters(), lr=lr)
-    mech.train()
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (batch,), generator=gen)
-        loss = mech.loss(x[idx], {p: v[idx] for p, v in parents.items()})["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    mech.eval()
-    return float(loss.detach())
+    """The shared plain loop over `mech.loss` (as the Lightning module calls it); returns the last loss."""
+    return fit_mechanism(mech, x, parents, steps, batch_size=batch, lr=lr)["loss"]
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,6 +14,7 @@ from imcf.graph import CausalGraph
 from imcf.mechanisms.discrete import DiscreteMechanism
 from imcf.registry import MECHANISMS
 from imcf.scm import SCM
+from imcf.training.fit import fit_mechanism
 
 GRAPH = CausalGraph.from_dict(
     {
@@ -50,20 +51,9 @@ def faces_attributes(n: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def fit(mech: DiscreteMechanism, data: dict[str, torch.Tensor], steps: int = 300, lr: float = 3e-2) -> None:
-    """Plain Adam loop over mech.loss on random minibatches, cosine learning-rate decay."""
-    opt = torch.optim.Adam(mech.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    g = torch.Generator().manual_seed(0)
-    mech.train()
-    n = data[mech.node].shape[0]
-    for _ in range(steps):
-        idx = torch.randint(0, n, (2048,), generator=g)
-        loss = mech.loss(data[mech.node][idx], {p: data[p][idx] for p in mech.parents})["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    mech.eval()
+    """The shared Adam loop over mech.loss on random minibatches, cosine learning-rate decay."""
+    parents = {p: data[p] for p in mech.parents}
+    fit_mechanism(mech, data[mech.node], parents, steps, batch_size=2048, lr=lr, cosine=True)
 
 
 def test_registered_as_discrete():

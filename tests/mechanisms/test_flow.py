@@ -4,7 +4,6 @@ attribute SCM (t = 0.5 + Gamma(10, rate 5); i = 64 + 191 * sigmoid(0.5 * u_i + 2
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from imcf.graph import CausalGraph
 from imcf.mechanisms.flow import FlowMechanism
 from imcf.registry import MECHANISMS
 from imcf.scm import SCM
+from imcf.training.fit import fit_mechanism
 
 GRAPH = CausalGraph.from_dict(
     {"thickness": "continuous", "intensity": {"kind": "continuous", "parents": ["thickness"]}}
@@ -52,23 +52,9 @@ def true_intensity_log_prob(i: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def fit(mech: FlowMechanism, data: dict[str, torch.Tensor], steps: int, lr: float = 1e-2, batch: int = 256) -> float:
-    """Plain Adam loop over mech.loss with a cosine schedule; returns seconds taken."""
-    x = data[mech.node].float()
+    """The shared Adam loop over mech.loss with a cosine schedule; returns seconds taken."""
     parents = {p: data[p].float() for p in mech.parents}
-    opt = torch.optim.Adam(mech.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    g = torch.Generator().manual_seed(0)
-    mech.train()
-    start = time.perf_counter()
-    for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
-        loss = mech.loss(x[idx], {p: v[idx] for p, v in parents.items()})["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    mech.eval()
-    return time.perf_counter() - start
+    return fit_mechanism(mech, data[mech.node].float(), parents, steps, batch, lr, cosine=True)["seconds"]
 
 
 def test_registered_as_flow():

@@ -16,6 +16,7 @@ from imcf.mechanisms.hvae import HierarchicalVAE
 from imcf.mechanisms.latent_image import LatentNoise
 from imcf.mechanisms.vae import ConditionalVAE
 from imcf.nn.likelihood import discretized_gaussian_log_prob
+from imcf.training.fit import fit_mechanism
 
 GRAPH = CausalGraph.from_dict(
     {
@@ -44,19 +45,8 @@ def mnist_digits() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
 
 
 def train(mech, images, parents, steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0) -> None:
-    """Plain torch loop over mech.loss, as the Lightning module runs it (with gradient clipping/skipping)."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(mech.parameters(), lr=lr)
-    mech.train()
-    for _ in range(steps):
-        idx = torch.randint(len(images), (batch_size,), generator=gen)
-        loss = mech.loss(images[idx], {k: v[idx] for k, v in parents.items()})["loss"]
-        opt.zero_grad()
-        loss.backward()
-        _, skip = mech.stabilise_gradients()
-        if not skip:
-            opt.step()
-    mech.eval()
+    """The shared plain loop over mech.loss (with the family's gradient clipping/skipping)."""
+    fit_mechanism(mech, images, parents, steps, batch_size=batch_size, lr=lr, seed=seed)
 
 
 @pytest.fixture(scope="module")
