@@ -217,7 +217,7 @@ def _models_gain(family: Any) -> bool:
     import imcf.mechanisms  # noqa: F401  (fills the registry)
     from imcf.registry import MECHANISMS
 
-    return isinstance(family, str) and family in MECHANISMS and bool(getattr(MECHANISMS[family], "models_gain", False))
+    return isinstance(family, str) and family in MECHANISMS and MECHANISMS[family].models_gain
 
 
 def mechanism_specs(graph: CausalGraph, mechanism_cfg: Any, image_gain: Sequence[str] = ()) -> dict[str, MechanismSpec]:

@@ -87,6 +87,8 @@ class Mechanism(nn.Module, ABC):
     #: config keys that change only how queries are answered, not what the weights mean (abduction settings, a
     #: sampler's steps): a checkpoint trained with other values still loads
     inference_options: tuple[str, ...] = ()
+    #: takes `gain_parents`: the dataset's `image_gain` attributes reach it as an output gain (imcf.config)
+    models_gain: bool = False
 
     # ----- optional training hooks (imcf.training.UnitModule calls them; the defaults do nothing special) -----
     #: True: the family trains itself with its own optimisers (`configure_unit_optimizers(optim)` and a

@@ -93,8 +93,7 @@ class LatentImageMechanism(Mechanism):
       counterfactual_finetune: {enabled, weight, elbo_bound, lagrange_init, lagrange_lr_scale}.
     """
 
-    #: takes `gain_parents` (the GAN, trained adversarially, does not)
-    models_gain = True
+    models_gain = True  # takes `gain_parents` (the GAN, trained adversarially, does not)
     inference_options = ("abduction",)
     #: the latents' prior is N(0, I) whatever the parents (VAE, GAN): 0 is its mean even for "fixed" latents
     latents_centred = True
@@ -172,6 +171,7 @@ class LatentImageMechanism(Mechanism):
             raise KeyError(f"{node}: parent_ranges given for non-parents {sorted(unknown)}")
         self.gain_parents = self._gain_parents(gain_parents, parent_kinds, node)
         shape_kinds = {p: k for p, k in parent_kinds.items() if p not in self.gain_parents}
+        self.shape_parents = tuple(shape_kinds)
         # the networks see the shape parents; the gain parents act only through the output gain
         self.parent_encoder = (
             ParentEncoder(shape_kinds, {p: r for p, r in ranges.items() if p in shape_kinds}) if shape_kinds else None
@@ -273,8 +273,7 @@ class LatentImageMechanism(Mechanism):
                 )
         if self.parent_encoder is None:
             return torch.zeros(batch_size, 0, device=self.device)
-        shape = {p: parents[p] for p in self.parent_encoder.parent_kinds}
-        return self.parent_encoder(shape).to(self._device_anchor.dtype)
+        return self.parent_encoder({p: parents[p] for p in self.shape_parents}).to(self._device_anchor.dtype)
 
     def gain(self, parents: Mapping[str, Tensor]) -> Tensor | None:
         """The output gain g(gain parents) > 0 as (B, C, 1, 1), or None without `gain_parents`.
@@ -308,16 +307,13 @@ class LatentImageMechanism(Mechanism):
         gain = self.gain(parents)
         shape = self.to_shape(x, gain)
         noise = self.encode_latents(shape, cond)
-        noise.extras["withheld_parents"] = {p: parents[p] for p in self.withhold_residual_on}
+        noise.extras["parents"] = {p: parents[p] for p in self.parents}  # the factual ones, for what predict compares
         if self.keep_residual:
             decoded = self._decode_shape(noise, cond, gain is not None)
             # in shape units: changing only a gain parent rescales the image exactly, x' = g'/g (x + 1) - 1
             noise.residual = shape - decoded
             if self.residual_mode == "relative":
                 noise.extras["decoded"] = decoded
-            if gain is not None:
-                noise.extras["gain"] = gain
-                noise.extras["shape_parents"] = {p: parents[p] for p in self.parents if p not in self.gain_parents}
         return noise
 
     def _decode_shape(self, noise: LatentNoise, cond: Tensor, gained: bool) -> Tensor:
@@ -327,15 +323,15 @@ class LatentImageMechanism(Mechanism):
 
     def decode(self, noise: LatentNoise, cond: Tensor, gain: Tensor | None = None) -> Tensor:
         """Latents, shape-parent features and the output gain -> image mean in [-1, 1] (no residual)."""
-        return self.from_shape(self.decode_loc(noise, cond), gain).clamp(-1.0, 1.0)
+        return self.from_shape(self._decode_shape(noise, cond, gain is not None), gain).clamp(-1.0, 1.0)
 
     def predict(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> Tensor:
         gain = self.gain(parents)
-        if self.withheld_latent_scale != 1.0 and noise.extras.get("withheld_parents"):
+        if self.withheld_latent_scale != 1.0 and self.withhold_residual_on and "parents" in noise.extras:
             noise = self._shrink_withheld(noise, parents)
         out = self._decode_shape(noise, self.condition(parents, noise.batch_size), gain is not None)
         if noise.residual is not None:
-            residual = noise.residual * self._residual_mask(noise, parents)
+            residual = noise.residual * (1.0 - self._changed_rows(noise, parents, self.withhold_residual_on))
             if "decoded" in noise.extras:  # relative: the detail follows the counterfactual's brightness
                 before = noise.extras["decoded"]
                 ratio = ((out + 1 + RELATIVE_EPS) / (before + 1 + RELATIVE_EPS)).clamp(0.0, RELATIVE_MAX)
@@ -344,17 +340,10 @@ class LatentImageMechanism(Mechanism):
             if gain is not None:
                 # rows whose shape parents are kept: the residual follows the new gain (x' = g'/g (x + 1) - 1
                 # under a pure gain change); rows with a new shape: it is added in the factual's image units
-                kept = 1.0 - self._changed_rows(noise.extras["shape_parents"], parents, noise.batch_size)
-                residual = residual * (kept * gain + (1 - kept) * noise.extras["gain"]) / gain
+                kept = 1.0 - self._changed_rows(noise, parents, self.shape_parents)
+                residual = residual * (kept * gain + (1 - kept) * self.gain(noise.extras["parents"])) / gain
             out = out + residual
         return self.from_shape(out, gain).clamp(-1.0, 1.0)
-
-    def _residual_mask(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> Tensor | float:
-        """(B, 1, 1, 1): 0 for rows whose withheld parents (`withhold_residual_on`) differ from the factual."""
-        factual = noise.extras.get("withheld_parents") or {}
-        if not factual:
-            return 1.0
-        return 1.0 - self._changed_rows(factual, parents, noise.batch_size)
 
     def _shrink_withheld(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> LatentNoise:
         """Rows whose withheld parents change get their latents scaled by `withheld_latent_scale` toward 0, the
@@ -364,18 +353,20 @@ class LatentImageMechanism(Mechanism):
                 f"{self.node}: abduction.withheld_latent_scale needs latents whose prior mean is 0 "
                 "(latents: exogenous for a parent-conditioned prior)"
             )
-        changed = self._changed_rows(noise.extras["withheld_parents"], parents, noise.batch_size).flatten()
+        changed = self._changed_rows(noise, parents, self.withhold_residual_on).flatten()
         factor = 1.0 - changed * (1.0 - self.withheld_latent_scale)
         latents = [z * factor.to(z).view(-1, *[1] * (z.dim() - 1)) for z in noise.latents]
         return replace(noise, latents=latents)
 
     @staticmethod
-    def _changed_rows(factual: Mapping[str, Tensor], parents: Mapping[str, Tensor], batch_size: int) -> Tensor:
-        """(B, 1, 1, 1): 1.0 for rows where any of `factual`'s parents has a new value in `parents`, else 0.0."""
-        changed = [(parents[p].reshape(batch_size, -1) != v.reshape(batch_size, -1)).any(1) for p, v in factual.items()]
-        if not changed:
-            return torch.zeros(batch_size, 1, 1, 1)
-        return torch.stack(changed).any(0).float()[:, None, None, None]
+    def _changed_rows(noise: LatentNoise, parents: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
+        """(B, 1, 1, 1): 1.0 for rows where any parent in `names` has a value in `parents` other than the factual
+        one the abduction kept, else 0.0 (all 0.0 without such parents)."""
+        factual, b = noise.extras["parents"], noise.batch_size
+        changed = torch.zeros(b, dtype=torch.bool, device=noise.latents[0].device)
+        for p in names:
+            changed = changed | (parents[p].reshape(b, -1) != factual[p].reshape(b, -1)).any(1).to(changed.device)
+        return changed.float()[:, None, None, None]
 
     def sample_noise(self, n: int) -> LatentNoise:
         return LatentNoise([torch.randn(n, *s, device=self.device) for s in self.noise_shapes()], standardised=True)
