@@ -339,8 +339,7 @@ def render_faces(
         workers = 1
     bounds = np.linspace(0, n, 8 * workers + 1).astype(int)
     chunks = [(attributes[i:j], style[i:j], size) for i, j in zip(bounds[:-1], bounds[1:]) if j > i]
-    if not chunks:
-        return np.empty((0, size, size, 3), np.uint8)
+    chunks = chunks or [(attributes, style, size)]  # an empty batch: one empty chunk, no faces
     parts = map_chunks(_render_chunk, chunks, [len(c[0]) for c in chunks], workers, progress, "faces")
     return np.concatenate(parts)
 

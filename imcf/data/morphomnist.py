@@ -624,7 +624,7 @@ def render_batch(
         (bases[a:b], None if thick_images is None else thick_images[a:b], ts[a:b], is_[a:b], upscale_factor)
         for a, b in zip(bounds[:-1], bounds[1:])
         if b > a
-    ]
+    ] or [(bases, thick_images, ts, is_, upscale_factor)]  # an empty batch: one empty chunk, empty results
     sizes = [len(c[0]) for c in chunks]
     parts = map_chunks(_render_chunk, chunks, sizes, workers, progress, "digits")
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -183,3 +183,5 @@ def test_render_batch_reports_progress_when_asked(digits: np.ndarray, workers: i
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines and lines[-1] == "[imcf] test set: rendered 32/32 digits"
     assert np.array_equal(out["image"], quiet["image"])
+    empty = mm.render_batch(bases[:0], [], [], workers=workers)
+    assert empty["image"].shape == (0, *bases.shape[1:]) and empty["measured_thickness"].shape == (0,)
