@@ -143,6 +143,9 @@ class EvaluateConfig:
     progress: bool = True
     data_root: str | None = None  # default: the run's dataset.root
     options: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the report
+    # per node, inference options of its mechanism family to answer queries under (SCM.set_inference_options),
+    # e.g. {image: {guidance_scale: 3.0, num_inference_steps: 10}}; the trained weights are kept
+    inference: dict[str, dict[str, Any]] = field(default_factory=dict)
     logger: LoggerConfig | None = None  # None: the training run's loggers (its config.yaml), else CSV
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
 

@@ -245,6 +245,11 @@ def evaluate(cfg: Any) -> str:
     cfg = validate(cfg, EvaluateConfig)
     threads.apply(threads.plan_for(cfg.threads))  # first: torch takes its inter-op thread count only once
     scm, run_cfg = load_run(cfg.run_dir)
+    for node, opts in (cfg.inference or {}).items():
+        try:
+            scm.set_inference_options(node, OmegaConf.to_container(opts) if OmegaConf.is_config(opts) else opts)
+        except (KeyError, TypeError, ValueError) as e:
+            raise EvaluationError(str(e.args[0] if e.args else e)) from None
     if cfg.logger is None:  # log to the training run's loggers
         cfg.logger = OmegaConf.merge(OmegaConf.structured(LoggerConfig), run_cfg.get("logger") or {})
     ds = run_cfg["dataset"]
@@ -512,6 +517,7 @@ def evaluate_scm(
         "num_samples": n,
         "seed": int(cfg.seed),
         "protocol": cfg.protocol,
+        "inference": OmegaConf.to_container(cfg.inference) if OmegaConf.is_config(cfg.inference) else cfg.inference,
         "device": str(device),
         "metrics": metrics,
         "intervened": intervened,

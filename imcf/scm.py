@@ -355,6 +355,30 @@ class SCM(nn.Module):
             "config": _plain(mech.config),
         }
 
+    def set_inference_options(self, node: str, options: Mapping[str, Any]) -> None:
+        """Answer queries on `node` under other `inference_options` of its family (e.g. a DDIM's guidance_scale, a
+        VAE's abduction): the mechanism is rebuilt with them and keeps its weights; a dict value (abduction) updates
+        the one it replaces. Keys the family does not list are refused, naming them: they would change what the
+        weights mean."""
+        if node not in self.mechanisms:
+            raise KeyError(f"inference options for {node!r}: no such node; nodes: {list(self.graph.nodes)}")
+        mech = self.mechanisms[node]
+        family = type(mech)
+        bad = sorted(set(options) - set(family.inference_options))
+        if bad:
+            raise KeyError(
+                f"inference options for {node!r}: {bad} are not inference options of {family.registry_name!r}; "
+                f"it has {list(family.inference_options) or 'none'}"
+            )
+        config = dict(mech.config)
+        for key, value in options.items():
+            old = config.get(key)
+            config[key] = {**old, **value} if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+        new = family(node, mech.kind, mech.parent_kinds, **config)
+        new.config = config
+        new.load_state_dict(mech.state_dict())
+        self.mechanisms[node] = new.to(mech.device).train(mech.training)
+
     def checkpoint_differences(
         self, node: str, ckpt: Mapping[str, Any], fields: tuple[str, ...] = ("parents", "kind", "family", "config")
     ) -> list[str]:

@@ -149,6 +149,12 @@ def test_benchmark_protocol_is_the_default_and_matches_the_schema_defaults():
     assert composed.interventions.kind == "binned" and composed.interventions.bins == 9
 
 
+def test_inference_options_from_the_command_line():
+    cfg = _compose("+inference.image.guidance_scale=3", "+inference.image.abduction.withheld_latent_scale=1")
+    assert cfg.inference.image.guidance_scale == 3 and cfg.inference.image.abduction.withheld_latent_scale == 1
+    assert not _compose().inference
+
+
 def test_protocol_and_metric_selection_from_the_command_line():
     cfg = _compose("metrics/protocol=quick", "compute=[truth,composition]")
     assert cfg.protocol == "quick" and cfg.interventions.kind == "marginal" and cfg.num_samples == 512

@@ -316,3 +316,31 @@ def test_a_query_that_reads_no_factual_value_checks_its_do_values(scm):
         scm.counterfactual({}, {n: "1.0" for n in scm.graph.nodes})
     cf = scm.counterfactual({}, {n: torch.zeros(3, 1) for n in scm.graph.nodes})
     assert cf["x4"].shape == (3, 1)
+
+
+def test_inference_options_rebuild_the_mechanism_with_its_weights():
+    from imcf.mechanisms.discrete import DiscreteMechanism
+    from imcf.mechanisms.vae import ConditionalVAE as VAE
+
+    g = CausalGraph.from_dict({"d": "binary", "x": {"kind": "image", "shape": [1, 8, 8], "parents": ["d"]}})
+    torch.manual_seed(0)
+    vae = VAE.from_graph(g, "x", latent_dim=4, widths=[4, 8], abduction={"withheld_latent_scale": 0.5})
+    scm = SCM(g, {"d": DiscreteMechanism.from_graph(g, "d"), "x": vae}).eval()
+    factual = {"d": torch.tensor([[0.0], [1.0]]), "x": torch.rand(2, 1, 8, 8) * 2 - 1}
+    flipped = {"d": 1 - factual["d"]}
+    before = scm.counterfactual(factual, flipped)["x"]
+    scm.set_inference_options("x", {"abduction": {"withheld_latent_scale": 1.0}})
+    new = scm.mechanisms["x"]
+    assert new is not vae and not new.training
+    assert new.config["abduction"] == {"withheld_latent_scale": 1.0} and new.withheld_latent_scale == 1.0
+    for k, v in vae.state_dict().items():
+        torch.testing.assert_close(new.state_dict()[k], v, rtol=0, atol=0, equal_nan=True, msg=k)  # weights kept
+    assert not torch.allclose(scm.counterfactual(factual, flipped)["x"], before)  # and the option acts
+    scm.set_inference_options("x", {"abduction": {"withheld_latent_scale": 0.5}})
+    torch.testing.assert_close(scm.counterfactual(factual, flipped)["x"], before)
+    with pytest.raises(KeyError, match=r"\['latent_dim'\].*'vae'.*abduction"):
+        scm.set_inference_options("x", {"latent_dim": 8})  # would change what the weights mean
+    with pytest.raises(KeyError, match="'y': no such node"):
+        scm.set_inference_options("y", {"abduction": {}})
+    with pytest.raises(KeyError, match="'d'.*none"):
+        scm.set_inference_options("d", {"abduction": {}})

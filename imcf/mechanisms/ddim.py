@@ -11,6 +11,7 @@ schedule and both ODE solvers are diffusers' (`DDPMScheduler`, `DDIMScheduler`,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +23,21 @@ from imcf.mechanisms.base import Mechanism
 from imcf.nn.parents import ParentEncoder
 from imcf.registry import MECHANISMS
 
+GUIDANCE_FROM = ("factual", "null")
+
+
+@dataclass
+class DiffusionNoise:
+    """Abducted noise of a DDIM image: the inverted latent x_T, and the encoded factual parents it was inverted
+    under (`reference`; None for a draw from the prior), which guidance from the factual steers away from."""
+
+    x_T: Tensor  # noqa: N815 (the diffusion literature's name)
+    reference: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.x_T.shape[0])
+
 
 @MECHANISMS.register("ddim")
 class DDIM(Mechanism):
@@ -31,12 +47,19 @@ class DDIM(Mechanism):
     time embedding (`class_embed_type="identity"`); with `parent_maps=True` the encoded parents are also
     concatenated to the input as constant channels. During training the parents are replaced by a
     learned null embedding (and zero maps) with probability `cfg_dropout`, so sampling can use
-    classifier-free guidance: eps = eps_null + guidance_scale * (eps_parents - eps_null).
+    classifier-free guidance with scale w: eps = eps_base + w * (eps_parents - eps_base).
 
-    Inversion and sampling both use `num_inference_steps` and `guidance_scale`, so a null intervention
-    follows the same ODE both ways. Inversion is approximate (each inversion step evaluates the network at
-    the start of the step, sampling at its end), so `exact_abduction` is False; the round-trip error falls
-    as the number of steps grows (docs/mechanism_ddim.md gives measured numbers).
+    Abduction inverts under the factual parents without guidance (w = 1), so it is as exact as the solver.
+    Prediction samples under the (counterfactual) parents with guidance. `guidance_from` names the base:
+    "factual" (default) is the factual parents the noise was abducted under, so guidance amplifies only what
+    the intervention changed and a row whose parents did not change follows the unguided ODE exactly (a null
+    intervention gives what w = 1 gives); "null" is the learned null condition (classic classifier-free
+    guidance). A draw from the prior has no factual parents and is guided from the null condition. w = 1 is
+    the plain conditional model in every case.
+
+    The inversion is approximate (each inversion step evaluates the network at the start of the step,
+    sampling at its end), so `exact_abduction` is False; the round-trip error falls as the number of steps
+    grows (docs/mechanism_ddim.md gives measured numbers).
     """
 
     abduction_assumption = (
@@ -46,7 +69,7 @@ class DDIM(Mechanism):
     )
 
     exact_abduction = False
-    inference_options = ("guidance_scale", "num_inference_steps", "clamp_output")
+    inference_options = ("guidance_scale", "guidance_from", "num_inference_steps", "clamp_output")
 
     def __init__(
         self,
@@ -62,6 +85,7 @@ class DDIM(Mechanism):
         parent_ranges: Mapping[str, Sequence[float]] | None = None,
         cfg_dropout: float = 0.1,
         guidance_scale: float = 1.0,
+        guidance_from: str = "factual",
         num_inference_steps: int = 50,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
@@ -89,7 +113,10 @@ class DDIM(Mechanism):
             raise ValueError(
                 f"ddim {node!r}: num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}"
             )
+        if guidance_from not in GUIDANCE_FROM:
+            raise ValueError(f"ddim {node!r}: guidance_from must be one of {GUIDANCE_FROM}, got {guidance_from!r}")
         self.cfg_dropout = float(cfg_dropout)
+        self.guidance_from = guidance_from
         self.guidance_scale = float(guidance_scale)
         self.num_inference_steps = int(num_inference_steps)
         self.clamp_output = bool(clamp_output)
@@ -155,41 +182,64 @@ class DDIM(Mechanism):
             inp = torch.cat([x_t, maps[:, :, None, None].expand(-1, -1, *x_t.shape[2:])], dim=1)
         return self.unet(inp, t, class_labels=emb).sample
 
-    def guided_eps(self, x_t: Tensor, t: Tensor | int, features: Tensor | None) -> Tensor:
-        """Classifier-free guided noise prediction (plain conditional when guidance_scale == 1)."""
+    def guided_eps(self, x_t: Tensor, t: Tensor | int, features: Tensor | None, base: Tensor | None = None) -> Tensor:
+        """Guided noise prediction eps_base + w (eps_features - eps_base); `base` (B, D) are the features to guide
+        from (None: the null condition). Rows whose features equal their base get eps_features exactly; the
+        plain conditional prediction when guidance_scale == 1."""
         if features is None or self.guidance_scale == 1.0:
             return self.eps(x_t, t, features)
-        b = x_t.shape[0]
-        keep = torch.arange(2 * b, device=x_t.device) < b
-        both = self.eps(torch.cat([x_t, x_t]), t, torch.cat([features, features]), keep)
-        cond, null = both[:b], both[b:]
-        return null + self.guidance_scale * (cond - null)
+        if base is None:
+            b = x_t.shape[0]
+            keep = torch.arange(2 * b, device=x_t.device) < b
+            both = self.eps(torch.cat([x_t, x_t]), t, torch.cat([features, features]), keep)
+            cond, null = both[:b], both[b:]
+            return null + self.guidance_scale * (cond - null)
+        cond = self.eps(x_t, t, features)
+        changed = (features != base).any(dim=1)
+        if not bool(changed.any()):
+            return cond
+        rows = changed.nonzero().squeeze(1)
+        eps_base = self.eps(x_t[rows], t, base[rows])
+        return cond.index_put((rows,), eps_base + self.guidance_scale * (cond[rows] - eps_base))
 
     # ----- the contract -----
     @torch.no_grad()
-    def abduct(self, x: Tensor, parents: Mapping[str, Tensor]) -> Tensor:
-        """DDIM inversion of the factual image under the factual parents: x_0 -> x_T."""
+    def abduct(self, x: Tensor, parents: Mapping[str, Tensor]) -> DiffusionNoise:
+        """DDIM inversion of the factual image under the factual parents, unguided: x_0 -> x_T."""
         self._check_image(x)
         features = self.condition(parents, x.shape[0])
         sample = x.to(self.device, self._device_anchor.dtype)
         self.inverse_scheduler.set_timesteps(self.num_inference_steps, device=self.device)
         for t in self.inverse_scheduler.timesteps:
-            sample = self.inverse_scheduler.step(self.guided_eps(sample, t, features), t, sample).prev_sample
-        return sample
+            sample = self.inverse_scheduler.step(self.eps(sample, t, features), t, sample).prev_sample
+        return DiffusionNoise(sample, features)
 
     @torch.no_grad()
-    def predict(self, noise: Tensor, parents: Mapping[str, Tensor]) -> Tensor:
-        """DDIM sampling (eta = 0) from x_T under the given (counterfactual) parents: x_T -> x_0."""
-        self._check_image(noise)
-        features = self.condition(parents, noise.shape[0])
-        sample = noise.to(self.device, self._device_anchor.dtype)
+    def predict(self, noise: DiffusionNoise | Tensor, parents: Mapping[str, Tensor]) -> Tensor:
+        """DDIM sampling (eta = 0) from x_T under the given (counterfactual) parents, guided: x_T -> x_0.
+
+        `noise` is what `abduct` or `sample_noise` returned, or a bare x_T tensor (guided from the null)."""
+        if isinstance(noise, Tensor):
+            noise = DiffusionNoise(noise)
+        self._check_image(noise.x_T)
+        features = self.condition(parents, noise.batch_size)
+        base = None
+        if self.guidance_from == "factual" and noise.reference is not None:
+            base = noise.reference.to(self.device)
+            if features is not None and base.shape != features.shape:
+                raise ValueError(
+                    f"ddim {self.node!r}: the noise was abducted from {base.shape[0]} rows, parents have "
+                    f"{features.shape[0]}"
+                )
+        sample = noise.x_T.to(self.device, self._device_anchor.dtype)
         self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
         for t in self.scheduler.timesteps:
-            sample = self.scheduler.step(self.guided_eps(sample, t, features), t, sample, eta=0.0).prev_sample
+            eps = self.guided_eps(sample, t, features, base)
+            sample = self.scheduler.step(eps, t, sample, eta=0.0).prev_sample
         return sample.clamp(-1.0, 1.0) if self.clamp_output else sample
 
-    def sample_noise(self, n: int) -> Tensor:
-        return torch.randn(n, *self.kind.tensor_shape, device=self.device)
+    def sample_noise(self, n: int) -> DiffusionNoise:
+        return DiffusionNoise(torch.randn(n, *self.kind.tensor_shape, device=self.device))
 
     def loss(self, x: Tensor, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Noise-prediction MSE at a uniformly drawn timestep, parents dropped with prob `cfg_dropout`."""
@@ -216,5 +266,6 @@ class DDIM(Mechanism):
             "parents": list(self.parents),
             "steps": self.num_inference_steps,
             "guidance": self.guidance_scale,
+            "guidance_from": self.guidance_from,
         }
         return ", ".join(f"{k}={v}" for k, v in parts.items())

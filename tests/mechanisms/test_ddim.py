@@ -46,6 +46,87 @@ def test_guidance_is_the_classifier_free_combination():
         torch.testing.assert_close(mech.guided_eps(x, t, feats), null + 3.0 * (cond - null), atol=1e-5, rtol=1e-4)
 
 
+def test_guidance_from_the_factual_amplifies_only_changed_rows():
+    torch.manual_seed(0)
+    mech = DDIM.from_graph(_graph(), "x", guidance_scale=3.0, **SMALL).eval()
+    with torch.no_grad():
+        mech.null_embedding.normal_()
+        x, t = torch.randn(3, 1, 32, 32), torch.tensor(400)
+        base = mech.condition(_parents(3), 3)
+        feats = base.clone()
+        feats[1] += 1.0  # only row 1 is intervened on
+        cond, from_base = mech.eps(x, t, feats), mech.eps(x, t, base)
+        guided = mech.guided_eps(x, t, feats, base)
+        assert torch.equal(guided[[0, 2]], cond[[0, 2]])  # unchanged rows: the conditional prediction, bit for bit
+        torch.testing.assert_close(guided[1], from_base[1] + 3.0 * (cond[1] - from_base[1]), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(guided[1], cond[1])
+
+
+def _trained_pair(**kwargs):
+    """The tiny trained model and a copy of it with other inference settings (same weights)."""
+    from tests.mechanisms.ddim_helpers import tiny_trained
+
+    return tiny_trained(num_inference_steps=10), tiny_trained(num_inference_steps=10, **kwargs)
+
+
+def test_abduction_is_unguided_and_a_null_intervention_ignores_factual_guidance():
+    x, parents = mnist32()
+    x, parents = x[:6], {p: v[:6] for p, v in parents.items()}
+    plain, guided = _trained_pair(guidance_scale=4.0, guidance_from="factual")
+    noise = guided.abduct(x, parents)
+    assert torch.equal(noise.x_T, plain.abduct(x, parents).x_T)  # inversion never uses the guidance scale
+    assert torch.equal(guided.predict(noise, parents), plain.predict(noise, parents))  # null: what w = 1 gives
+    cf = {"digit": parents["digit"].roll(1, dims=1), "ink": parents["ink"]}
+    assert not torch.allclose(guided.predict(noise, cf), plain.predict(noise, cf))  # a real change is guided
+
+
+def test_guidance_scale_one_is_the_unguided_sampler():
+    """w = 1 (either base) is exactly the plain conditional DDIM sampler written out with diffusers."""
+    x, parents = mnist32()
+    x, parents = x[:4], {p: v[:4] for p, v in parents.items()}
+    for base in ("factual", "null"):
+        plain, mech = _trained_pair(guidance_scale=1.0, guidance_from=base)
+        noise = mech.abduct(x, parents)
+        cf = {"digit": parents["digit"].roll(3, dims=1), "ink": parents["ink"]}
+        with torch.no_grad():
+            feats, sample = mech.condition(cf, 4), noise.x_T
+            mech.scheduler.set_timesteps(10)
+            for t in mech.scheduler.timesteps:
+                sample = mech.scheduler.step(mech.eps(sample, t, feats), t, sample, eta=0.0).prev_sample
+        assert torch.equal(mech.predict(noise, cf), sample.clamp(-1, 1))
+
+
+def test_classic_guidance_and_prior_draws_guide_from_the_null():
+    x, parents = mnist32()
+    x, parents = x[:4], {p: v[:4] for p, v in parents.items()}
+    plain, null = _trained_pair(guidance_scale=3.0, guidance_from="null")
+    _, factual = _trained_pair(guidance_scale=3.0, guidance_from="factual")
+    noise = null.abduct(x, parents)
+    # classic CFG changes even a null intervention; a bare x_T tensor has no factual to guide from
+    assert not torch.allclose(null.predict(noise, parents), plain.predict(noise, parents))
+    torch.testing.assert_close(factual.predict(noise.x_T, parents), null.predict(noise, parents))
+    torch.manual_seed(1)
+    prior = factual.sample_noise(4)
+    assert prior.reference is None
+    torch.testing.assert_close(factual.predict(prior, parents), null.predict(prior, parents))
+
+
+def test_cfg_dropout_drops_parents_at_the_configured_rate(monkeypatch):
+    mech = DDIM.from_graph(_graph(), "x", cfg_dropout=0.25, **SMALL).train()
+    seen = []
+    real = mech.eps
+    monkeypatch.setattr(mech, "eps", lambda x_t, t, f, keep=None: seen.append(keep) or real(x_t, t, f, keep))
+    torch.manual_seed(0)
+    for _ in range(8):
+        mech.loss(torch.rand(256, 1, 32, 32) * 2 - 1, _parents(256))
+    dropped = 1 - torch.cat(seen).float().mean().item()
+    assert abs(dropped - 0.25) < 0.03, dropped  # 2,048 rows: 3 standard deviations is 0.029
+    mech.eval()
+    seen.clear()
+    mech.loss(torch.rand(8, 1, 32, 32) * 2 - 1, _parents(8))
+    assert seen == [None]  # evaluation losses never drop the parents
+
+
 def test_null_condition_ignores_the_parents():
     torch.manual_seed(0)
     mech = DDIM.from_graph(_graph(), "x", parent_maps=True, **SMALL).eval()
@@ -81,7 +162,8 @@ def test_root_image_node_samples_and_reconstructs_shapes():
     mech = DDIM.from_graph(g, "x", num_inference_steps=2, **SMALL).eval()
     s = mech.sample({}, n=2)
     assert s.shape == (2, 3, 64, 64) and s.abs().max() <= 1.0
-    assert mech.abduct(s, {}).shape == s.shape
+    noise = mech.abduct(s, {})
+    assert noise.x_T.shape == s.shape and noise.reference is None
 
 
 def test_scm_counterfactual_and_save_load(tmp_path):
@@ -108,6 +190,7 @@ def test_scm_counterfactual_and_save_load(tmp_path):
         ({"block_out_channels": [12, 16], "norm_num_groups": 8}, "norm_num_groups"),
         ({"cfg_dropout": 1.0, **SMALL}, "cfg_dropout"),
         ({"num_inference_steps": 0, **SMALL}, "num_inference_steps"),
+        ({"guidance_from": "uncond", **SMALL}, "guidance_from"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):

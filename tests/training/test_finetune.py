@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from imcf.config import ConfigError
-from imcf.evaluation import evaluate
+from imcf.evaluation import EvaluationError, evaluate
 from imcf.training import train
 from imcf.training.run import build_scm
 
@@ -91,11 +91,15 @@ def test_finetune_stage_trains_against_separately_seeded_predictors(tmp_path):
                     "num_samples": 24,
                     "predictors": {"max_epochs": 1},
                     "progress": False,
+                    "inference": {"image": {"abduction": {"withheld_latent_scale": 1.0}}} if seed == 0 else {},
                 }
             )
         )
-        notes = json.loads((Path(report) / "metrics.json").read_text())["meta"]["notes"]
-        assert any(says in n for n in notes), notes
+        meta = json.loads((Path(report) / "metrics.json").read_text())["meta"]
+        assert any(says in n for n in meta["notes"]), meta["notes"]
+        assert meta["inference"] == ({"image": {"abduction": {"withheld_latent_scale": 1.0}}} if seed == 0 else {})
+    with pytest.raises(EvaluationError, match=r"for 'image': \['latent_dim'\] are not inference options of 'vae'"):
+        evaluate(OmegaConf.create({"run_dir": second["run_dir"], "inference": {"image": {"latent_dim": 3}}}))
     after = torch.load(second["units"]["image"], weights_only=True)["state_dict"]["image"]
     assert not torch.isnan(after["elbo_bound"]) and torch.isnan(before["elbo_bound"])
     moved = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
