@@ -363,6 +363,9 @@ def evaluate_scm(
                     outs = repeat(scm.counterfactual, factual, lambda x: null_intervention(graph, x), cycles)
                     for k, out in outs.items():
                         distances(f"composition/null x{k}", out, factual, store)
+                if "realism" in metrics and outs:  # the realism of a reconstruction: what counterfactuals compare to
+                    for m, f in extractors.items():
+                        feats[f"{m}|null x{min(outs)}"].append(f(outs[min(outs)][m]).cpu())
                 if first:
                     for m in images:
                         k = max(outs)
@@ -622,7 +625,8 @@ def realism_results(
             real_feats[m].append(f(rb[m].to(device)).cpu())
     for m in extractors:
         real = torch.cat(real_feats[m])
-        for row in ["factual", *[f"do({t})" for t in intervened], "random do"]:
+        nulls = sorted({k.split("|", 1)[1] for k in feats if k.startswith(f"{m}|null x")})
+        for row in ["factual", *nulls, *[f"do({t})" for t in intervened], "random do"]:
             fake = torch.cat(feats[f"{m}|{row}"]) if feats.get(f"{m}|{row}") else torch.zeros(0)
             if fake.shape[0] < 2:
                 continue

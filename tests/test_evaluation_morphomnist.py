@@ -27,7 +27,7 @@ def test_oracle_and_identity_on_morphomnist(tmp_path):
         "cycles": [1, 2],
         "progress": False,
         "accelerator": "cpu",
-        "compute": ["effectiveness", "measured", "composition", "truth"],
+        "compute": ["effectiveness", "measured", "composition", "truth", "realism"],
         "interventions": {"nodes": ["thickness", "intensity"]},
         "predictors": {"max_epochs": 10},
     }
@@ -53,3 +53,5 @@ def test_oracle_and_identity_on_morphomnist(tmp_path):
     # composition: both give the factual back
     for m in (o, i):
         assert m["composition/null x2/image:l1"]["mean"] == 0
+        # so their reconstructions are exactly as realistic as the real test images
+        assert m["realism/null x1/image:fid"]["mean"] == m["realism/factual/image:fid"]["mean"]

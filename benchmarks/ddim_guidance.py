@@ -1,0 +1,117 @@
+"""DDIM counterfactuals under classifier-free guidance: a sweep over the guidance scale w, what it guides from
+(the factual parents or the null condition) and the number of DDIM steps, on the default experiment.
+
+Stage 1: `python train.py mechanism/image=ddim run_dir=<runs>/ddim evaluate_after=false` (the default embedded
+Morpho-MNIST experiment with the DDIM image mechanism, its own budget). Stage 2, for each setting:
+`python evaluate.py metrics/protocol=benchmark num_samples=N compute=[effectiveness,composition,realism]
+cycles=[1] threads=1 +inference.image.guidance_scale=w +inference.image.guidance_from=... ` on that run. The
+digit is read by the evaluator's seed-0 classifier (the DDIM trains against no classifier); thickness and
+intensity by the predictor-free morphometrics. The weights are the same for every setting: guidance and steps
+are inference options. A setting whose report exists is not evaluated again.
+
+    python benchmarks/ddim_guidance.py [--runs runs] [--reports reports] [--num-samples 500]
+        [--steps 10 25 50] [--scales 1 2 3 5] [--bases factual null] [train overrides ...]
+
+Prints the table and writes benchmarks/results/ddim_guidance.json. When CUDA is present every setting is also
+evaluated on the GPU (rows marked cuda).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from intervention_quality import run  # benchmarks/ is on sys.path when a script runs
+from machine import cpu_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: (column, metrics.json key)
+COLUMNS = [
+    ("do(digit) acc", "effectiveness/do(digit)/digit:acc"),
+    ("do(t) thickness MAE", "measured/do(thickness)/thickness:mae"),
+    ("do(i) intensity MAE", "measured/do(intensity)/intensity:mae"),
+    ("do(digit) FID", "realism/do(digit)/image:fid"),
+    ("recon. FID", "realism/null x1/image:fid"),
+    ("null x1 L1", "composition/null x1/image:l1"),
+]
+
+
+def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every (device, steps, base, w) to evaluate; w = 1 once per step count (its base does not matter)."""
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    out = []
+    for device in devices:
+        for steps in args.steps:
+            for w in args.scales:
+                for base in args.bases if w != 1 else args.bases[:1]:
+                    out.append({"device": device, "steps": steps, "base": base, "w": w})
+    return out
+
+
+def evaluate(run_dir: Path, report: Path, s: dict[str, Any], num_samples: int) -> dict[str, Any]:
+    """The evaluation of one setting (cached): its metrics, counterfactuals/s and CPU cost."""
+    cost = None
+    if not (report / "metrics.json").is_file():
+        cost = run(
+            "evaluate.py",
+            [f"run_dir={run_dir}", f"report_dir={report}", "metrics/protocol=benchmark",
+             f"num_samples={num_samples}", "compute=[effectiveness,composition,realism]", "cycles=[1]",
+             "progress=false", "predictors.max_epochs=10", "threads=1",
+             f"accelerator={'gpu' if s['device'] == 'cuda' else 'cpu'}",
+             f"+inference.image.num_inference_steps={s['steps']}", f"+inference.image.guidance_scale={s['w']}",
+             f"+inference.image.guidance_from={s['base']}"],
+        )  # fmt: skip
+    data = json.loads((report / "metrics.json").read_text())
+    speed = data["meta"]["speed"]["counterfactual"]
+    return {"metrics": data["metrics"], "cf_per_s": speed["per_second"], "cost": cost}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="runs")
+    parser.add_argument("--reports", default="reports")
+    parser.add_argument("--num-samples", type=int, default=500)
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
+    parser.add_argument("--scales", type=float, nargs="+", default=[1, 2, 3, 5])
+    parser.add_argument("--bases", nargs="+", default=["factual", "null"])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ddim_guidance.json"))
+    args, extra = parser.parse_known_args()
+    run_dir = Path(args.runs) / "ddim"
+    train_cost = None
+    if not (run_dir / "image.ckpt").is_file():
+        train_cost = run(
+            "train.py",
+            ["mechanism/image=ddim", f"run_dir={run_dir}", "evaluate_after=false",
+             "trainer.enable_progress_bar=false", *extra],
+        )  # fmt: skip
+    rows = []
+    for s in settings(args):
+        name = f"ddim-{s['device']}-s{s['steps']}-w{s['w']:g}-{s['base']}"
+        got = evaluate(run_dir, Path(args.reports) / name, s, args.num_samples)
+        values = {label: got["metrics"].get(key, {}).get("mean") for label, key in COLUMNS}
+        rows.append({**s, **values, "cf_per_s": got["cf_per_s"], "cost": got["cost"]})
+    for r in rows:  # speed relative to the unguided sampler at the same steps, same device, same script
+        same = [b for b in rows if b["device"] == r["device"] and b["steps"] == r["steps"] and b["w"] == 1]
+        r["cf_per_s_vs_w1"] = r["cf_per_s"] / same[0]["cf_per_s"] if same else None
+        fid, recon = r["do(digit) FID"], r["recon. FID"]
+        r["FID ratio"] = fid / recon if fid is not None and recon else None
+    labels = ["device", "steps", "base", "w", *[c for c, _ in COLUMNS], "FID ratio", "cf_per_s", "cf_per_s_vs_w1"]
+    print("| " + " | ".join(labels) + " |")
+    print("|" + "---|" * len(labels))
+    for r in rows:
+        print("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in labels) + " |")
+    out = {
+        "meta": {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "extra": extra, "train_cost": train_cost},
+        "results": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
