@@ -54,7 +54,9 @@ class DDIM(Mechanism):
     "factual" (default) is the factual parents the noise was abducted under, so guidance amplifies only what
     the intervention changed and a row whose parents did not change follows the unguided ODE exactly (a null
     intervention gives what w = 1 gives); "null" is the learned null condition (classic classifier-free
-    guidance). A draw from the prior has no factual parents and is guided from the null condition. w = 1 is
+    guidance). With the factual base, `guidance_parents` ("all", "discrete" or a list) names the parents whose
+    change is amplified: the base is the counterfactual condition with those parents put back to their factual
+    values, so the others (e.g. continuous parents, which guidance would overshoot) follow the plain model. A draw from the prior has no factual parents and is guided from the null condition. w = 1 is
     the plain conditional model in every case.
 
     The inversion is approximate (each inversion step evaluates the network at the start of the step,
@@ -69,7 +71,7 @@ class DDIM(Mechanism):
     )
 
     exact_abduction = False
-    inference_options = ("guidance_scale", "guidance_from", "num_inference_steps", "clamp_output")
+    inference_options = ("guidance_scale", "guidance_from", "guidance_parents", "num_inference_steps", "clamp_output")
 
     def __init__(
         self,
@@ -86,6 +88,7 @@ class DDIM(Mechanism):
         cfg_dropout: float = 0.1,
         guidance_scale: float = 1.0,
         guidance_from: str = "factual",
+        guidance_parents: str | Sequence[str] = "all",
         num_inference_steps: int = 50,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
@@ -117,6 +120,7 @@ class DDIM(Mechanism):
             raise ValueError(f"ddim {node!r}: guidance_from must be one of {GUIDANCE_FROM}, got {guidance_from!r}")
         self.cfg_dropout = float(cfg_dropout)
         self.guidance_from = guidance_from
+        self.guidance_parents = self._guided(node, parent_kinds, guidance_parents)
         self.guidance_scale = float(guidance_scale)
         self.num_inference_steps = int(num_inference_steps)
         self.clamp_output = bool(clamp_output)
@@ -130,6 +134,8 @@ class DDIM(Mechanism):
                 nn.Linear(d, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)
             )
             self.null_embedding = nn.Parameter(torch.zeros(time_embed_dim))
+            cols = [torch.full((k.dim,), p in self.guidance_parents) for p, k in parent_kinds.items()]
+            self.register_buffer("_guided_columns", torch.cat(cols), persistent=False)
         else:
             self.encoder = None
         extra_in = self.encoder.dim if self.parent_maps else 0
@@ -159,6 +165,22 @@ class DDIM(Mechanism):
         self.train_scheduler = DDPMScheduler(**schedule)
         self.scheduler = DDIMScheduler(**schedule, set_alpha_to_one=True)
         self.inverse_scheduler = DDIMInverseScheduler(**schedule, set_alpha_to_one=True)
+
+    @staticmethod
+    def _guided(node: str, parent_kinds: Mapping[str, NodeKind], given: str | Sequence[str]) -> tuple[str, ...]:
+        """The parents whose change guidance from the factual amplifies: "all", "discrete" or a list of names."""
+        if given == "all":
+            return tuple(parent_kinds)
+        if given == "discrete":
+            return tuple(p for p, k in parent_kinds.items() if k.name in ("binary", "categorical"))
+        if isinstance(given, str):
+            raise ValueError(f"ddim {node!r}: guidance_parents must be 'all', 'discrete' or a list, got {given!r}")
+        unknown = [p for p in given if p not in parent_kinds]
+        if unknown:
+            raise ValueError(
+                f"ddim {node!r}: guidance_parents {unknown} are not parents of {node!r}: {list(parent_kinds)}"
+            )
+        return tuple(given)
 
     # ----- conditioning -----
     def condition(self, parents: Mapping[str, Tensor], batch_size: int) -> Tensor | None:
@@ -224,13 +246,15 @@ class DDIM(Mechanism):
         self._check_image(noise.x_T)
         features = self.condition(parents, noise.batch_size)
         base = None
-        if self.guidance_from == "factual" and noise.reference is not None:
-            base = noise.reference.to(self.device)
-            if features is not None and base.shape != features.shape:
+        if self.guidance_from == "factual" and noise.reference is not None and features is not None:
+            reference = noise.reference.to(self.device)
+            if reference.shape != features.shape:
                 raise ValueError(
-                    f"ddim {self.node!r}: the noise was abducted from {base.shape[0]} rows, parents have "
+                    f"ddim {self.node!r}: the noise was abducted from {reference.shape[0]} rows, parents have "
                     f"{features.shape[0]}"
                 )
+            # the counterfactual with the guided parents put back to their factual values
+            base = torch.where(self._guided_columns, reference, features)
         sample = noise.x_T.to(self.device, self._device_anchor.dtype)
         self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
         for t in self.scheduler.timesteps:

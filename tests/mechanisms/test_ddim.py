@@ -10,7 +10,7 @@ import torch
 from imcf.graph import CausalGraph
 from imcf.mechanisms.ddim import DDIM
 from imcf.scm import SCM
-from tests.mechanisms.ddim_helpers import mnist32, psnr, tiny_trained
+from tests.mechanisms.ddim_helpers import MNIST_GRAPH, mnist32, psnr, tiny_trained
 
 SMALL = {"block_out_channels": [8, 16], "norm_num_groups": 4}
 
@@ -94,6 +94,31 @@ def test_guidance_scale_one_is_the_unguided_sampler():
             for t in mech.scheduler.timesteps:
                 sample = mech.scheduler.step(mech.eps(sample, t, feats), t, sample, eta=0.0).prev_sample
         assert torch.equal(mech.predict(noise, cf), sample.clamp(-1, 1))
+
+
+def test_guidance_parents_amplify_only_their_own_change():
+    """Guiding only the digit: a change of ink alone is the plain model; a change of digit is guided from the
+    counterfactual with the factual digit (not from the factual, whose ink differs)."""
+    x, parents = mnist32()
+    x, parents = x[:4], {p: v[:4] for p, v in parents.items()}
+    plain, mech = _trained_pair(guidance_scale=3.0, guidance_parents=["digit"])
+    _, every = _trained_pair(guidance_scale=3.0, guidance_parents="all")
+    noise = mech.abduct(x, parents)
+    ink = {"digit": parents["digit"], "ink": parents["ink"] + 0.1}
+    assert torch.equal(mech.predict(noise, ink), plain.predict(noise, ink))
+    assert not torch.allclose(every.predict(noise, ink), plain.predict(noise, ink))
+    both = {"digit": parents["digit"].roll(1, dims=1), "ink": parents["ink"] + 0.1}
+    with torch.no_grad():
+        feats, old = mech.condition(both, 4), mech.condition(parents, 4)
+        base = torch.cat([old[:, :10], feats[:, 10:]], dim=1)  # digit columns first (graph order), ink last
+        xt, t = torch.randn(4, 1, 32, 32), torch.tensor(500)
+        torch.testing.assert_close(mech.guided_eps(xt, t, feats, base), every.guided_eps(xt, t, feats, base))
+    guided = mech.predict(noise, both)
+    assert not torch.allclose(guided, plain.predict(noise, both))
+    assert not torch.allclose(guided, every.predict(noise, both))
+    assert DDIM.from_graph(CausalGraph.from_dict(MNIST_GRAPH), "x", guidance_parents="discrete").guidance_parents == (
+        "digit",
+    )
 
 
 def test_classic_guidance_and_prior_draws_guide_from_the_null():
@@ -191,6 +216,8 @@ def test_scm_counterfactual_and_save_load(tmp_path):
         ({"cfg_dropout": 1.0, **SMALL}, "cfg_dropout"),
         ({"num_inference_steps": 0, **SMALL}, "num_inference_steps"),
         ({"guidance_from": "uncond", **SMALL}, "guidance_from"),
+        ({"guidance_parents": "some", **SMALL}, "guidance_parents must be"),
+        ({"guidance_parents": ["a", "z"], **SMALL}, r"guidance_parents \['z'\] are not parents"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):
