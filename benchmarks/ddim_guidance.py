@@ -1,5 +1,6 @@
-"""DDIM counterfactuals under classifier-free guidance: a sweep over the guidance scale w, what it guides from
-(the factual parents or the null condition) and the number of DDIM steps, on the default experiment.
+"""DDIM counterfactuals under classifier-free guidance: a sweep over the guidance scale w, what it guides
+from (the factual parents or the null condition), which parents' change it amplifies, and the number of DDIM
+steps, on the default experiment.
 
 Stage 1: `python train.py mechanism/image=ddim run_dir=<runs>/ddim evaluate_after=false` (the default embedded
 Morpho-MNIST experiment with the DDIM image mechanism, its own budget). Stage 2, for each setting:
@@ -10,7 +11,7 @@ intensity by the predictor-free morphometrics. The weights are the same for ever
 are inference options. A setting whose report exists is not evaluated again.
 
     python benchmarks/ddim_guidance.py [--runs runs] [--reports reports] [--num-samples 500]
-        [--steps 10 25 50] [--scales 1 2 3 5] [--bases factual null] [train overrides ...]
+        [--steps 10 25 50] [--scales 1 2 3 5] [--bases factual null] [--parents discrete all] [train overrides]
 
 Prints the table and writes benchmarks/results/ddim_guidance.json. When CUDA is present every setting is also
 evaluated on the GPU (rows marked cuda).
@@ -42,14 +43,16 @@ COLUMNS = [
 
 
 def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every (device, steps, base, w) to evaluate; w = 1 once per step count (its base does not matter)."""
+    """Every (device, steps, base, parents, w) to evaluate; w = 1 once per step count (base and parents do not
+    matter there); the null base guides every parent."""
     devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     out = []
     for device in devices:
         for steps in args.steps:
             for w in args.scales:
                 for base in args.bases if w != 1 else args.bases[:1]:
-                    out.append({"device": device, "steps": steps, "base": base, "w": w})
+                    for parents in args.parents if w != 1 and base == "factual" else ["all"]:
+                        out.append({"device": device, "steps": steps, "base": base, "parents": parents, "w": w})
     return out
 
 
@@ -64,7 +67,7 @@ def evaluate(run_dir: Path, report: Path, s: dict[str, Any], num_samples: int) -
              "progress=false", "predictors.max_epochs=10", "threads=1",
              f"accelerator={'gpu' if s['device'] == 'cuda' else 'cpu'}",
              f"+inference.image.num_inference_steps={s['steps']}", f"+inference.image.guidance_scale={s['w']}",
-             f"+inference.image.guidance_from={s['base']}"],
+             f"+inference.image.guidance_from={s['base']}", f"+inference.image.guidance_parents={s['parents']}"],
         )  # fmt: skip
     data = json.loads((report / "metrics.json").read_text())
     speed = data["meta"]["speed"]["counterfactual"]
@@ -79,6 +82,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
     parser.add_argument("--scales", type=float, nargs="+", default=[1, 2, 3, 5])
     parser.add_argument("--bases", nargs="+", default=["factual", "null"])
+    parser.add_argument("--parents", nargs="+", default=["discrete", "all"], help="guidance_parents (factual base)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ddim_guidance.json"))
     args, extra = parser.parse_known_args()
     run_dir = Path(args.runs) / "ddim"
@@ -91,7 +95,7 @@ def main() -> None:
         )  # fmt: skip
     rows = []
     for s in settings(args):
-        name = f"ddim-{s['device']}-s{s['steps']}-w{s['w']:g}-{s['base']}"
+        name = f"ddim-{s['device']}-s{s['steps']}-w{s['w']:g}-{s['base']}-{s['parents']}"
         got = evaluate(run_dir, Path(args.reports) / name, s, args.num_samples)
         values = {label: got["metrics"].get(key, {}).get("mean") for label, key in COLUMNS}
         rows.append({**s, **values, "cf_per_s": got["cf_per_s"], "cost": got["cost"]})
@@ -100,7 +104,17 @@ def main() -> None:
         r["cf_per_s_vs_w1"] = r["cf_per_s"] / same[0]["cf_per_s"] if same else None
         fid, recon = r["do(digit) FID"], r["recon. FID"]
         r["FID ratio"] = fid / recon if fid is not None and recon else None
-    labels = ["device", "steps", "base", "w", *[c for c, _ in COLUMNS], "FID ratio", "cf_per_s", "cf_per_s_vs_w1"]
+    labels = [
+        "device",
+        "steps",
+        "base",
+        "parents",
+        "w",
+        *[c for c, _ in COLUMNS],
+        "FID ratio",
+        "cf_per_s",
+        "cf_per_s_vs_w1",
+    ]
     print("| " + " | ".join(labels) + " |")
     print("|" + "---|" * len(labels))
     for r in rows:

@@ -61,6 +61,8 @@ def test_dataset_image_gain_reaches_the_families_that_model_a_gain():
     mech = {"attribute": {"family": "linear_gaussian"}}
     vae = mechanism_specs(g, {**mech, "image": {"family": "vae"}}, image_gain=["i"])
     assert vae["x"].config == {"gain_parents": ["i"]}
+    ddim = mechanism_specs(g, {**mech, "image": {"family": "ddim"}}, image_gain=["i"])
+    assert ddim["x"].config == {"gain_parents": ["i"]}  # a fixed proportional gain (imcf/mechanisms/ddim.py)
     assert vae["y"].config == {}  # i is not a parent of y
     gan = mechanism_specs(g, {**mech, "image": {"family": "gan"}}, image_gain=["i"])
     assert gan["x"].config == {}  # the GAN models no gain

@@ -56,8 +56,14 @@ class DDIM(Mechanism):
     intervention gives what w = 1 gives); "null" is the learned null condition (classic classifier-free
     guidance). With the factual base, `guidance_parents` ("all", "discrete" or a list) names the parents whose
     change is amplified: the base is the counterfactual condition with those parents put back to their factual
-    values, so the others (e.g. continuous parents, which guidance would overshoot) follow the plain model. A draw from the prior has no factual parents and is guided from the null condition. w = 1 is
-    the plain conditional model in every case.
+    values, so the others (e.g. continuous parents, which guidance would overshoot) follow the plain model. A
+    draw from the prior has no factual parents and is guided from the null condition. w = 1 is the plain
+    conditional model in every case.
+
+    `gain_parents` (continuous, positive; the dataset's `image_gain` reaches it through `models_gain`) act as a
+    fixed proportional output gain, x = g * (s + 1) - 1 with g = prod(v / reference): the diffusion models the
+    shape s from the other parents and never sees a gain parent, so changing only a gain parent rescales the
+    image's grey levels (up to the solver's round-trip error).
 
     The inversion is approximate (each inversion step evaluates the network at the start of the step,
     sampling at its end), so `exact_abduction` is False; the round-trip error falls as the number of steps
@@ -71,6 +77,7 @@ class DDIM(Mechanism):
     )
 
     exact_abduction = False
+    models_gain = True
     inference_options = ("guidance_scale", "guidance_from", "guidance_parents", "num_inference_steps", "clamp_output")
 
     def __init__(
@@ -93,6 +100,7 @@ class DDIM(Mechanism):
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
         clamp_output: bool = True,
+        gain_parents: Sequence[str] | None = None,
     ) -> None:
         super().__init__(node, kind, parent_kinds)
         if kind.name != "image":
@@ -124,17 +132,27 @@ class DDIM(Mechanism):
         self.guidance_scale = float(guidance_scale)
         self.num_inference_steps = int(num_inference_steps)
         self.clamp_output = bool(clamp_output)
-        self.parent_maps = bool(parent_maps) and bool(self.parents)
+        ranges = {p: tuple(r) for p, r in (parent_ranges or {}).items()}
+        self.gain_parents = self._gain_parents(node, parent_kinds, gain_parents or ())
+        # the network sees the shape parents; gain parents act only through the output gain
+        self.shape_parents = tuple(p for p in parent_kinds if p not in self.gain_parents)
+        shape_kinds = {p: parent_kinds[p] for p in self.shape_parents}
+        self.parent_maps = bool(parent_maps) and bool(self.shape_parents)
+        # gain g = prod(v / reference): the upper end of the parent's range if given, else its training mean
+        reference = [float(ranges[p][1]) if p in ranges else 0.0 for p in self.gain_parents]
+        self.register_buffer("gain_reference", torch.tensor(reference))
+        self.register_buffer("gain_count", torch.zeros(()))
+        self._gain_fixed = [p in ranges for p in self.gain_parents]
 
         time_embed_dim = 4 * block_out_channels[0]
-        if self.parents:
-            self.encoder = ParentEncoder(parent_kinds, {p: tuple(r) for p, r in (parent_ranges or {}).items()})
+        if self.shape_parents:
+            self.encoder = ParentEncoder(shape_kinds, {p: r for p, r in ranges.items() if p in shape_kinds})
             d = self.encoder.dim
             self.project = nn.Sequential(
                 nn.Linear(d, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)
             )
             self.null_embedding = nn.Parameter(torch.zeros(time_embed_dim))
-            cols = [torch.full((k.dim,), p in self.guidance_parents) for p, k in parent_kinds.items()]
+            cols = [torch.full((k.dim,), p in self.guidance_parents) for p, k in shape_kinds.items()]
             self.register_buffer("_guided_columns", torch.cat(cols), persistent=False)
         else:
             self.encoder = None
@@ -153,7 +171,7 @@ class DDIM(Mechanism):
             dropout=float(dropout),
             add_attention=bool(attention),
             attention_head_dim=min(32, int(block_out_channels[-1])),
-            class_embed_type="identity" if self.parents else None,
+            class_embed_type="identity" if self.shape_parents else None,
         )
         # One schedule, three views of it: training noise, DDIM sampling, DDIM inversion.
         schedule = dict(
@@ -182,13 +200,56 @@ class DDIM(Mechanism):
             )
         return tuple(given)
 
+    @staticmethod
+    def _gain_parents(node: str, parent_kinds: Mapping[str, NodeKind], given: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(given, str):
+            raise ValueError(f"ddim {node!r}: gain_parents must be a list of parent names, got {given!r}")
+        bad = [p for p in given if p not in parent_kinds or parent_kinds[p].name != "continuous"]
+        if bad:
+            raise ValueError(
+                f"ddim {node!r}: gain_parents {bad} are not continuous parents of {node!r}: {list(parent_kinds)}"
+            )
+        return tuple(given)
+
     # ----- conditioning -----
     def condition(self, parents: Mapping[str, Tensor], batch_size: int) -> Tensor | None:
-        """Parents -> encoded (B, D) features (None for a root node)."""
+        """Parents -> encoded (B, D) features of the shape parents (None when there are none)."""
+        self.parent_vector(parents, batch_size)  # validates names and shapes with clear errors
         if self.encoder is None:
             return None
-        self.parent_vector(parents, batch_size)  # validates names and shapes with clear errors
-        return self.encoder({p: parents[p].to(self.device) for p in self.parents})
+        return self.encoder({p: parents[p].to(self.device) for p in self.shape_parents})
+
+    def gain(self, parents: Mapping[str, Tensor]) -> Tensor | None:
+        """The output gain prod(v / reference) over the gain parents, (B, 1, 1, 1); None without gain parents.
+
+        A fixed proportional gain: the image is x = g * (s + 1) - 1 with s the shape the diffusion models, so a
+        gain parent scales the image's grey levels and nothing else (a learned gain would collapse under the
+        noise-prediction loss). The reference of a parent without a range is its mean over the training data."""
+        if not self.gain_parents:
+            return None
+        values = torch.cat(
+            [parents[p].reshape(-1, 1).to(self.device, self._device_anchor.dtype) for p in self.gain_parents], 1
+        )
+        if self.training:
+            with torch.no_grad():  # running mean of the parents without a fixed reference
+                total = self.gain_count + values.shape[0]
+                mean = self.gain_reference + (values.mean(0) - self.gain_reference) * values.shape[0] / total
+                fixed = torch.tensor(self._gain_fixed, device=self.device)
+                self.gain_reference.copy_(torch.where(fixed, self.gain_reference, mean))
+                self.gain_count.fill_(total)
+        if bool((values <= 0).any()):
+            raise ValueError(f"ddim {self.node!r}: gain parents {list(self.gain_parents)} must be positive")
+        return (values / self.gain_reference.clamp(min=1e-12)).prod(1)[:, None, None, None]
+
+    @staticmethod
+    def to_shape(x: Tensor, gain: Tensor | None) -> Tensor:
+        """Image in [-1, 1] -> the shape the diffusion models: (x + 1) / g - 1 (x itself without a gain)."""
+        return x if gain is None else (x + 1) / gain - 1
+
+    @staticmethod
+    def from_shape(s: Tensor, gain: Tensor | None) -> Tensor:
+        """Shape -> image: g * (s + 1) - 1."""
+        return s if gain is None else gain * (s + 1) - 1
 
     def eps(self, x_t: Tensor, t: Tensor | int, features: Tensor | None, keep: Tensor | None = None) -> Tensor:
         """Predicted noise at `x_t`, timestep `t`; `keep` (B,) bool marks rows conditioned on their parents
@@ -230,7 +291,7 @@ class DDIM(Mechanism):
         """DDIM inversion of the factual image under the factual parents, unguided: x_0 -> x_T."""
         self._check_image(x)
         features = self.condition(parents, x.shape[0])
-        sample = x.to(self.device, self._device_anchor.dtype)
+        sample = self.to_shape(x.to(self.device, self._device_anchor.dtype), self.gain(parents))
         self.inverse_scheduler.set_timesteps(self.num_inference_steps, device=self.device)
         for t in self.inverse_scheduler.timesteps:
             sample = self.inverse_scheduler.step(self.eps(sample, t, features), t, sample).prev_sample
@@ -260,6 +321,7 @@ class DDIM(Mechanism):
         for t in self.scheduler.timesteps:
             eps = self.guided_eps(sample, t, features, base)
             sample = self.scheduler.step(eps, t, sample, eta=0.0).prev_sample
+        sample = self.from_shape(sample, self.gain(parents))
         return sample.clamp(-1.0, 1.0) if self.clamp_output else sample
 
     def sample_noise(self, n: int) -> DiffusionNoise:
@@ -270,6 +332,7 @@ class DDIM(Mechanism):
         self._check_image(x)
         b = x.shape[0]
         features = self.condition(parents, b)
+        x = self.to_shape(x, self.gain(parents))
         noise = torch.randn_like(x)
         t = torch.randint(0, self.train_scheduler.config.num_train_timesteps, (b,), device=x.device)
         x_t = self.train_scheduler.add_noise(x, noise, t)

@@ -152,6 +152,42 @@ def test_cfg_dropout_drops_parents_at_the_configured_rate(monkeypatch):
     assert seen == [None]  # evaluation losses never drop the parents
 
 
+def _gain_graph() -> CausalGraph:
+    return CausalGraph.from_dict(
+        {"d": "binary", "i": "continuous", "x": {"kind": "image", "shape": [1, 32, 32], "parents": ["d", "i"]}}
+    )
+
+
+def test_a_gain_parent_rescales_the_image_exactly_and_is_hidden_from_the_network():
+    torch.manual_seed(0)
+    mech = DDIM.from_graph(
+        _gain_graph(), "x", gain_parents=["i"], parent_ranges={"i": [0, 200]}, clamp_output=False,
+        num_inference_steps=4, **SMALL,
+    ).eval()  # fmt: skip
+    assert mech.shape_parents == ("d",) and mech.encoder.dim == 1 and float(mech.gain_reference) == 200.0
+    d, i = torch.tensor([[0.0], [1.0], [1.0]]), torch.tensor([[100.0], [150.0], [60.0]])
+    x = torch.rand(3, 1, 32, 32) * 1.2 - 1
+    noise = mech.abduct(x, {"d": d, "i": i})
+    same, brighter = mech.predict(noise, {"d": d, "i": i}), mech.predict(noise, {"d": d, "i": 2 * i})
+    torch.testing.assert_close(brighter + 1, 2 * (same + 1), atol=1e-5, rtol=1e-5)  # x' = g'/g (x + 1) - 1
+    torch.testing.assert_close(mech.gain({"d": d, "i": i}).flatten(), i.flatten() / 200)
+    with torch.no_grad():  # the network never sees the gain parent
+        torch.testing.assert_close(mech.condition({"d": d, "i": i}, 3), mech.condition({"d": d, "i": 2 * i}, 3))
+    with pytest.raises(ValueError, match="must be positive"):
+        mech.predict(noise, {"d": d, "i": -i})
+
+
+def test_a_gain_parent_without_a_range_is_referred_to_its_training_mean():
+    mech = DDIM.from_graph(_gain_graph(), "x", gain_parents=["i"], **SMALL).train()
+    values = [torch.full((8, 1), 100.0), torch.full((24, 1), 200.0)]
+    for v in values:
+        mech.loss(torch.rand(v.shape[0], 1, 32, 32) * 2 - 1, {"d": torch.zeros(v.shape[0], 1), "i": v})
+    assert float(mech.gain_reference) == pytest.approx(175.0) and int(mech.gain_count) == 32
+    mech.eval()
+    mech.gain({"d": torch.zeros(2, 1), "i": torch.full((2, 1), 50.0)})
+    assert float(mech.gain_reference) == pytest.approx(175.0)  # frozen outside training
+
+
 def test_null_condition_ignores_the_parents():
     torch.manual_seed(0)
     mech = DDIM.from_graph(_graph(), "x", parent_maps=True, **SMALL).eval()
@@ -217,6 +253,7 @@ def test_scm_counterfactual_and_save_load(tmp_path):
         ({"num_inference_steps": 0, **SMALL}, "num_inference_steps"),
         ({"guidance_from": "uncond", **SMALL}, "guidance_from"),
         ({"guidance_parents": "some", **SMALL}, "guidance_parents must be"),
+        ({"gain_parents": ["b"], **SMALL}, r"gain_parents \['b'\] are not continuous parents"),
         ({"guidance_parents": ["a", "z"], **SMALL}, r"guidance_parents \['z'\] are not parents"),
     ],
 )
