@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from intervention_quality import run  # benchmarks/ is on sys.path when a script runs
-from machine import cpu_model
+from machine import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,12 +118,7 @@ def main() -> None:
     print("|" + "---|" * len(labels))
     for r in rows:
         print("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in labels) + " |")
-    out = {
-        "meta": {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "extra": extra, "train_cost": train_cost},
-        "results": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_json(args.out, {"extra": extra, "train_cost": train_cost}, rows)
 
 
 if __name__ == "__main__":

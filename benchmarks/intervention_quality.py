@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_model  # benchmarks/ is on sys.path when a script runs
+from machine import write_json  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,12 +107,7 @@ def main() -> None:
         table[label] = {"key": key, "values": vals, "targets": {f: targets.get(f) for f in fams}, "sense": sense}
         lines.append(f"| {label} | " + " | ".join(verdict(vals[f], targets.get(f), sense) for f in fams) + " |")
     print("\n".join(lines))
-    out = {
-        "meta": {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "extra": extra, "cost": cost},
-        "results": table,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_json(args.out, {"extra": extra, "cost": cost}, table)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from imcf.graph import NodeKind
 from imcf.mechanisms.base import Mechanism
+from imcf.nn.gain import from_shape, to_shape
 from imcf.nn.parents import ParentEncoder
 from imcf.registry import MECHANISMS
 
@@ -241,15 +242,8 @@ class DDIM(Mechanism):
             raise ValueError(f"ddim {self.node!r}: gain parents {list(self.gain_parents)} must be positive")
         return (values / self.gain_reference.clamp(min=1e-12)).prod(1)[:, None, None, None]
 
-    @staticmethod
-    def to_shape(x: Tensor, gain: Tensor | None) -> Tensor:
-        """Image in [-1, 1] -> the shape the diffusion models: (x + 1) / g - 1 (x itself without a gain)."""
-        return x if gain is None else (x + 1) / gain - 1
-
-    @staticmethod
-    def from_shape(s: Tensor, gain: Tensor | None) -> Tensor:
-        """Shape -> image: g * (s + 1) - 1."""
-        return s if gain is None else gain * (s + 1) - 1
+    to_shape = staticmethod(to_shape)
+    from_shape = staticmethod(from_shape)
 
     def eps(self, x_t: Tensor, t: Tensor | int, features: Tensor | None, keep: Tensor | None = None) -> Tensor:
         """Predicted noise at `x_t`, timestep `t`; `keep` (B,) bool marks rows conditioned on their parents

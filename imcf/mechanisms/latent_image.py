@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from imcf.graph import NodeKind
 from imcf.mechanisms.base import Mechanism
 from imcf.nn.conv import check_image_shape
+from imcf.nn.gain import from_shape, to_shape
 from imcf.nn.independence import dependence
 from imcf.nn.parents import ParentEncoder
 
@@ -285,15 +286,8 @@ class LatentImageMechanism(Mechanism):
         feats = self.gain_encoder({p: parents[p] for p in self.gain_parents}).to(self._device_anchor.dtype)
         return self.gain_net(feats).exp()[:, :, None, None]
 
-    @staticmethod
-    def to_shape(x: Tensor, gain: Tensor | None) -> Tensor:
-        """Image in [-1, 1] -> the shape the networks model: (x + 1) / g - 1 (x itself without a gain)."""
-        return x if gain is None else (x + 1) / gain - 1
-
-    @staticmethod
-    def from_shape(s: Tensor, gain: Tensor | None) -> Tensor:
-        """The inverse of `to_shape`: g * (s + 1) - 1."""
-        return s if gain is None else gain * (s + 1) - 1
+    to_shape = staticmethod(to_shape)
+    from_shape = staticmethod(from_shape)
 
     def _check_image(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != (self.channels, self.size, self.size):
