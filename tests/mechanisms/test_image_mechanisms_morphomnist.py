@@ -168,12 +168,14 @@ def test_ddim_guidance_makes_do_digit_follow_and_the_gain_makes_do_intensity_exa
     judge = digit_classifier(tr, seed=2)
     mech = trained_family(tr, "ddim", gain_parents=["intensity"])
     assert mech.guidance_parents == ("digit",) and mech.shape_parents == ("thickness", "digit")
+    guided = mech.guidance_scale  # the preset's, chosen by measurement (docs/mechanism_ddim.md)
     accuracy = {}
-    for w in (1.0, 3.0):
+    for w in (1.0, guided):
         mech.guidance_scale = w
         accuracy[w] = digit_accuracy(mech, judge, te, n=100)
-    mech.guidance_scale = 1.0
     i_err = intensity_error_under_do_intensity(mech, te, n=100)
-    print(f"do(digit) accuracy: w=1 {accuracy[1.0]:.3f}, w=3 {accuracy[3.0]:.3f}; do(intensity) MAE {i_err:.2f}")
-    assert accuracy[3.0] >= accuracy[1.0] + 0.1, accuracy
+    print(
+        f"do(digit) accuracy: w=1 {accuracy[1.0]:.3f}, w={guided:g} {accuracy[guided]:.3f}; do(intensity) MAE {i_err:.2f}"
+    )
+    assert guided > 1 and accuracy[guided] >= accuracy[1.0] + 0.1, accuracy
     assert i_err <= 5.0, f"do(intensity) MAE {i_err:.2f} grey levels"
