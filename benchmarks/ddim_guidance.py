@@ -4,7 +4,7 @@ steps, on the default experiment.
 
 Stage 1: `python train.py mechanism/image=ddim run_dir=<runs>/ddim evaluate_after=false` (the default embedded
 Morpho-MNIST experiment with the DDIM image mechanism, its own budget). Stage 2, for each setting:
-`python evaluate.py metrics/protocol=benchmark num_samples=N compute=[effectiveness,composition,realism]
+`python evaluate.py metrics/protocol=benchmark num_samples=N compute=[effectiveness,measured,composition,realism]
 cycles=[1] threads=1 +inference.image.guidance_scale=w +inference.image.guidance_from=... ` on that run. The
 digit is read by the evaluator's seed-0 classifier (the DDIM trains against no classifier); thickness and
 intensity by the predictor-free morphometrics. The weights are the same for every setting: guidance and steps
@@ -62,7 +62,7 @@ def evaluate(run_dir: Path, report: Path, s: dict[str, Any], num_samples: int) -
         cost = run(
             "evaluate.py",
             [f"run_dir={run_dir}", f"report_dir={report}", "metrics/protocol=benchmark",
-             f"num_samples={num_samples}", "compute=[effectiveness,composition,realism]", "cycles=[1]",
+             f"num_samples={num_samples}", "compute=[effectiveness,measured,composition,realism]", "cycles=[1]",
              "progress=false", "predictors.max_epochs=10", "threads=1",
              f"accelerator={'gpu' if s['device'] == 'cuda' else 'cpu'}",
              f"+inference.image.num_inference_steps={s['steps']}", f"+inference.image.guidance_scale={s['w']}",
