@@ -245,11 +245,6 @@ def evaluate(cfg: Any) -> str:
     cfg = validate(cfg, EvaluateConfig)
     threads.apply(threads.plan_for(cfg.threads))  # first: torch takes its inter-op thread count only once
     scm, run_cfg = load_run(cfg.run_dir)
-    for node, opts in (cfg.inference or {}).items():
-        try:
-            scm.set_inference_options(node, OmegaConf.to_container(opts) if OmegaConf.is_config(opts) else opts)
-        except (KeyError, TypeError, ValueError) as e:
-            raise EvaluationError(str(e.args[0] if e.args else e)) from None
     if cfg.logger is None:  # log to the training run's loggers
         cfg.logger = OmegaConf.merge(OmegaConf.structured(LoggerConfig), run_cfg.get("logger") or {})
     ds = run_cfg["dataset"]
@@ -274,8 +269,15 @@ def evaluate_scm(
     """Evaluate an SCM (trained, loaded or hand-built) on a registered dataset; write the report to `report_dir`.
 
     `tuned_against`: {image node: seed of the predictors it was counterfactually fine-tuned against}; the report
-    says whether the evaluator's predictors (seed `cfg.seed`) are independent of them."""
+    says whether the evaluator's predictors (seed `cfg.seed`) are independent of them. `cfg.inference` is applied
+    to `scm` (SCM.set_inference_options) before anything else and recorded in the report."""
     cfg = validate(OmegaConf.merge({"run_dir": run_dir}, cfg), EvaluateConfig)
+    inference = OmegaConf.to_container(cfg.inference) if OmegaConf.is_config(cfg.inference) else dict(cfg.inference)
+    for node, opts in inference.items():
+        try:
+            scm.set_inference_options(node, opts)
+        except (KeyError, TypeError, ValueError) as e:
+            raise EvaluationError(str(e.args[0] if e.args else e)) from None
     started = time.perf_counter()
     scm.strict = bool(cfg.identify.strict)
     device = resolve_device(cfg.accelerator)
@@ -520,7 +522,7 @@ def evaluate_scm(
         "num_samples": n,
         "seed": int(cfg.seed),
         "protocol": cfg.protocol,
-        "inference": OmegaConf.to_container(cfg.inference) if OmegaConf.is_config(cfg.inference) else cfg.inference,
+        "inference": inference,
         "device": str(device),
         "metrics": metrics,
         "intervened": intervened,

@@ -143,7 +143,8 @@ class DDIM(Mechanism):
         reference = [float(ranges[p][1]) if p in ranges else 0.0 for p in self.gain_parents]
         self.register_buffer("gain_reference", torch.tensor(reference))
         self.register_buffer("gain_count", torch.zeros(()))
-        self._gain_fixed = [p in ranges for p in self.gain_parents]
+        fixed = torch.tensor([p in ranges for p in self.gain_parents], dtype=torch.bool)
+        self.register_buffer("_gain_fixed", fixed, persistent=False)
 
         time_embed_dim = 4 * block_out_channels[0]
         if self.shape_parents:
@@ -235,8 +236,7 @@ class DDIM(Mechanism):
             with torch.no_grad():  # running mean of the parents without a fixed reference
                 total = self.gain_count + values.shape[0]
                 mean = self.gain_reference + (values.mean(0) - self.gain_reference) * values.shape[0] / total
-                fixed = torch.tensor(self._gain_fixed, device=self.device)
-                self.gain_reference.copy_(torch.where(fixed, self.gain_reference, mean))
+                self.gain_reference.copy_(torch.where(self._gain_fixed, self.gain_reference, mean))
                 self.gain_count.fill_(total)
         if bool((values <= 0).any()):
             raise ValueError(f"ddim {self.node!r}: gain parents {list(self.gain_parents)} must be positive")
