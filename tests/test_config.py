@@ -96,3 +96,38 @@ def test_mechanism_resolution_by_kind_and_per_node_override():
         mechanism_specs(g, {"c": {"family": "linear_gaussian"}})
     with pytest.raises(ConfigError, match="mechanism.a"):
         mechanism_specs(g, {"attribute": {"family": "linear_gaussian", "colour": 1}})
+
+
+def test_dataset_node_config_reaches_the_graphs_nodes_under_the_users_settings():
+    g = CausalGraph.from_dict(
+        {
+            "t": "continuous",
+            "i": {"kind": "continuous", "parents": ["t"]},
+            "image": {"kind": "image", "shape": [1, 32, 32], "parents": ["t", "i"]},
+        }
+    )
+    implied = {
+        "t": {"support": "positive", "lower": 0.5},
+        "i": {"support": "bounded", "lower": 64, "upper": 255},
+        "image": {"parent_ranges": {"t": [0.5, 7.0], "i": [64, 255]}},
+        "digit": {"hidden": 8},  # a node this graph lacks: skipped, not an error
+    }
+    mech = {
+        "attribute": {"family": "flow", "config": {"support": "real", "num_layers": 2}},
+        "image": {"family": "vae", "config": {"latent_dim": 4, "parent_ranges": {"t": [0, 9]}}},
+        "i": {"config": {"upper": 300}},
+    }
+    specs = mechanism_specs(g, mech, node_config=implied)
+    assert specs["t"].config == {"support": "positive", "lower": 0.5, "num_layers": 2}  # over the group's default
+    assert specs["i"].config == {"support": "bounded", "lower": 64, "upper": 300, "num_layers": 2}  # node's wins
+    # the user's parent range for t stays, the data add the one for i
+    assert specs["image"].config == {"latent_dim": 4, "parent_ranges": {"t": [0, 9], "i": [64, 255]}}
+    # a family without the key does not get it (linear_gaussian takes no support)
+    lg = mechanism_specs(g, {**mech, "attribute": {"family": "linear_gaussian"}, "i": {}}, node_config=implied)
+    assert lg["t"].config == {} and lg["i"].config == {}
+    # the default experiment's supports come from the data; another dataset's graph composes without them
+    cfg = _compose([])
+    assert cfg["dataset"]["node_config"]["thickness"] == {"support": "positive", "lower": 0.5}
+    assert "thickness" not in cfg["mechanism"]
+    celeba = _compose(["dataset=celeba", "graph=celeba_simple"])
+    assert dict(celeba["dataset"]["node_config"]) == {}

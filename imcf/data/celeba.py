@@ -14,6 +14,7 @@ attribute as a (1,) float in {0, 1}, and `_index`. Real data has no exogenous no
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import os
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,13 @@ class CelebADataset(CausalDataset):
         self.image_dir = self.dir / IMAGE_DIR
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"missing image folder {self.image_dir} (expected {IMAGE_DIR}/<file>.jpg)")
+        present = {e.name for e in os.scandir(self.image_dir)}
+        absent = [f for f in files if f not in present]
+        if absent:
+            raise FileNotFoundError(
+                f"missing image {self.image_dir / absent[0]}: {len(absent):,} of the {len(files):,} {split} images "
+                f"listed in {self.dir / PARTITION_FILE} are not in {self.image_dir} (a partial release?)"
+            )
         self.files = list(files)
         rows = table.loc[files, self.attribute_names].to_numpy(np.float32)
         self.attributes = {a: torch.from_numpy(rows[:, j].copy()) for j, a in enumerate(self.attribute_names)}

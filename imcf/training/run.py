@@ -62,7 +62,9 @@ def build_scm(cfg: DictConfig) -> tuple[SCM, dict[str, Any]]:
     """Graph and fresh mechanisms from the config; `pretrained` mechanisms loaded and frozen, `init` ones
     loaded and left trainable."""
     graph = CausalGraph.from_dict(OmegaConf.to_container(cfg.graph, resolve=True))
-    specs = mechanism_specs(graph, cfg.mechanism, cfg.dataset.get("image_gain") or ())
+    implied = cfg.dataset.get("node_config")
+    implied = OmegaConf.to_container(implied, resolve=True) if implied else {}
+    specs = mechanism_specs(graph, cfg.mechanism, cfg.dataset.get("image_gain") or (), implied)
     build_specs: dict[str, Any] = {n: {"family": s.family, "config": s.config} for n, s in specs.items()}
     build_specs["_components"] = {"*": OmegaConf.to_container(cfg.mechanism.get("confounder") or {}, resolve=True)}
     scm = SCM.build(graph, build_specs)

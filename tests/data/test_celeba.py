@@ -24,21 +24,37 @@ ROWS = [
 ]
 
 
-def write_celeba(root: Path) -> Path:
+def write_celeba(root: Path, rows=ROWS) -> Path:
     """Write a tiny CelebA release (178x218 JPEGs, attribute and partition lists) under root/celeba."""
     d = root / "celeba"
     (d / "img_align_celeba").mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for k, (name, _, _) in enumerate(ROWS):
-        px = np.full((218, 178, 3), 30 * k, np.uint8)
-        px[34:184, 14:164] = rng.integers(0, 256, (150, 150, 3), dtype=np.uint8) // 4 + 40 * k  # centre 150
+    for k, (name, _, _) in enumerate(rows):
+        px = np.full((218, 178, 3), 30 * k % 256, np.uint8)
+        centre = rng.integers(0, 256, (150, 150, 3)) // 4 + 40 * k % 192  # the centre 150
+        px[34:184, 14:164] = centre.astype(np.uint8)
         Image.fromarray(px).save(d / "img_align_celeba" / name, quality=95)
-    lines = [str(len(ROWS)), " ".join(CELEBA_ATTRIBUTES) + " "]  # the release has a trailing space here
-    for name, _, on in ROWS:
+    lines = [str(len(rows)), " ".join(CELEBA_ATTRIBUTES) + " "]  # the release has a trailing space here
+    for name, _, on in rows:
         lines.append(name + " " + " ".join(f"{1 if a in on else -1:2d}" for a in CELEBA_ATTRIBUTES))
     (d / "list_attr_celeba.txt").write_text("\r\n".join(lines) + "\r\n")  # the release uses CRLF
-    (d / "list_eval_partition.txt").write_text("".join(f"{n} {p}\r\n" for n, p, _ in ROWS))
+    (d / "list_eval_partition.txt").write_text("".join(f"{n} {p}\r\n" for n, p, _ in rows))
     return d
+
+
+def release_rows(n: int = 36, seed: int = 0) -> list[tuple[str, int, set[str]]]:
+    """n rows (two thirds train, a sixth each val and test), attributes drawn at random, both classes of
+    Smiling and Eyeglasses present in every split."""
+    rng = np.random.default_rng(seed)
+    names = ("Smiling", "Eyeglasses", "Male", "Young", "No_Beard", "Bald")
+    out = []
+    for i in range(n):
+        split = 0 if i < 2 * n // 3 else (1 if i < 5 * n // 6 else 2)
+        on = {a for a in names if rng.random() < 0.5}
+        on ^= {"Smiling"} if (i % 2 == 0) != ("Smiling" in on) else set()  # alternate Smiling
+        on ^= {"Eyeglasses"} if (i % 3 == 0) != ("Eyeglasses" in on) else set()
+        out.append((f"{i + 1:06d}.jpg", split, on))
+    return out
 
 
 @pytest.fixture
@@ -103,10 +119,15 @@ def test_missing_files_name_the_path(tmp_path: Path):
     (d / "list_eval_partition.txt").write_text("000001.jpg 0\n000009.jpg 0\n")
     with pytest.raises(CelebAFormatError, match="000009.jpg"):
         CelebADataset(str(tmp_path), "train")
-    (d / "list_eval_partition.txt").write_text("000001.jpg 0\n")
-    (d / "img_align_celeba" / "000001.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"img_align_celeba/000001\.jpg"):
-        CelebADataset(str(tmp_path), "train")[0]
+    (d / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 0\n000003.jpg 1\n")
+    (d / "img_align_celeba" / "000002.jpg").unlink()  # a partial release: named when the split is opened
+    with pytest.raises(FileNotFoundError, match=r"img_align_celeba/000002\.jpg: 1 of the 2 train images listed"):
+        CelebADataset(str(tmp_path), "train")
+    assert len(CelebADataset(str(tmp_path), "val")) == 1  # the other splits still open
+    ds = CelebADataset(str(tmp_path), "val")
+    (d / "img_align_celeba" / "000003.jpg").unlink()  # removed after opening: named when read
+    with pytest.raises(FileNotFoundError, match=r"img_align_celeba/000003\.jpg"):
+        ds[0]
 
 
 @pytest.mark.parametrize(
