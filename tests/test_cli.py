@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from imcf.data.linear import DEFAULT_GRAPH
 from imcf.graph import CausalGraph
@@ -128,6 +129,12 @@ def test_celeba_release_trains_and_evaluates_end_to_end(tmp_path):
     ):
         assert key in metrics, (key, list(metrics)[:20])
     assert not any(k.startswith("truth/") for k in metrics)  # real photos have no true counterfactual
+    # the CelebA-scale experiment (complex graph, larger HVAE; written for trainer=gpu) runs on the same files
+    run = tmp_path / "run_complex"
+    _run(["train.py", "experiment=celeba", "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false",
+          f"run_dir={run}", *common], tmp_path)  # fmt: skip
+    assert yaml.safe_load((run / "graph.yaml").read_text())["name"] == "celeba_complex"
+    assert (run / "Beard.ckpt").is_file() and (run / "image.ckpt").is_file()
 
 
 def test_faces_render_over_a_process_pool_inside_train_py(tmp_path):
