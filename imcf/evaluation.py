@@ -114,19 +114,8 @@ def draw_intervention(
 
 
 def measurer(dataset: CausalDataset) -> Callable[[Tensor], dict[str, Tensor]] | None:
-    """Predictor-free attribute measurements of images, if the dataset has them (`dataset.measure`, or
-    Morpho-MNIST's morphometrics)."""
-    if hasattr(dataset, "measure"):
-        return dataset.measure
-    if getattr(type(dataset), "registry_name", "") == "morphomnist":
-        from imcf.data.morphomnist import measure_batch
-
-        def measure(images: Tensor) -> dict[str, Tensor]:
-            out = measure_batch(images.detach().float().cpu().numpy(), "signed")
-            return {k: torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1) for k, v in out.items()}
-
-        return measure
-    return None
+    """Predictor-free attribute measurements of images (`dataset.measure`), if the dataset has them."""
+    return dataset.measure if dataset.has_measurements else None
 
 
 def image_targets(graph: CausalGraph, image: str) -> dict[str, str]:

@@ -26,6 +26,8 @@ class CausalDataset(Dataset):
     default_graph: str = ""
     #: True when `true_counterfactual` is available
     has_ground_truth: bool = False
+    #: True when `measure` reads attributes off images without a learned model (e.g. morphometrics)
+    has_measurements: bool = False
 
     def __init__(self, root: str, split: str) -> None:
         self.root = root
@@ -40,6 +42,11 @@ class CausalDataset(Dataset):
     def true_counterfactual(self, index: Tensor, do: Mapping[str, Any]) -> dict[str, Tensor] | None:
         """Ground-truth counterfactual batch for dataset rows `index` under `do`, or None if unknown."""
         return None
+
+    def measure(self, images: Tensor) -> dict[str, Tensor]:
+        """Predictor-free measurements of a batch of images in this dataset's format: {attribute: (B, 1)}.
+        Datasets that have them set `has_measurements`; the evaluator's `measured` metric uses them."""
+        raise NotImplementedError(f"{type(self).__name__} has no predictor-free measurements")
 
 
 def check_split(split: str) -> str:

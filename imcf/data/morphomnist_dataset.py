@@ -236,6 +236,13 @@ def load_or_generate(
     return arrays, table, meta, directory
 
 
+def measure_images(images: Tensor) -> dict[str, Tensor]:
+    """Thickness and intensity of a batch of digit images in [-1, 1] (B, 1, H, W), any device: {name: (B, 1)}
+    float32 on the CPU (the morphometrics of `imcf.data.morphomnist.measure_batch`)."""
+    out = mm.measure_batch(images.detach().float().cpu().numpy(), "signed")
+    return {k: torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1) for k, v in out.items()}
+
+
 def _per_row(value: Any, n: int, node: str) -> np.ndarray:
     """A do() value (number, array or tensor of shape (), (n,) or (n, 1)) as a float64 (n,) array."""
     if isinstance(value, Tensor):
@@ -262,6 +269,11 @@ class MorphoMNIST(CausalDataset):
 
     default_graph = "morphomnist"
     has_ground_truth = True
+    has_measurements = True
+
+    def measure(self, images: Tensor) -> dict[str, Tensor]:
+        """Morphometric thickness and intensity (measure_images)."""
+        return measure_images(images)
 
     def __init__(
         self,

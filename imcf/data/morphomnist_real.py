@@ -18,6 +18,7 @@ from torch import Tensor
 from imcf.data import morphomnist as mm
 from imcf.data.base import CausalDataset
 from imcf.data.idx import read_idx
+from imcf.data.morphomnist_dataset import measure_images
 from imcf.registry import DATASETS
 
 PREFIX = {"train": "train", "val": "train", "test": "t10k"}
@@ -69,6 +70,11 @@ class MorphoMNISTReal(CausalDataset):
 
     default_graph = "morphomnist"
     has_ground_truth = False
+    has_measurements = True
+
+    def measure(self, images: Tensor) -> dict[str, Tensor]:
+        """Morphometric thickness and intensity, as for the embedded set (measure_images)."""
+        return measure_images(images)
 
     def __init__(
         self,

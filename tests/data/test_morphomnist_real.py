@@ -73,3 +73,28 @@ def test_missing_and_inconsistent_files_are_named(tmp_path: Path) -> None:
     pd.DataFrame({"index": np.arange(9), "thickness": np.ones(9)}).to_csv(tmp_path / "train-morpho.csv", index=False)
     with pytest.raises(ValueError, match="9 rows for 10 images"):
         MorphoMNISTReal(str(tmp_path), "train", data_dir=str(tmp_path))
+
+
+def test_released_files_get_the_predictor_free_measurements(tmp_path: Path) -> None:
+    """The evaluator's `measured` metric reads the released images with the same morphometrics as the embedded
+    set: the measurements of a stored image match its CSV row (made by the same morphometrics here)."""
+    from imcf.evaluation import measurer, support
+    from imcf.graph import CausalGraph
+
+    write_fixture(tmp_path, "t10k", 6, 1)
+    te = MorphoMNISTReal(str(tmp_path), "test", data_dir=str(tmp_path))
+    graph = CausalGraph.from_dict(
+        {
+            "thickness": "continuous",
+            "intensity": {"kind": "continuous", "parents": ["thickness"]},
+            "digit": {"kind": "categorical", "num_classes": 10},
+            "image": {"kind": "image", "shape": [1, 32, 32], "parents": ["thickness", "intensity", "digit"]},
+        }
+    )
+    assert support(graph, te)["measured"] == ""
+    images = torch.stack([te[i]["image"] for i in range(len(te))])
+    got = measurer(te)(images)
+    assert got["thickness"].shape == (6, 1)
+    want = torch.stack([te[i]["thickness"] for i in range(len(te))])
+    assert torch.allclose(got["thickness"], want, atol=0.05), (got["thickness"].ravel(), want.ravel())
+    assert torch.allclose(got["intensity"], torch.stack([te[i]["intensity"] for i in range(len(te))]), atol=1.0)
