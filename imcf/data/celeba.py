@@ -13,8 +13,8 @@ attribute as a (1,) float in {0, 1}, and `_index`. Real data has no exogenous no
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 

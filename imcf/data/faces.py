@@ -33,9 +33,9 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from imcf.data.base import SPLITS, CausalDataset
+from imcf.data.cache import CacheError, load_set, save_set
 from imcf.data.parallel import map_chunks
 from imcf.graph import CausalGraph
-from imcf.io import atomic_write_bytes, atomic_write_text
 from imcf.registry import DATASETS
 from imcf.threads import generation_processes
 
@@ -355,12 +355,7 @@ def sample_exogenous(n: int, seed: int) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------------------
 # dataset with an on-disk cache
 # ----------------------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+TABLE_FILE, MANIFEST = "table.csv", "manifest.json"
 
 
 @DATASETS.register("faces")
@@ -434,29 +429,18 @@ class FacesDataset(CausalDataset):
     # ----- cache -----
     def _load_or_generate(self) -> tuple[np.ndarray, pd.DataFrame]:
         d = self.cache_dir
-        manifest = d / "manifest.json"
-        if manifest.is_file():
+        if (d / MANIFEST).is_file():
             try:
-                meta = json.loads(manifest.read_text())
-                ok = meta["options"] == json.loads(json.dumps(self.options)) and all(
-                    _sha256(d / f) == h for f, h in meta["sha256"].items()
-                )
-            except (OSError, ValueError, KeyError) as e:
-                ok, meta = False, {"error": str(e)}
-            if ok:
-                with np.load(d / "images.npz") as z:
-                    images = z["images"]
-                return images, pd.read_csv(d / "table.csv")
-            warnings.warn(f"faces cache {d} failed its checksum; regenerating", stacklevel=2)
+                arrays, table, meta = load_set(d, TABLE_FILE, MANIFEST, ["images"])
+                if meta.get("options") != json.loads(json.dumps(self.options)):
+                    raise CacheError(f"{d / MANIFEST} was written for other options")
+                return arrays["images"], table
+            except CacheError as e:
+                warnings.warn(f"faces cache {d} failed its checks ({e}); regenerating", stacklevel=2)
         images, table = self.generate()
-        d.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, images=images)
-        atomic_write_bytes(d / "images.npz", buf.getvalue())
-        atomic_write_text(d / "table.csv", table.to_csv(index=False, float_format="%.9g"))
-        meta = {"options": self.options, "sha256": {f: _sha256(d / f) for f in ("images.npz", "table.csv")}}
-        atomic_write_text(manifest, json.dumps(meta, indent=1))
-        return images, pd.read_csv(d / "table.csv")  # read back so the rows are exactly what later loads see
+        save_set(d, {"images": images}, table, {"options": self.options}, TABLE_FILE, MANIFEST, float_format="%.9g")
+        arrays, table, _ = load_set(d, TABLE_FILE, MANIFEST, ["images"])  # read back: rows exactly as later loads
+        return arrays["images"], table
 
     def generate(self) -> tuple[np.ndarray, pd.DataFrame]:
         """Draw the exogenous noise of this split, derive the attributes and render the images."""
@@ -470,7 +454,11 @@ class FacesDataset(CausalDataset):
         for j, f in enumerate(STYLE_FACTORS):
             table[f"u_image_{f}"] = u["image"][:, j]
         images = render_faces(
-            np.stack([attrs[a] for a in ATTRIBUTES], 1), u["image"], self.size, self.workers, progress=f"faces {self.split}"
+            np.stack([attrs[a] for a in ATTRIBUTES], 1),
+            u["image"],
+            self.size,
+            self.workers,
+            progress=f"faces {self.split}",
         )
         return images, table
 

