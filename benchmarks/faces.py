@@ -28,7 +28,7 @@ import numpy as np
 from intervention_quality import run  # benchmarks/ is on sys.path when a script runs
 from machine import write_json
 
-from imcf.data.faces import _CHILD_PROB, FacesDataset, derive_attributes
+from imcf.data.faces import _CHILD_PROB, FacesDataset, child_probability, derive_attributes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,12 +74,8 @@ def agreement_ceiling(ds: FacesDataset, n: int, intervened: str, child: str) -> 
     u = {a: v[:n] for a, v in ds.u.items()}
     fact = derive_attributes(u)
     cf = derive_attributes(u, {intervened: 1 - fact[intervened]})
-    table = _CHILD_PROB[child]
-
-    def prob(a: dict[str, np.ndarray]) -> np.ndarray:
-        return np.array([table[(int(y), int(m))] for y, m in zip(a["young"], a["male"])])
-
-    p, q = prob(fact), prob(cf)  # P(child = 1) factual, counterfactual
+    p = child_probability(child, fact["young"], fact["male"])  # P(child = 1), factual
+    q = child_probability(child, cf["young"], cf["male"])  # and counterfactual
     lo, hi = np.where(fact[child] == 1, 0.0, p), np.where(fact[child] == 1, p, 1.0)  # u's interval
     p1 = np.clip(np.minimum(hi, q) - lo, 0, None) / np.maximum(hi - lo, 1e-12)
     return float(np.mean(p1**2 + (1 - p1) ** 2))

@@ -120,11 +120,15 @@ def derive_attributes(u: Mapping[str, np.ndarray], do: Mapping[str, Any] | None 
         elif a in _ROOT_PROB:
             out[a] = (np.asarray(u[a]) < _ROOT_PROB[a]).astype(np.uint8)
         else:
-            y, m = out["young"].astype(int), out["male"].astype(int)
-            table = _CHILD_PROB[a]
-            p = np.array([[table[(0, 0)], table[(0, 1)]], [table[(1, 0)], table[(1, 1)]]])[y, m]
-            out[a] = (np.asarray(u[a]) < p).astype(np.uint8)
+            out[a] = (np.asarray(u[a]) < child_probability(a, out["young"], out["male"])).astype(np.uint8)
     return out
+
+
+def child_probability(child: str, young: np.ndarray, male: np.ndarray) -> np.ndarray:
+    """P(child = 1 | young, male) per row, from BEARD_PROB / BALD_PROB (child: beard or bald)."""
+    table = _CHILD_PROB[child]
+    grid = np.array([[table[(0, 0)], table[(0, 1)]], [table[(1, 0)], table[(1, 1)]]])
+    return grid[np.asarray(young).astype(int), np.asarray(male).astype(int)]
 
 
 # ----------------------------------------------------------------------------------------------------------
