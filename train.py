@@ -8,13 +8,12 @@ import imcf.config  # noqa: F401  (registers the config schemas with Hydra)
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from imcf.cli import user_errors
-    from imcf.training import train
+    from imcf.cli import train_and_evaluate, user_errors
     from imcf.training.loggers import configure_console
 
     configure_console()
     with user_errors():
-        train(cfg)
+        train_and_evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ intervened on (so only the image mechanism is scored):
   - for families with a step count (`num_inference_steps`: DDIM), counterfactuals/s at each of `--steps-sweep`
     (batch `--sweep-batch`); the quality numbers above use the config's own step count.
   - digit: do(digit) to another digit drawn uniformly, scored by the evaluator's anti-causal digit classifier
-    (`imcf.metrics.predictors`, trained once on the same training split and cached under <data-root>/evaluators;
+    (`imcf.evaluators.predictors`, trained once on the same training split and cached under <data-root>/evaluators;
     its accuracy on the factual test images is reported beside it), and the digit kept under do(thickness).
 Families without a pixel residual (DDIM) report their composition / reversibility in the "no res." columns.
 Writes benchmarks/results/image_mechanisms.json.
@@ -49,7 +49,7 @@ from imcf.data.morphomnist_dataset import MorphoMNIST
 from imcf.graph import CausalGraph
 from imcf.io import read_yaml
 from imcf.metrics.composition import image_l1, null_intervention, repeat
-from imcf.metrics.predictors import AttributePredictor, load_or_train_predictors
+from imcf.evaluators.predictors import AttributePredictor, load_or_train_predictors
 from imcf.metrics.reversibility import round_trips
 from imcf.registry import MECHANISMS
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from imcf.config import ConfigError
-from imcf.evaluation import EvaluationError
+from imcf.evaluation import EvaluationError, evaluate
 from imcf.graph import GraphError
 from imcf.io import CheckpointError
 
@@ -23,3 +24,16 @@ def user_errors() -> Iterator[None]:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def train_and_evaluate(cfg: Any) -> dict[str, Any]:
+    """`python train.py`: train (`imcf.training.train`), then evaluate when training says an evaluation is due
+    (`evaluate_after`); the report's directory is returned under "report"."""
+    from imcf.training import train
+
+    result = train(cfg)
+    evaluation = result.pop("evaluate", None)
+    if evaluation is not None:
+        result["report"] = evaluate(evaluation)
+    return result
+

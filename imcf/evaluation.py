@@ -1,52 +1,65 @@
 """`evaluate(cfg)`: load a trained SCM, draw interventions, score its counterfactuals, write a report.
 
-The loop is: for every batch of the evaluation split and every intervened attribute `t`, draw a value as the
-protocol says, take the model's counterfactual, and hand tensors to the pure metric functions in
-`imcf.metrics` (effectiveness, measured, composition, reversibility, realism, minimality, truth).
+The loop: for every batch of the evaluation split, each metric reads the factual batch; then for every intervened
+attribute `t` a value is drawn as the protocol says, the model's counterfactual is computed once, and every
+metric scores it. The metrics are objects registered in `imcf.registry.METRICS` (`imcf.metrics.base.Metric`);
+the models they read with are loaded (trained and cached when absent) by `imcf.evaluators`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+import imcf.metrics  # noqa: F401  (registers the metrics)
 from imcf import threads
 from imcf.config import EvaluateConfig, FinetunePredictorsConfig, LoggerConfig, validate
 from imcf.data.base import CausalDataset, stack_batch
 from imcf.data.datamodule import build_dataset
-from imcf.graph import CausalGraph, NodeKind
+from imcf.evaluators.cache import dataset_fingerprint
+from imcf.evaluators.features import InceptionFeatures, LPIPSDistance
+from imcf.evaluators.minimality_vae import load_or_train_vae
+from imcf.evaluators.predictors import as_dict, load_or_train_predictors
+from imcf.graph import CausalGraph
 from imcf.io import read_yaml
 from imcf.mechanisms.latent_image import finetunes
-from imcf.metrics.composition import LPIPSDistance, feature_l1, node_distance, null_intervention, repeat
-from imcf.metrics.effectiveness import effectiveness, f1_score, labels, mean_and_std
-from imcf.metrics.minimality import LatentVAE, counterfactual_latent_divergence, load_or_train_vae
-from imcf.metrics.offline import dataset_fingerprint
-from imcf.metrics.predictors import AttributePredictor, as_dict, load_or_train_predictors
-from imcf.metrics.realism import InceptionFeatures, fid, kid
-from imcf.metrics.reversibility import round_trips
-from imcf.metrics.truth import truth_scores
-from imcf.report import effectiveness_plot, image_grid, write_report
+from imcf.metrics.base import (
+    CounterfactualStep,
+    EvaluationError,
+    EvaluatorModels,
+    FactualStep,
+    Metric,
+    Result,
+    Setting,
+    image_targets,
+)
+from imcf.metrics.interventions import bin_edges, draw_intervention, groups
+from imcf.registry import METRICS
+from imcf.report import effectiveness_plot, image_grid, log_report, write_report
 from imcf.scm import SCM
 
-#: every metric the evaluator knows, in report order
-METRIC_NAMES = ("effectiveness", "measured", "composition", "reversibility", "realism", "minimality", "truth")
+__all__ = [
+    "EvaluationError",
+    "bin_edges",
+    "choose_metrics",
+    "draw_intervention",
+    "evaluate",
+    "evaluate_scm",
+    "groups",
+    "load_run",
+    "support",
+]
 Batch = dict[str, Tensor]
-
-
-class EvaluationError(ValueError):
-    """The run, dataset or requested metrics cannot be evaluated as asked; the message says why."""
 
 
 def resolve_device(accelerator: str) -> torch.device:
@@ -58,149 +71,28 @@ def resolve_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-# ------------------------------------------------------------------ interventions
-
-
-def bin_edges(pool: Tensor, bins: int) -> Tensor:
-    """Inner edges (bins - 1,) of `bins` equal bins over the range of `pool` (the benchmark's 9 bins over the
-    min-max scaled range [-1, 1] are the same bins)."""
-    lo, hi = pool.min().item(), pool.max().item()
-    return torch.linspace(lo, hi, bins + 1)[1:-1]
-
-
-def groups(kind: NodeKind, value: Tensor, edges: Tensor | None) -> Tensor:
-    """Group label (B,) of a batch value: its bin for continuous nodes, its class otherwise."""
-    if kind.name == "continuous":
-        return torch.bucketize(value.reshape(-1).float().cpu(), edges, right=True)
-    return labels(kind, value.cpu())
-
-
-def draw_intervention(
-    kind: NodeKind,
-    factual: Tensor,
-    pool: Tensor,
-    gen: torch.Generator,
-    edges: Tensor | None = None,
-) -> Tensor:
-    """Intervention values for one node, seeded by `gen`.
-
-    Binary: the other class. Categorical: another class, uniformly. Continuous: a value drawn uniformly from
-    `pool` (the node's values in the evaluation split); with `edges`, only from values in another bin than the
-    factual's (the benchmark), otherwise from all of them (the marginal).
-    """
-    b = factual.shape[0]
-    if kind.name == "binary":
-        return 1.0 - factual
-    if kind.name == "categorical":
-        k = int(kind.num_classes)
-        shift = torch.randint(1, k, (b,), generator=gen)
-        return torch.nn.functional.one_hot((factual.argmax(1).cpu() + shift) % k, k).float().to(factual)
-    if edges is None:
-        return pool[torch.randint(0, pool.shape[0], (b,), generator=gen)].to(factual)
-    pool_bins = torch.bucketize(pool.reshape(-1), edges, right=True)
-    order = torch.argsort(pool_bins, stable=True)
-    counts = torch.bincount(pool_bins, minlength=len(edges) + 1)
-    starts = torch.cumsum(counts, 0) - counts
-    fb = torch.bucketize(factual.reshape(-1).float().cpu(), edges, right=True)
-    eligible = pool.shape[0] - counts[fb]
-    if (eligible == 0).any():
-        raise EvaluationError("every value of the pool lies in one bin; cannot draw a value from another bin")
-    r = (torch.rand(b, generator=gen) * eligible).long().clamp(max=eligible - 1)
-    idx = r + (r >= starts[fb]).long() * counts[fb]  # skip the factual's own bin
-    return pool[order[idx]].to(factual)
-
-
-# ------------------------------------------------------------------ what can be measured
-
-
-def measurer(dataset: CausalDataset) -> Callable[[Tensor], dict[str, Tensor]] | None:
-    """Predictor-free attribute measurements of images (`dataset.measure`), if the dataset has them."""
-    return dataset.measure if dataset.has_measurements else None
-
-
-def image_targets(graph: CausalGraph, image: str) -> dict[str, str]:
-    """Attributes the predictors of `image` read: its non-image ancestors, as kind strings, in graph order."""
-    anc = graph.ancestors(image)
-    return {n: str(graph.kinds[n]) for n in graph.nodes if n in anc and not graph.kinds[n].is_image}
-
-
 def support(graph: CausalGraph, dataset: CausalDataset) -> dict[str, str]:
-    """Why each metric cannot be computed for this graph and dataset ('' when it can)."""
-    images = [n for n in graph.nodes if graph.kinds[n].is_image]
-    no_image = f"graph {graph.name!r} has no image node" if not images else ""
-    no_targets = no_image or (
-        "" if any(image_targets(graph, m) for m in images) else "no image node has attribute ancestors"
-    )
-    name = getattr(type(dataset), "registry_name", type(dataset).__name__)
-    return {
-        "effectiveness": no_targets,
-        "measured": no_targets
-        or ("" if measurer(dataset) is not None else f"dataset {name!r} has no direct attribute measurements"),
-        "composition": "",
-        "reversibility": "",
-        "realism": no_image,
-        "minimality": no_image,
-        "truth": "" if dataset.has_ground_truth else f"dataset {name!r} has no ground-truth counterfactuals",
-    }
+    """Why each registered metric cannot be computed for this graph and dataset ('' when it can)."""
+    return {name: cls.unsupported(graph, dataset) for name, cls in METRICS.items()}
 
 
 def choose_metrics(requested: list[str] | None, why_not: Mapping[str, str]) -> tuple[list[str], list[str]]:
     """(metrics to compute, notes). None: every supported metric; a list: exactly those, or a clear error."""
+    names = list(METRICS)
     if requested is None:
-        chosen = [m for m in METRIC_NAMES if not why_not[m]]
-        notes = [f"metric {m!r} skipped: {why_not[m]}" for m in METRIC_NAMES if why_not[m]]
+        chosen = [m for m in names if not why_not[m]]
+        notes = [f"metric {m!r} skipped: {why_not[m]}" for m in names if why_not[m]]
         return chosen, notes
-    unknown = [m for m in requested if m not in METRIC_NAMES]
+    unknown = [m for m in requested if m not in names]
     if unknown:
-        raise EvaluationError(f"unknown metric(s) {unknown}; known: {list(METRIC_NAMES)}")
+        raise EvaluationError(f"unknown metric(s) {unknown}; known: {list(names)}")
     bad = [m for m in requested if why_not[m]]
     if bad:
         raise EvaluationError(
             "; ".join(f"metric {m!r} cannot be computed: {why_not[m]}" for m in bad)
             + " (leave compute=null to compute every supported metric)"
         )
-    return [m for m in METRIC_NAMES if m in requested], []
-
-
-# ------------------------------------------------------------------ accumulation
-
-
-class Store:
-    """Per-sample values collected over batches, keyed by metric key; timing per metric."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, list[Tensor]] = defaultdict(list)
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
-
-    def add(self, key: str, value: Tensor) -> None:
-        self.values[key].append(value.detach().float().reshape(-1).cpu())
-
-    def cat(self, key: str) -> Tensor:
-        return torch.cat(self.values[key]) if self.values.get(key) else torch.zeros(0)
-
-    def timed(self, metric: str, n: int):
-        """Context manager adding wall time and `n` scored counterfactuals to `metric`."""
-        store = self
-
-        class _Timer:
-            def __enter__(self) -> None:
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc: Any) -> None:
-                store.seconds[metric] += time.perf_counter() - self.t
-                store.counts[metric] += n
-
-        return _Timer()
-
-
-def summary(x: Tensor) -> dict[str, Any]:
-    """{"mean", "std", "n"} of the finite values of a 1-D tensor."""
-    x = x[torch.isfinite(x)]
-    if x.numel() == 0:
-        return {"mean": None, "std": None, "n": 0}
-    mean, std = mean_and_std(x)
-    return {"mean": mean, "std": std, "n": int(x.numel())}
+    return [m for m in names if m in requested], []
 
 
 # ------------------------------------------------------------------ entry points
@@ -259,34 +151,97 @@ def evaluate_scm(
 
     `tuned_against`: {image node: seed of the predictors it was counterfactually fine-tuned against}; the report
     says whether the evaluator's predictors (seed `cfg.seed`) are independent of them. `cfg.inference` is applied
-    to `scm` (SCM.set_inference_options) before anything else and recorded in the report."""
+    to `scm` (SCM.set_inference_options) for this evaluation and recorded in the report; the SCM's device, mode,
+    strictness and mechanisms are as they were afterwards."""
     cfg = validate(OmegaConf.merge({"run_dir": run_dir}, cfg), EvaluateConfig)
     inference = OmegaConf.to_container(cfg.inference) if OmegaConf.is_config(cfg.inference) else dict(cfg.inference)
-    for node, opts in inference.items():
-        try:
-            scm.set_inference_options(node, opts)
-        except (KeyError, TypeError, ValueError) as e:
-            raise EvaluationError(str(e.args[0] if e.args else e)) from None
     started = time.perf_counter()
-    scm.strict = bool(cfg.identify.strict)
     device = resolve_device(cfg.accelerator)
-    scm = scm.to(device).eval()
+    with _evaluation_state(scm, inference, bool(cfg.identify.strict), device):
+        setting, names, notes = _setting(scm, dataset_name, data_root, dict(dataset_options), cfg, device)
+        metrics = [METRICS[name](setting) for name in names]
+        grid = _run(setting, metrics)
+        results = _results(setting, metrics)
+        notes += [line for metric in metrics for line in metric.notes()]
+        notes += _protocol_notes(setting, tuned_against or {})
+        report_dir = Path(report_dir)
+        plots = _plots(report_dir, metrics)
+        grids, grid_images = _grids(report_dir, grid, run_dir)
+        meta = {
+            "run_dir": run_dir,
+            "dataset": dataset_name,
+            "dataset_options": setting.options,
+            "split": cfg.split,
+            "num_samples": setting.num_samples,
+            "seed": int(cfg.seed),
+            "protocol": cfg.protocol,
+            "inference": inference,
+            "device": str(device),
+            "metrics": names,
+            "intervened": setting.intervened,
+            "predictors": setting.models.quality,
+            "cached_models": setting.models.files,
+            # imcf.identify's verdict of every counterfactual query the SCM answered
+            "identifiability": {f"do({', '.join(k)})": v for k, v in scm.verdicts.items()},
+            "notes": notes,
+            "grids": grids,
+            "plots": plots,
+            "speed": grid.speed(),
+            "seconds": round(time.perf_counter() - started, 3),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+    write_report(report_dir, results, meta)
+    log_report(
+        cfg.logger if cfg.logger is not None else LoggerConfig(),
+        report_dir,
+        str(run_dir),
+        results,
+        grid_images,
+        plots,
+        OmegaConf.to_container(cfg, resolve=True),
+    )
+    print(f"[imcf] evaluation report: {report_dir.resolve() / 'report.md'}")
+    return str(report_dir)
+
+
+@contextmanager
+def _evaluation_state(scm: SCM, inference: Mapping[str, Any], strict: bool, device: torch.device) -> Iterator[None]:
+    """Apply the evaluation's inference options, strictness, device and eval mode to `scm`; restore them after."""
+    saved = {node: scm.mechanisms[node] for node in inference if node in scm.mechanisms}
+    was_strict, was_training = scm.strict, scm.training
+    was_device = next((p.device for p in scm.parameters()), torch.device("cpu"))
+    try:
+        for node, opts in inference.items():
+            try:
+                scm.set_inference_options(node, opts)
+            except (KeyError, TypeError, ValueError) as e:
+                raise EvaluationError(str(e.args[0] if e.args else e)) from None
+        scm.strict = strict
+        scm.to(device).eval()
+        yield
+    finally:
+        for node, mech in saved.items():
+            scm.mechanisms[node] = mech
+        scm.strict = was_strict
+        scm.to(was_device).train(was_training)
+
+
+def _setting(
+    scm: SCM, dataset_name: str, data_root: str, options: dict[str, Any], cfg: Any, device: torch.device
+) -> tuple[Setting, list[str], list[str]]:
+    """The evaluation's fixed facts, the metrics to compute and the notes on skipped ones."""
     graph = scm.graph
-    options = dict(dataset_options)
     dataset = build_dataset(dataset_name, data_root, cfg.split, **options)
     _check_dataset(graph, dataset, dataset_name)
-    metrics, notes = choose_metrics(None if cfg.compute is None else list(cfg.compute), support(graph, dataset))
+    names, notes = choose_metrics(None if cfg.compute is None else list(cfg.compute), support(graph, dataset))
     n = len(dataset) if cfg.num_samples is None else min(int(cfg.num_samples), len(dataset))
-    evalset = Subset(dataset, range(n))
-    images = [v for v in graph.nodes if graph.kinds[v].is_image]
     attrs = [v for v in graph.nodes if not graph.kinds[v].is_image]
     intervened = list(cfg.interventions.nodes) if cfg.interventions.nodes is not None else attrs
     bad = [t for t in intervened if t not in attrs]
     if bad:
         raise EvaluationError(f"interventions.nodes: {bad} are not attribute nodes of graph {graph.name!r} ({attrs})")
-    cycles = sorted({int(c) for c in cfg.cycles if int(c) > 0})
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-
+    if cfg.interventions.kind not in ("binned", "marginal"):
+        raise EvaluationError(f"interventions.kind must be binned or marginal, got {cfg.interventions.kind!r}")
     # pools of attribute values over the evaluation split, and the benchmark's bins
     items = [dataset[i] for i in range(n)]
     pool = {v: torch.stack([it[v] for it in items]).float() for v in attrs}
@@ -296,177 +251,70 @@ def evaluate_scm(
         for v in attrs
         if graph.kinds[v].name == "continuous" and n > 0
     }
+    needs = set().union(*(METRICS[name].requires(cfg) for name in names))
+    models = load_models(graph, needs, dataset_name, options, data_root, cfg, device, dataset_fingerprint(dataset))
+    cycles = sorted({int(c) for c in cfg.cycles if int(c) > 0})
+    setting = Setting(scm, dataset, dataset_name, data_root, options, cfg, device, intervened, cycles, pool, edges,
+                      models, n)  # fmt: skip
+    return setting, names, notes
+
+
+def _run(setting: Setting, metrics: list[Metric]) -> Grid:
+    """The loop: every metric reads each factual batch, then each batch's counterfactual under every intervention
+    (computed once). Returns the first batch's image grid and the time each metric took."""
+    cfg, graph, intervened = setting.cfg, setting.graph, setting.intervened
+    gen = torch.Generator().manual_seed(int(cfg.seed))
     binned = cfg.interventions.kind == "binned"
-    if cfg.interventions.kind not in ("binned", "marginal"):
-        raise EvaluationError(f"interventions.kind must be binned or marginal, got {cfg.interventions.kind!r}")
-
-    progress = bool(cfg.progress)
-    models = offline_models(graph, metrics, dataset_name, options, data_root, cfg, device, dataset_fingerprint(dataset))
-    predictors, quality, vaes, extractors, lpips = (
-        models.predictors,
-        models.quality,
-        models.vaes,
-        models.extractors,
-        models.lpips,
-    )
-    measure = measurer(dataset) if "measured" in metrics else None
-
-    def distances(prefix: str, out: Batch, factual: Batch, store: Store) -> None:
-        for v in graph.nodes:
-            kind = graph.kinds[v]
-            if kind.is_image:
-                store.add(f"{prefix}/{v}:l1", node_distance(kind, out[v], factual[v]))
-                if v in predictors:
-                    f = predictors[v].features
-                    store.add(f"{prefix}/{v}:feature_l1", feature_l1(f(out[v]), f(factual[v])))
-                if lpips is not None:
-                    store.add(f"{prefix}/{v}:lpips", lpips(out[v], factual[v]))
-            else:
-                store.add(f"{prefix}/{v}:error", node_distance(kind, out[v], factual[v]))
-
-    store = Store()
-    labels_store: dict[str, list[tuple[Tensor, Tensor]]] = defaultdict(list)
-    feats: dict[str, list[Tensor]] = defaultdict(list)
-    posts: dict[str, list[tuple[Tensor, Tensor]]] = defaultdict(list)
-    plot_data: dict[tuple[str, str], list[tuple[Tensor, Tensor]]] = defaultdict(list)
-    grid_cols: dict[str, list[tuple[str, Tensor]]] = defaultdict(list)
-    measured_left = {t: int(cfg.measured_max_samples or n) for t in intervened}
-    truth_missing: set[str] = set()
+    grid = Grid(setting.images, int(cfg.num_grid))
+    evalset = Subset(setting.dataset, range(setting.num_samples))
     loader = DataLoader(evalset, batch_size=int(cfg.batch_size), collate_fn=stack_batch)
-    first = True
-    for batch in tqdm(loader, desc="evaluating", disable=not progress):
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for batch in tqdm(loader, desc="evaluating", disable=not cfg.progress):
+        batch = {k: v.to(setting.device) for k, v in batch.items()}
         factual = {v: batch[v] for v in graph.nodes}
-        index = batch["_index"].cpu()
-        b = index.shape[0]
-        if first:
-            for m in images:
-                grid_cols[m].append(("factual", factual[m][: cfg.num_grid]))
+        step = FactualStep(factual, batch["_index"].cpu())
         with torch.no_grad():
-            if "realism" in metrics or "minimality" in metrics:
-                for m in images:
-                    if m in extractors:
-                        feats[f"{m}|factual"].append(extractors[m](factual[m]).cpu())
-                    if m in vaes:
-                        posts[f"{m}|factual"].append(tuple(p.cpu() for p in vaes[m].posterior(factual[m])))
-            if "composition" in metrics:
-                with store.timed("composition", b * max(cycles, default=0)):
-                    outs = repeat(scm.counterfactual, factual, lambda x: null_intervention(graph, x), cycles)
-                    for k, out in outs.items():
-                        distances(f"composition/null x{k}", out, factual, store)
-                if "realism" in metrics and outs:  # the realism of a reconstruction: what counterfactuals compare to
-                    for m, f in extractors.items():
-                        feats[f"{m}|null x{min(outs)}"].append(f(outs[min(outs)][m]).cpu())
-                if first:
-                    for m in images:
-                        k = max(outs)
-                        grid_cols[m].append((f"null x{k}", outs[k][m][: cfg.num_grid]))
+            for metric in metrics:
+                with grid.timed(metric.name) as timer:
+                    timer.count = metric.factual(step)
+            grid.add_factual(step)
             random_t = intervened[int(torch.randint(0, len(intervened), (1,), generator=gen))] if intervened else None
             for t in intervened:
-                kind = graph.kinds[t]
-                value = draw_intervention(kind, factual[t], pool[t], gen, edges.get(t) if binned else None)
-                row = f"do({t})"
-                with store.timed("counterfactual", b):
-                    cf = scm.counterfactual(factual, {t: value})
-                if first:
-                    for m in images:
-                        grid_cols[m].append((row, cf[m][: cfg.num_grid]))
-                if "effectiveness" in metrics:
-                    with store.timed("effectiveness", b):
-                        for m, model in predictors.items():
-                            read = model(cf[m], cf)
-                            for a in model.kinds:
-                                for name, s in effectiveness(graph.kinds[a], read[a], cf[a]).items():
-                                    store.add(f"effectiveness/{row}/{a}:{name}", s)
-                                if graph.kinds[a].name != "continuous":
-                                    lab = (labels(graph.kinds[a], read[a]).cpu(), labels(graph.kinds[a], cf[a]).cpu())
-                                    labels_store[f"effectiveness/{row}/{a}:f1"].append(lab)
-                            if t in model.kinds:
-                                intended = cf[t] if kind.name == "continuous" else labels(kind, cf[t])[:, None]
-                                got = read[t] if kind.name == "continuous" else labels(kind, read[t])[:, None]
-                                plot_data[(m, t)].append((intended.cpu(), got.cpu()))
-                if measure is not None and measured_left[t] > 0:
-                    k = min(b, measured_left[t])
-                    measured_left[t] -= k
-                    with store.timed("measured", k):
-                        for m in images:
-                            got = measure(cf[m][:k])
-                            for a, vals in got.items():
-                                if a in graph.kinds and graph.kinds[a].name == "continuous":
-                                    err = (vals.reshape(-1).to(cf[a]) - cf[a][:k].reshape(-1)).abs()
-                                    store.add(f"measured/{row}/{a}:mae", err)
-                if "truth" in metrics:
-                    with store.timed("truth", b):
-                        true = dataset.true_counterfactual(index, {t: value.cpu()})
-                        if true is None:
-                            truth_missing.add(t)
-                        else:
-                            for v in graph.nodes:
-                                for name, s in truth_scores(graph.kinds[v], cf[v], true[v].to(device)).items():
-                                    store.add(f"truth/{row}/{v}:{name}", s)
-                            if first:
-                                for m in images:
-                                    grid_cols[m].append((f"true {row}", true[m][: cfg.num_grid]))
-                if "realism" in metrics:
-                    with store.timed("realism", b):
-                        for m, f in extractors.items():
-                            fc = f(cf[m]).cpu()
-                            feats[f"{m}|{row}"].append(fc)
-                            if t == random_t:
-                                feats[f"{m}|random do"].append(fc)
-                if "minimality" in metrics:
-                    with store.timed("minimality", b):
-                        for m, vae in vaes.items():
-                            posts[f"{m}|{row}"].append(tuple(p.cpu() for p in vae.posterior(cf[m])))
-                        posts[f"groups|{row}"].append(
-                            (groups(kind, factual[t], edges.get(t)), groups(kind, value, edges.get(t)))
-                        )
-                if "reversibility" in metrics:
-                    with store.timed("reversibility", b * 2 * max(cycles, default=0)):
-                        outs = round_trips(scm.counterfactual, factual, {t: value}, cycles)
-                        for k, out in outs.items():
-                            distances(f"reversibility/{row} x{k}", out, factual, store)
-                    if first:
-                        for m in images:
-                            grid_cols[m].append((f"{row} back x1", outs[min(outs)][m][: cfg.num_grid]))
-        first = False
+                edges = setting.edges.get(t) if binned else None
+                value = draw_intervention(graph.kinds[t], factual[t], setting.pool[t], gen, edges)
+                with grid.timed("counterfactual") as timer:
+                    cf = setting.scm.counterfactual(factual, {t: value})
+                    timer.count = step.size
+                cstep = CounterfactualStep(t, value, factual, cf, step.index, random=t == random_t)
+                for metric in metrics:
+                    with grid.timed(metric.name) as timer:
+                        timer.count = metric.update(cstep)
+                grid.add_counterfactual(cstep)
+        grid.first = False
+    return grid
 
-    # ---------------------------------------------------------------- reduce to numbers
-    results: dict[str, dict[str, Any]] = {}
-    for key in store.values:
-        results[key] = summary(store.cat(key))
-    for key, parts in labels_store.items():
-        pred, true = torch.cat([p for p, _ in parts]), torch.cat([q for _, q in parts])
-        attr = key.rsplit("/", 1)[1].split(":")[0]
-        k = graph.kinds[attr]
-        results[key] = {
-            "mean": f1_score(pred, true, 2 if k.name == "binary" else int(k.num_classes)),
-            "std": None,
-            "n": int(pred.numel()),
-        }
-    results = {k: results[k] for k in sorted(results, key=lambda k: _order(k, intervened, graph))}
-    if "realism" in metrics and n > 1:
-        with store.timed("realism", 0):
-            ref_n = realism_results(
-                results, feats, extractors, intervened, dataset_name, data_root, options, cfg, device
-            )
-        notes.append(
-            f"realism: {cfg.realism.features} features; {ref_n} real images from the "
-            f"{cfg.realism.reference_split} split"
-        )
-    if "minimality" in metrics and n > 1:
-        with store.timed("minimality", 0):
-            for m in vaes:
-                minimality_results(results, posts, m, graph, intervened, pool, edges, cfg.minimality.weights)
-    for t in sorted(truth_missing):
-        notes.append(f"truth: the dataset has no true counterfactual under do({t}); that row is left out")
-    if "measured" in metrics:
-        notes.append(f"measured: morphometrics on at most {cfg.measured_max_samples} counterfactuals per intervention")
-    if binned:
+
+def _results(setting: Setting, metrics: list[Metric]) -> dict[str, Result]:
+    """Every metric's results: the per-sample ones ordered by metric, row, cycle and node; then the set-level
+    ones (realism, minimality) in their own order."""
+    order = list(METRICS)
+    per_sample = {k: v for m in metrics if not m.set_level for k, v in m.compute().items()}
+    keys = sorted(per_sample, key=lambda k: _order(k, order, setting.intervened, setting.graph))
+    results = {k: per_sample[k] for k in keys}
+    for m in metrics:
+        if m.set_level:
+            with torch.no_grad():
+                results.update(m.compute())
+    return results
+
+
+def _protocol_notes(setting: Setting, tuned_against: Mapping[str, int]) -> list[str]:
+    """Notes on the protocol: binned interventions, the independence of the predictors, poor predictors."""
+    cfg, notes = setting.cfg, []
+    if cfg.interventions.kind == "binned":
         notes.append(
             f"interventions: continuous values from another of {cfg.interventions.bins} equal bins (benchmark)"
         )
-    for m, seed in (tuned_against or {}).items():
+    for m, seed in tuned_against.items():
         if seed == int(cfg.seed):
             notes.append(
                 f"NOT INDEPENDENT: {m} was counterfactually fine-tuned against predictors of seed {seed}, the "
@@ -477,95 +325,30 @@ def evaluate_scm(
                 f"{m} was counterfactually fine-tuned against predictors of seed {seed}; effectiveness here uses "
                 f"the evaluator's, of seed {int(cfg.seed)} (same data and architecture, separate training run)"
             )
-    poor = [f"{m}/{a}" for m, q in quality.items() for a, d in q.items() if d["poor"]]
+    poor = [f"{m}/{a}" for m, q in setting.models.quality.items() for a, d in q.items() if d["poor"]]
     if poor:
         notes.append(f"POOR predictors {poor}: effectiveness that relies on them is not meaningful")
-
-    # ---------------------------------------------------------------- report
-    report_dir = Path(report_dir)
-    grids, plots, grid_images = [], [], {}
-    for m, cols in grid_cols.items():
-        # factual | each intervention | true counterfactuals | null cycles | round trips
-        cols = sorted(cols, key=lambda c: _grid_rank(c[0]))
-        path = report_dir / "grids" / f"{m}.png"
-        grid_images[m] = image_grid(path, cols, title=f"{run_dir}: {m}")
-        grids.append(str(path.relative_to(report_dir)))
-    for (m, t), parts in plot_data.items():
-        intended, got = torch.cat([p for p, _ in parts])[:5000], torch.cat([q for _, q in parts])[:5000]
-        path = report_dir / "plots" / f"effectiveness_{m}_{t}.png"
-        effectiveness_plot(path, f"do({t}): {t} read off {m}", intended, got, graph.kinds[t].name != "continuous")
-        plots.append(str(path.relative_to(report_dir)))
-    speed = {
-        k: {
-            "seconds": round(store.seconds[k], 4),
-            "counterfactuals": store.counts[k],
-            "per_second": store.counts[k] / store.seconds[k] if store.seconds[k] > 0 else None,
-        }
-        for k in store.seconds
-    }
-    meta = {
-        "run_dir": run_dir,
-        "dataset": dataset_name,
-        "dataset_options": options,
-        "split": cfg.split,
-        "num_samples": n,
-        "seed": int(cfg.seed),
-        "protocol": cfg.protocol,
-        "inference": inference,
-        "device": str(device),
-        "metrics": metrics,
-        "intervened": intervened,
-        "predictors": quality,
-        "cached_models": models.files,
-        # imcf.identify's verdict of every counterfactual query the SCM answered
-        "identifiability": {f"do({', '.join(k)})": v for k, v in scm.verdicts.items()},
-        "notes": notes,
-        "grids": grids,
-        "plots": plots,
-        "speed": speed,
-        "seconds": round(time.perf_counter() - started, 3),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    write_report(report_dir, results, meta)
-    _log(cfg, report_dir, str(run_dir), results, grid_images, plots)
-    print(f"[imcf] evaluation report: {report_dir.resolve() / 'report.md'}")
-    return str(report_dir)
+    return notes
 
 
-# ------------------------------------------------------------------ offline models and set-level metrics
+# ------------------------------------------------------------------ evaluator models, grids, plots
 
 
-@dataclass
-class OfflineModels:
-    """The readers the metrics need: predictors (and their test quality), VAEs, realism features, LPIPS."""
-
-    predictors: dict[str, AttributePredictor] = field(default_factory=dict)
-    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
-    vaes: dict[str, LatentVAE] = field(default_factory=dict)
-    extractors: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)
-    lpips: LPIPSDistance | None = None
-    files: dict[str, str] = field(default_factory=dict)
-
-
-def offline_models(
+def load_models(
     graph: CausalGraph,
-    metrics: list[str],
+    needs: set[str],
     dataset: str,
     options: dict[str, Any],
     data_root: str,
     cfg: Any,
     device: torch.device,
     fingerprint: Mapping[str, Any] | None = None,
-) -> OfflineModels:
-    """Load (training and caching when absent) every offline model the chosen metrics need."""
-    out = OfflineModels()
+) -> EvaluatorModels:
+    """Load (training and caching when absent) the evaluator models the chosen metrics require (`needs`)."""
+    out = EvaluatorModels()
     images = [v for v in graph.nodes if graph.kinds[v].is_image]
     common = (cfg.accelerator, int(cfg.seed), bool(cfg.progress), fingerprint)
-    need_predictors = images and (
-        {"effectiveness", "composition", "reversibility"} & set(metrics)
-        or ("realism" in metrics and cfg.realism.features == "predictors")
-    )
-    for m in images if need_predictors else []:
+    for m in images if "predictors" in needs else []:
         targets = image_targets(graph, m)
         if targets:
             shape = graph.kinds[m].shape
@@ -574,11 +357,11 @@ def offline_models(
             )
             out.predictors[m], out.quality[m] = model.to(device), as_dict(q)
             out.files[f"predictors/{m}"] = path
-    for m in images if "minimality" in metrics else []:
+    for m in images if "minimality_vae" in needs else []:
         vae, path = load_or_train_vae(dataset, options, data_root, m, graph.kinds[m].shape, cfg.minimality, *common)
         out.vaes[m] = vae.to(device)
         out.files[f"minimality/{m}"] = path
-    for m in images if "realism" in metrics else []:
+    for m in images if "features" in needs else []:
         if cfg.realism.features == "inception":
             out.extractors[m] = InceptionFeatures(cfg.realism.inception_weights).to(device).eval()
         elif cfg.realism.features == "predictors":
@@ -587,68 +370,83 @@ def offline_models(
             out.extractors[m] = out.predictors[m].features
         else:
             raise EvaluationError(f"realism.features must be predictors or inception, got {cfg.realism.features!r}")
-    if cfg.lpips and images and {"composition", "reversibility"} & set(metrics):
+    if "lpips" in needs and images:
         out.lpips = LPIPSDistance().to(device)
     return out
 
 
-@torch.no_grad()
-def realism_results(
-    results: dict[str, dict[str, Any]],
-    feats: Mapping[str, list[Tensor]],
-    extractors: Mapping[str, Callable[[Tensor], Tensor]],
-    intervened: list[str],
-    dataset: str,
-    data_root: str,
-    options: dict[str, Any],
-    cfg: Any,
-    device: torch.device,
-) -> int:
-    """FID / KID of every collected feature set against the reference split; returns the reference size."""
-    real_split = build_dataset(dataset, data_root, cfg.realism.reference_split, **options)
-    limit = cfg.realism.max_reference
-    ref_n = len(real_split) if limit is None else min(len(real_split), int(limit))
-    loader = DataLoader(Subset(real_split, range(ref_n)), batch_size=int(cfg.batch_size), collate_fn=stack_batch)
-    real_feats: dict[str, list[Tensor]] = defaultdict(list)
-    desc = f"realism reference ({cfg.realism.reference_split})"
-    for rb in tqdm(loader, desc=desc, disable=not cfg.progress):
-        for m, f in extractors.items():
-            real_feats[m].append(f(rb[m].to(device)).cpu())
-    for m in extractors:
-        real = torch.cat(real_feats[m])
-        nulls = sorted({k.split("|", 1)[1] for k in feats if k.startswith(f"{m}|null x")})
-        for row in ["factual", *nulls, *[f"do({t})" for t in intervened], "random do"]:
-            fake = torch.cat(feats[f"{m}|{row}"]) if feats.get(f"{m}|{row}") else torch.zeros(0)
-            if fake.shape[0] < 2:
-                continue
-            results[f"realism/{row}/{m}:fid"] = {"mean": fid(real, fake), "std": None, "n": int(fake.shape[0])}
-            subsets, size = int(cfg.realism.kid_subsets), int(cfg.realism.kid_subset_size)
-            mean, std = kid(real, fake, subsets, size, int(cfg.seed))
-            results[f"realism/{row}/{m}:kid"] = {"mean": mean, "std": std, "n": int(fake.shape[0])}
-    return ref_n
+class Grid:
+    """The report's image grid of the first batch (factual | interventions | true counterfactuals | null cycles |
+    round trips) and the time each metric took over the whole evaluation."""
+
+    def __init__(self, images: list[str], rows: int) -> None:
+        self.images, self.rows, self.first = images, rows, True
+        self.cols: dict[str, list[tuple[str, Tensor]]] = defaultdict(list)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add_factual(self, step: FactualStep) -> None:
+        if not self.first:
+            return
+        nulls = step.shared.get("null") or {}
+        for m in self.images:
+            self.cols[m].append(("factual", step.factual[m][: self.rows]))
+            if nulls:
+                self.cols[m].append((f"null x{max(nulls)}", nulls[max(nulls)][m][: self.rows]))
+
+    def add_counterfactual(self, step: CounterfactualStep) -> None:
+        if not self.first:
+            return
+        true, back = step.shared.get("true"), step.shared.get("back")
+        for m in self.images:
+            self.cols[m].append((step.row, step.cf[m][: self.rows]))
+            if true is not None:
+                self.cols[m].append((f"true {step.row}", true[m][: self.rows]))
+            if back:
+                self.cols[m].append((f"{step.row} back x1", back[min(back)][m][: self.rows]))
+
+    @contextmanager
+    def timed(self, what: str) -> Iterator[Any]:
+        """Adds the wall time of the block and `timer.count` counterfactuals (set inside it) to `what`."""
+        timer, start = _Count(), time.perf_counter()
+        yield timer
+        if timer.count or what == "counterfactual":
+            self.seconds[what] += time.perf_counter() - start
+            self.counts[what] += int(timer.count)
+
+    def speed(self) -> dict[str, dict[str, Any]]:
+        return {
+            k: {
+                "seconds": round(self.seconds[k], 4),
+                "counterfactuals": self.counts[k],
+                "per_second": self.counts[k] / self.seconds[k] if self.seconds[k] > 0 else None,
+            }
+            for k in self.seconds
+        }
 
 
-def minimality_results(
-    results: dict[str, dict[str, Any]],
-    posts: Mapping[str, list[tuple[Tensor, Tensor]]],
-    image: str,
-    graph: CausalGraph,
-    intervened: list[str],
-    pool: Mapping[str, Tensor],
-    edges: Mapping[str, Tensor],
-    weights: list[float],
-) -> None:
-    """CLD and latent KL per intervention; the reference set is the factual evaluation images."""
-    ref = tuple(torch.cat([p[i] for p in posts[f"{image}|factual"]]) for i in range(2))
-    for t in intervened:
-        row = f"do({t})"
-        cf_post = tuple(torch.cat([p[i] for p in posts[f"{image}|{row}"]]) for i in range(2))
-        g_f = torch.cat([g for g, _ in posts[f"groups|{row}"]])
-        g_cf = torch.cat([g for _, g in posts[f"groups|{row}"]])
-        g_ref = groups(graph.kinds[t], pool[t], edges.get(t))
-        out = counterfactual_latent_divergence(ref, cf_post, ref, g_ref, g_f, g_cf, weights)
-        results[f"minimality/{row}/{image}:cld"] = summary(out["cld"])
-        results[f"minimality/{row}/{image}:latent_kl"] = summary(out["latent_kl"])
+class _Count:
+    count: int = 0
+
+
+def _grids(report_dir: Path, grid: Grid, run_dir: str) -> tuple[list[str], dict[str, Tensor]]:
+    paths, images = [], {}
+    for m, cols in grid.cols.items():
+        cols = sorted(cols, key=lambda c: _grid_rank(c[0]))
+        path = report_dir / "grids" / f"{m}.png"
+        images[m] = image_grid(path, cols, title=f"{run_dir}: {m}")
+        paths.append(str(path.relative_to(report_dir)))
+    return paths, images
+
+
+def _plots(report_dir: Path, metrics: list[Metric]) -> list[str]:
+    paths = []
+    for metric in metrics:
+        for plot in metric.plots():
+            path = report_dir / "plots" / f"{plot.name}.png"
+            effectiveness_plot(path, plot.title, plot.intended, plot.read, plot.discrete)
+            paths.append(str(path.relative_to(report_dir)))
+    return paths
 
 
 def _grid_rank(title: str) -> int:
@@ -674,9 +472,9 @@ def _check_dataset(graph: CausalGraph, dataset: CausalDataset, name: str) -> Non
             )
 
 
-def _order(key: str, intervened: list[str], graph: CausalGraph) -> tuple:
+def _order(key: str, metric_order: list[str], intervened: list[str], graph: CausalGraph) -> tuple:
     metric, row, col = (key.split("/", 2) + ["", ""])[:3]
-    rank = METRIC_NAMES.index(metric) if metric in METRIC_NAMES else len(METRIC_NAMES)
+    rank = metric_order.index(metric) if metric in metric_order else len(metric_order)
     rows = [f"do({t})" for t in intervened]
     base = row.split(" x")[0]
     r = rows.index(base) if base in rows else -1
@@ -684,38 +482,3 @@ def _order(key: str, intervened: list[str], graph: CausalGraph) -> tuple:
     node = col.split(":")[0]
     c = graph.nodes.index(node) if node in graph.nodes else len(graph.nodes)
     return (rank, r, cyc, c, col)
-
-
-def _log(
-    cfg: Any,
-    report_dir: Path,
-    run_dir: str,
-    results: dict[str, dict[str, Any]],
-    grids: dict[str, Tensor],
-    plots: list[str],
-) -> None:
-    """Send the metrics (scalars and, for wandb, a table), grids and plots to the loggers: those of the training
-    run (`logger: null`, under run_dir/logs, in the run's wandb group, a run named `evaluate`) or the given ones."""
-    from PIL import Image
-
-    from imcf.training.loggers import build_loggers, finish_loggers, log_images, log_metrics, wandb_ids
-
-    run = Path(run_dir)
-    trained_here = (run / "config.yaml").is_file()
-    logger_cfg = cfg.logger if cfg.logger is not None else LoggerConfig()
-    group = wandb_ids(run, "evaluate")[0] if trained_here else None
-    loggers = build_loggers(logger_cfg, (run if trained_here else report_dir) / "logs", "evaluate", group=group)
-    if not loggers:
-        return
-    flat = {f"eval/{k}": float(v["mean"]) for k, v in results.items() if v.get("mean") is not None}
-    flat = {k: v for k, v in flat.items() if math.isfinite(v)}
-    log_metrics(loggers, flat)
-    for m, img in grids.items():
-        log_images(loggers, f"eval/grid/{m}", img)
-    for rel in plots:
-        rgb = np.asarray(Image.open(report_dir / rel).convert("RGB")).copy()
-        log_images(loggers, f"eval/plot/{Path(rel).stem}", torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
-            lg.log_table(key="eval/metrics", columns=["metric", "mean"], data=[[k, v] for k, v in flat.items()])
-    finish_loggers(loggers, OmegaConf.to_container(cfg, resolve=True), flat)

@@ -202,3 +202,39 @@ def effectiveness_plot(path: str | Path, title: str, intended: Tensor, read: Ten
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def log_report(
+    logger_cfg: Any,
+    report_dir: Path,
+    run_dir: str,
+    results: dict[str, dict[str, Any]],
+    grids: dict[str, Tensor],
+    plots: list[str],
+    config: dict[str, Any],
+) -> None:
+    """Send the metrics (scalars and, for wandb, a table), grids and plots to the loggers `logger_cfg` names: under
+    the training run's logs (run_dir/logs, in the run's wandb group, a run named `evaluate`) when `run_dir` is a
+    trained run, else under report_dir/logs."""
+    from PIL import Image
+
+    from imcf.training.loggers import build_loggers, finish_loggers, log_images, log_metrics, wandb_ids
+
+    run = Path(run_dir)
+    trained_here = (run / "config.yaml").is_file()
+    group = wandb_ids(run, "evaluate")[0] if trained_here else None
+    loggers = build_loggers(logger_cfg, (run if trained_here else report_dir) / "logs", "evaluate", group=group)
+    if not loggers:
+        return
+    flat = {f"eval/{k}": float(v["mean"]) for k, v in results.items() if v.get("mean") is not None}
+    flat = {k: v for k, v in flat.items() if math.isfinite(v)}
+    log_metrics(loggers, flat)
+    for m, img in grids.items():
+        log_images(loggers, f"eval/grid/{m}", img)
+    for rel in plots:
+        rgb = np.asarray(Image.open(report_dir / rel).convert("RGB")).copy()
+        log_images(loggers, f"eval/plot/{Path(rel).stem}", torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            lg.log_table(key="eval/metrics", columns=["metric", "mean"], data=[[k, v] for k, v in flat.items()])
+    finish_loggers(loggers, config, flat)

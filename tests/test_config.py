@@ -6,8 +6,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from imcf.config import ConfigError, TrainConfig, mechanism_specs, validate
+from imcf.config import ConfigError, TrainConfig, validate
 from imcf.graph import CausalGraph
+from imcf.training.specs import mechanism_specs
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 

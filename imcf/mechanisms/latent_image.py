@@ -26,7 +26,7 @@ from imcf.nn.parents import ParentEncoder
 #: attribute's units; binary: logits (B, 1); categorical: logits (B, K))
 Predictor = Callable[[Tensor], Tensor]
 #: one predictor for several attributes: (image batch, counterfactual parents) -> {attribute: prediction}, the
-#: parents feeding heads that take extra inputs (e.g. `imcf.metrics.predictors.FrozenPredictor`)
+#: parents feeding heads that take extra inputs (e.g. `imcf.evaluators.predictors.FrozenPredictor`)
 JointPredictor = Callable[[Tensor, Mapping[str, Tensor]], Mapping[str, Tensor]]
 
 

@@ -1,9 +1,19 @@
-"""Counterfactual metrics: pure functions of tensors (effectiveness, composition, reversibility, realism,
-minimality, ground truth), the anti-causal predictors they read attributes with, and their caches.
-
-Importing this package registers the metric functions in `imcf.registry.METRICS` by name.
+"""Counterfactual metrics: one metric object per file (`base.Metric`: declares what it reads, updates per batch,
+computes its results), registered in `imcf.registry.METRICS` in report order, with the pure tensor functions it
+is built from beside it. The models they read with (predictors, the minimality VAE, feature networks) live in
+`imcf.evaluators`; the loop that feeds them is `imcf.evaluation`.
 """
 
-from imcf.metrics import composition, effectiveness, minimality, realism, reversibility, truth  # noqa: F401
+# imported in report order: the registry's order is the report's
+# ruff: noqa: I001
+from imcf.metrics import (  # noqa: F401
+    effectiveness,
+    measured,
+    composition,
+    reversibility,
+    realism,
+    minimality,
+    truth,
+)
 
-__all__ = ["composition", "effectiveness", "minimality", "realism", "reversibility", "truth"]
+__all__ = ["composition", "effectiveness", "measured", "minimality", "realism", "reversibility", "truth"]

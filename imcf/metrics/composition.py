@@ -9,13 +9,13 @@ function, so this module never needs a model.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from imcf.graph import CausalGraph, NodeKind
+from imcf.metrics.base import FactualStep, Metric
 from imcf.registry import METRICS
 
 Batch = dict[str, Tensor]
@@ -31,7 +31,6 @@ def to_pixels(image: Tensor) -> Tensor:
     return (image.float() + 1.0) * 127.5
 
 
-@METRICS.register("image_l1")
 def image_l1(a: Tensor, b: Tensor) -> Tensor:
     """Per-image mean absolute difference (B,) on the 0..255 scale."""
     if a.shape != b.shape:
@@ -39,7 +38,6 @@ def image_l1(a: Tensor, b: Tensor) -> Tensor:
     return (to_pixels(a) - to_pixels(b)).abs().flatten(1).mean(1)
 
 
-@METRICS.register("feature_l1")
 def feature_l1(fa: Tensor, fb: Tensor) -> Tensor:
     """Per-sample mean absolute difference (B,) of two (B, D) feature batches."""
     if fa.shape != fb.shape:
@@ -47,7 +45,6 @@ def feature_l1(fa: Tensor, fb: Tensor) -> Tensor:
     return (fa.float() - fb.float()).abs().flatten(1).mean(1)
 
 
-@METRICS.register("node_distance")
 def node_distance(kind: NodeKind, a: Tensor, b: Tensor) -> Tensor:
     """Per-sample distance for any node: image L1 (0..255), absolute error, or 0/1 class mismatch."""
     if kind.is_image:
@@ -84,33 +81,41 @@ def repeat(
     return out
 
 
-def lpips_weights_available(net: str = "alex") -> bool:
-    """Whether torchvision's backbone weights for LPIPS are already in the local torch hub cache."""
-    names = {"alex": "alexnet-owt-", "vgg": "vgg16-", "squeeze": "squeezenet1_1-"}
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    return folder.is_dir() and any(p.name.startswith(names[net]) for p in folder.iterdir())
+def distances(metric: Metric, prefix: str, out: Mapping[str, Tensor], factual: Mapping[str, Tensor]) -> None:
+    """Collect every node's distance between `out` and the factual under `prefix` (`<metric>/<row>`): image L1,
+    the predictors' feature L1 and LPIPS where those readers exist, attribute errors."""
+    graph, models = metric.setting.graph, metric.setting.models
+    for v in graph.nodes:
+        kind = graph.kinds[v]
+        if not kind.is_image:
+            metric.add(f"{prefix}/{v}:error", node_distance(kind, out[v], factual[v]))
+            continue
+        metric.add(f"{prefix}/{v}:l1", node_distance(kind, out[v], factual[v]))
+        if v in models.predictors:
+            f = models.predictors[v].features
+            metric.add(f"{prefix}/{v}:feature_l1", feature_l1(f(out[v]), f(factual[v])))
+        if models.lpips is not None:
+            metric.add(f"{prefix}/{v}:lpips", models.lpips(out[v], factual[v]))
 
 
-class LPIPSDistance(nn.Module):
-    """Per-sample LPIPS (torchmetrics) on images in [-1, 1]; grey images are repeated to 3 channels.
+def distance_readers(cfg: Any) -> set[str]:
+    """The evaluator models `distances` reads: the predictors' features, and LPIPS when `cfg.lpips`."""
+    return {"predictors", "lpips"} if cfg.lpips else {"predictors"}
 
-    Refuses to start unless the backbone weights are in the local cache (nothing is downloaded).
-    """
 
-    def __init__(self, net: str = "alex") -> None:
-        super().__init__()
-        if not lpips_weights_available(net):
-            raise FileNotFoundError(
-                f"LPIPS needs torchvision's {net} weights in {Path(torch.hub.get_dir()) / 'checkpoints'}; "
-                "they are not there and nothing is downloaded at run time. Copy them there or set "
-                "composition.lpips=false"
-            )
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+@METRICS.register("composition")
+class Composition(Metric):
+    """The null intervention applied 1, ..., k times: distance of the k-th output to the factual per cycle in
+    `cycles` (its outputs are shared as `step.shared["null"]`: realism scores the reconstruction)."""
 
-        self.lpips = LearnedPerceptualImagePatchSimilarity(net_type=net, reduction="none")
+    @classmethod
+    def requires(cls, cfg: Any) -> set[str]:
+        return distance_readers(cfg)
 
-    @torch.no_grad()
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        if a.shape[1] == 1:
-            a, b = a.repeat(1, 3, 1, 1), b.repeat(1, 3, 1, 1)
-        return self.lpips(a.clamp(-1, 1), b.clamp(-1, 1)).reshape(-1)
+    def factual(self, step: FactualStep) -> int:
+        s = self.setting
+        outs = repeat(s.scm.counterfactual, step.factual, lambda x: null_intervention(s.graph, x), s.cycles)
+        for k, out in outs.items():
+            distances(self, f"composition/null x{k}", out, step.factual)
+        step.shared["null"] = outs
+        return step.size * max(s.cycles, default=0)

@@ -7,53 +7,16 @@ descendant. Continuous attributes: absolute error in original units. Binary / ca
 
 from __future__ import annotations
 
+from collections import defaultdict
+from typing import Any
+
+import torch
 from torch import Tensor
 
 from imcf.graph import NodeKind
+from imcf.metrics.base import CounterfactualStep, Metric, Plot, Result, no_targets
 from imcf.registry import METRICS
-
-
-def labels(kind: NodeKind, value: Tensor) -> Tensor:
-    """Class labels (B,) from a batch value: binary (B, 1) probabilities or {0, 1}, thresholded at 0.5;
-    categorical (B, K) one-hot or probabilities -> argmax."""
-    if kind.name == "binary":
-        return (value.reshape(value.shape[0], -1)[:, 0] >= 0.5).long()
-    if kind.name == "categorical":
-        return value.argmax(1).long()
-    raise ValueError(f"labels() needs a binary or categorical kind, got {kind}")
-
-
-@METRICS.register("absolute_error")
-def absolute_error(predicted: Tensor, target: Tensor) -> Tensor:
-    """Per-sample absolute error (B,) between two (B, 1) (or (B,)) continuous values."""
-    if predicted.shape[0] != target.shape[0]:
-        raise ValueError(f"batch sizes differ: {tuple(predicted.shape)} vs {tuple(target.shape)}")
-    b = predicted.shape[0]
-    return (predicted.float().reshape(b, -1) - target.float().reshape(b, -1)).abs().mean(1)
-
-
-@METRICS.register("correct")
-def correct(predicted: Tensor, target: Tensor) -> Tensor:
-    """Per-sample 1.0 where two label vectors (B,) agree, else 0.0 (its mean is the accuracy)."""
-    return (predicted.reshape(-1) == target.reshape(-1)).float()
-
-
-@METRICS.register("f1")
-def f1_score(predicted: Tensor, target: Tensor, num_classes: int = 2) -> float:
-    """F1 of label vectors: of class 1 for two classes (sklearn's `average='binary'`), macro otherwise.
-
-    A class absent from both predictions and targets is left out of the macro average (sklearn's labels=None);
-    a class with no true positives scores 0.
-    """
-    predicted, target = predicted.reshape(-1).long(), target.reshape(-1).long()
-    classes = [1] if num_classes == 2 else sorted(set(predicted.tolist()) | set(target.tolist()))
-    scores = []
-    for c in classes:
-        tp = ((predicted == c) & (target == c)).sum().item()
-        fp = ((predicted == c) & (target != c)).sum().item()
-        fn = ((predicted != c) & (target == c)).sum().item()
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(sum(scores) / len(scores)) if scores else 0.0
+from imcf.scores import absolute_error, correct, f1_score, labels, mean_and_std
 
 
 def effectiveness(kind: NodeKind, read: Tensor, should: Tensor) -> dict[str, Tensor]:
@@ -69,10 +32,58 @@ def effectiveness(kind: NodeKind, read: Tensor, should: Tensor) -> dict[str, Ten
     raise ValueError(f"effectiveness is defined for attributes, not {kind}")
 
 
-def mean_and_std(x: Tensor) -> tuple[float, float]:
-    """Mean and (unbiased) standard deviation of a 1-D tensor; std 0 for a single value."""
-    x = x.float().reshape(-1)
-    return x.mean().item(), x.std().item() if x.numel() > 1 else 0.0
+@METRICS.register("effectiveness")
+class Effectiveness(Metric):
+    """What the anti-causal predictors read off each counterfactual image against what it should show: per
+    attribute MAE (continuous) or accuracy and F1 (binary / categorical); plots intended vs read per target."""
+
+    def __init__(self, setting: Any) -> None:
+        super().__init__(setting)
+        self.labels: dict[str, list[tuple[Tensor, Tensor]]] = defaultdict(list)
+        self.plot_data: dict[tuple[str, str], list[tuple[Tensor, Tensor]]] = defaultdict(list)
+
+    @classmethod
+    def requires(cls, cfg: Any) -> set[str]:
+        return {"predictors"}
+
+    @classmethod
+    def unsupported(cls, graph: Any, dataset: Any) -> str:
+        return no_targets(graph)
+
+    def update(self, step: CounterfactualStep) -> int:
+        graph, cf, row = self.setting.graph, step.cf, step.row
+        kind = graph.kinds[step.target]
+        for m, model in self.setting.models.predictors.items():
+            read = model(cf[m], cf)
+            for a in model.kinds:
+                for name, s in effectiveness(graph.kinds[a], read[a], cf[a]).items():
+                    self.add(f"effectiveness/{row}/{a}:{name}", s)
+                if graph.kinds[a].name != "continuous":
+                    lab = (labels(graph.kinds[a], read[a]).cpu(), labels(graph.kinds[a], cf[a]).cpu())
+                    self.labels[f"effectiveness/{row}/{a}:f1"].append(lab)
+            if step.target in model.kinds:
+                t = step.target
+                intended = cf[t] if kind.name == "continuous" else labels(kind, cf[t])[:, None]
+                got = read[t] if kind.name == "continuous" else labels(kind, read[t])[:, None]
+                self.plot_data[(m, t)].append((intended.cpu(), got.cpu()))
+        return step.size
+
+    def compute(self) -> dict[str, Result]:
+        results = super().compute()
+        for key, parts in self.labels.items():
+            pred, true = torch.cat([p for p, _ in parts]), torch.cat([q for _, q in parts])
+            k = self.setting.graph.kinds[key.rsplit("/", 1)[1].split(":")[0]]
+            f1 = f1_score(pred, true, 2 if k.name == "binary" else int(k.num_classes))
+            results[key] = {"mean": f1, "std": None, "n": int(pred.numel())}
+        return results
+
+    def plots(self) -> list[Plot]:
+        out = []
+        for (m, t), parts in self.plot_data.items():
+            intended, got = torch.cat([p for p, _ in parts])[:5000], torch.cat([q for _, q in parts])[:5000]
+            discrete = self.setting.graph.kinds[t].name != "continuous"
+            out.append(Plot(f"effectiveness_{m}_{t}", f"do({t}): {t} read off {m}", intended, got, discrete))
+        return out
 
 
-__all__ = ["absolute_error", "correct", "effectiveness", "f1_score", "labels", "mean_and_std"]
+__all__ = ["Effectiveness", "absolute_error", "correct", "effectiveness", "f1_score", "labels", "mean_and_std"]

@@ -16,15 +16,15 @@ counterfactual x' under do(a):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from imcf.nn.conv import ConvDecoder, ConvEncoder, num_stages_for
+from imcf.metrics.base import CounterfactualStep, FactualStep, Metric, Result, no_image, summary
+from imcf.metrics.interventions import groups
 from imcf.registry import METRICS
 
 Posterior = tuple[Tensor, Tensor]  # (loc, logscale), each (N, D)
@@ -40,13 +40,11 @@ def gaussian_kl(q_loc: Tensor, q_logscale: Tensor, p_loc: Tensor, p_logscale: Te
     )
 
 
-@METRICS.register("latent_kl")
 def latent_kl(q: Posterior, p: Posterior) -> Tensor:
     """Per-sample KL(q || p) of diagonal Gaussians (N,), averaged over latent dimensions."""
     return gaussian_kl(q[0], q[1], p[0], p[1]).mean(-1)
 
 
-@METRICS.register("cld")
 def counterfactual_latent_divergence(
     factual: Posterior,
     counterfactual: Posterior,
@@ -83,105 +81,52 @@ def counterfactual_latent_divergence(
     return {"cld": cld, "latent_kl": div.cpu(), "p_closer": p_closer, "p_farther": p_farther}
 
 
-class LatentVAE(nn.Module):
-    """A small unconditional conv VAE (imcf.nn encoder / decoder) whose posterior defines the CLD's latent.
+@METRICS.register("minimality")
+class Minimality(Metric):
+    """CLD and latent KL per intervention in the minimality VAE's latent space; the reference set is the factual
+    evaluation images, grouped by the intervened attribute's bin or class."""
 
-    Gaussian likelihood with a fixed pixel std `pixel_std` on images in [-1, 1]; a `latent_dim` latent at 4x4.
-    """
+    set_level = True
 
-    def __init__(
-        self,
-        image_shape: Sequence[int],
-        latent_dim: int = 16,
-        width: int = 32,
-        pixel_std: float = 0.1,
-        image_node: str = "image",
-    ) -> None:
-        super().__init__()
-        c, h, w = (int(s) for s in image_shape)
-        self.config = {
-            "image_shape": [c, h, w],
-            "latent_dim": latent_dim,
-            "width": width,
-            "pixel_std": pixel_std,
-            "image_node": image_node,
-        }
-        self.image_node, self.pixel_std = image_node, pixel_std
-        widths = [min(width * 2**i, 4 * width) for i in range(num_stages_for(h, 4))]
-        self.encoder = ConvEncoder(c, widths)
-        self.to_posterior = nn.Linear(widths[-1] * 16, 2 * latent_dim)
-        self.from_latent = nn.Linear(latent_dim, widths[-1] * 16)
-        self.decoder = ConvDecoder(widths)
-        self.to_image = nn.Conv2d(self.decoder.out_channels, c, 3, padding=1)
-        self.bottom = widths[-1]
+    def __init__(self, setting: Any) -> None:
+        super().__init__(setting)
+        self.posts: dict[str, list[tuple[Tensor, Tensor]]] = defaultdict(list)
 
-    def posterior(self, images: Tensor) -> Posterior:
-        """q(z | x) as (loc, logscale), each (B, latent_dim)."""
-        h = self.encoder(images.float())[-1].flatten(1)
-        loc, logscale = self.to_posterior(h).chunk(2, dim=1)
-        return loc, logscale.clamp(-10, 5)
+    @classmethod
+    def requires(cls, cfg: Any) -> set[str]:
+        return {"minimality_vae"}
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Latent (B, latent_dim) -> mean image in [-1, 1]."""
-        h = self.from_latent(z).reshape(z.shape[0], self.bottom, 4, 4)
-        return torch.tanh(self.to_image(F.gelu(self.decoder(h))))
+    @classmethod
+    def unsupported(cls, graph: Any, dataset: Any) -> str:
+        return no_image(graph)
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Negative ELBO per image (nats): reconstruction + KL to N(0, I)."""
-        x = batch[self.image_node].float()
-        loc, logscale = self.posterior(x)
-        z = loc + torch.exp(logscale) * torch.randn_like(loc)
-        rec = (0.5 * ((self.decode(z) - x) / self.pixel_std) ** 2).flatten(1).sum(1).mean()
-        kl = gaussian_kl(loc, logscale, torch.zeros_like(loc), torch.zeros_like(logscale)).sum(1).mean()
-        return {"loss": rec + kl, "rec": rec, "kl": kl}
+    def factual(self, step: FactualStep) -> int:
+        for m, vae in self.setting.models.vaes.items():
+            self.posts[f"{m}|factual"].append(tuple(p.cpu() for p in vae.posterior(step.factual[m])))
+        return 0
 
+    def update(self, step: CounterfactualStep) -> int:
+        t, s = step.target, self.setting
+        for m, vae in s.models.vaes.items():
+            self.posts[f"{m}|{step.row}"].append(tuple(p.cpu() for p in vae.posterior(step.cf[m])))
+        kind, edges = s.graph.kinds[t], s.edges.get(t)
+        self.posts[f"groups|{step.row}"].append((groups(kind, step.factual[t], edges), groups(kind, step.value, edges)))
+        return step.size
 
-def load_or_train_vae(
-    dataset: str,
-    options: dict[str, Any],
-    data_root: str,
-    image_node: str,
-    image_shape: Sequence[int],
-    cfg: Any,
-    accelerator: str = "auto",
-    seed: int = 0,
-    progress: bool = True,
-    fingerprint: Mapping[str, Any] | None = None,
-) -> tuple[LatentVAE, str]:
-    """The cached unconditional VAE of `image_node` for this dataset, trained on its training images if absent.
-
-    `cfg` is a MinimalityConfig (path, latent_dim, width, max_epochs, batch_size, lr, max_train_samples);
-    `fingerprint` (`imcf.metrics.offline.dataset_fingerprint`) ties the cache to the dataset's content.
-    """
-    from imcf.data.datamodule import build_dataset
-    from imcf.metrics.offline import cache_path, fit_from_config, load_cached, save_cached
-
-    spec = {
-        "what": "vae",
-        "version": 1,
-        "dataset": dataset,
-        "options": dict(options),
-        "data": dict(fingerprint or {}),
-        "image_node": image_node,
-        "image_shape": [int(s) for s in image_shape],
-        "latent_dim": int(cfg.latent_dim),
-        "width": int(cfg.width),
-        "max_epochs": int(cfg.max_epochs),
-        "batch_size": int(cfg.batch_size),
-        "lr": float(cfg.lr),
-        "max_train_samples": cfg.max_train_samples,
-        "seed": seed,
-    }
-    path = cfg.path or cache_path(data_root, f"vae-{image_node}", spec)
-    vae = LatentVAE(image_shape, int(cfg.latent_dim), int(cfg.width), image_node=image_node)
-    if cfg.path or Path(path).is_file():
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"minimality.path={cfg.path}: no such file")
-        vae.load_state_dict(load_cached(path, spec, "minimality")["state_dict"])
-        return vae.eval(), str(path)
-    print(f"[imcf] training the minimality VAE for {dataset}/{image_node} -> {path}")
-    train = build_dataset(dataset, data_root, "train", **options)
-    val = build_dataset(dataset, data_root, "val", **options)
-    fit_from_config(vae, train, val, cfg, accelerator, seed, progress)
-    save_cached(path, spec, {"state_dict": vae.state_dict()})
-    return vae.eval(), str(path)
+    def compute(self) -> dict[str, Result]:
+        s, results = self.setting, {}
+        if s.num_samples < 2:
+            return results
+        weights = s.cfg.minimality.weights
+        for m in s.models.vaes:
+            ref = tuple(torch.cat([p[i] for p in self.posts[f"{m}|factual"]]) for i in range(2))
+            for t in s.intervened:
+                row = f"do({t})"
+                cf_post = tuple(torch.cat([p[i] for p in self.posts[f"{m}|{row}"]]) for i in range(2))
+                g_f = torch.cat([g for g, _ in self.posts[f"groups|{row}"]])
+                g_cf = torch.cat([g for _, g in self.posts[f"groups|{row}"]])
+                g_ref = groups(s.graph.kinds[t], s.pool[t], s.edges.get(t))
+                out = counterfactual_latent_divergence(ref, cf_post, ref, g_ref, g_f, g_cf, weights)
+                results[f"minimality/{row}/{m}:cld"] = summary(out["cld"])
+                results[f"minimality/{row}/{m}:latent_kl"] = summary(out["latent_kl"])
+        return results

@@ -11,7 +11,9 @@ from typing import Any
 
 from torch import Tensor
 
-from imcf.metrics.composition import Batch, CounterfactualFn
+from imcf.metrics.base import CounterfactualStep, Metric
+from imcf.metrics.composition import Batch, CounterfactualFn, distance_readers, distances
+from imcf.registry import METRICS
 
 
 def undo(do: Mapping[str, Any], factual: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -35,3 +37,21 @@ def round_trips(
         if k in wanted:
             out[k] = x
     return out
+
+
+@METRICS.register("reversibility")
+class Reversibility(Metric):
+    """do(a = a') then do(a = factual a), repeated: distance to the factual after each number of round trips in
+    `cycles` (the outputs are shared as `step.shared["back"]` for the grid)."""
+
+    @classmethod
+    def requires(cls, cfg: Any) -> set[str]:
+        return distance_readers(cfg)
+
+    def update(self, step: CounterfactualStep) -> int:
+        cycles = self.setting.cycles
+        outs = round_trips(self.setting.scm.counterfactual, step.factual, {step.target: step.value}, cycles)
+        for k, out in outs.items():
+            distances(self, f"reversibility/{step.row} x{k}", out, step.factual)
+        step.shared["back"] = outs
+        return step.size * 2 * max(cycles, default=0)

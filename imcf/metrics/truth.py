@@ -6,10 +6,13 @@ Attributes: absolute error (continuous) or class mismatch (binary / categorical)
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from imcf.graph import NodeKind
+from imcf.metrics.base import CounterfactualStep, Metric, dataset_name
 from imcf.metrics.composition import image_l1, node_distance, to_pixels
 from imcf.registry import METRICS
 
@@ -17,13 +20,11 @@ from imcf.registry import METRICS
 PSNR_CAP = 100.0
 
 
-@METRICS.register("pixel_mae")
 def pixel_mae(a: Tensor, b: Tensor) -> Tensor:
     """Per-image mean absolute error (B,) on the 0..255 scale."""
     return image_l1(a, b)
 
 
-@METRICS.register("psnr")
 def psnr(a: Tensor, b: Tensor) -> Tensor:
     """Per-image peak signal-to-noise ratio (B,) in dB on the 0..255 scale, at most `PSNR_CAP`."""
     if a.shape != b.shape:
@@ -32,7 +33,6 @@ def psnr(a: Tensor, b: Tensor) -> Tensor:
     return (10 * torch.log10(255.0**2 / mse.clamp(min=1e-30))).clamp(max=PSNR_CAP)
 
 
-@METRICS.register("ssim")
 def ssim(a: Tensor, b: Tensor) -> Tensor:
     """Per-image structural similarity (B,) of images in [-1, 1] (Gaussian window, 11 px or the image size)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
@@ -54,3 +54,36 @@ def truth_scores(kind: NodeKind, model: Tensor, true: Tensor) -> dict[str, Tenso
     if kind.is_image:
         return {"mae": pixel_mae(model, true), "psnr": psnr(model, true), "ssim": ssim(model, true)}
     return {"error": node_distance(kind, model, true)}
+
+
+@METRICS.register("truth")
+class Truth(Metric):
+    """Error of every node of the counterfactual against the dataset's true counterfactual (embedded data); the
+    true images are shared as `step.shared["true"]` for the grid."""
+
+    def __init__(self, setting: Any) -> None:
+        super().__init__(setting)
+        self.missing: set[str] = set()
+
+    @classmethod
+    def unsupported(cls, graph: Any, dataset: Any) -> str:
+        return (
+            "" if dataset.has_ground_truth else f"dataset {dataset_name(dataset)!r} has no ground-truth counterfactuals"
+        )
+
+    def update(self, step: CounterfactualStep) -> int:
+        true = self.setting.dataset.true_counterfactual(step.index, {step.target: step.value.cpu()})
+        if true is None:
+            self.missing.add(step.target)
+            return step.size
+        for v in self.setting.graph.nodes:
+            for name, s in truth_scores(self.setting.graph.kinds[v], step.cf[v], true[v].to(step.cf[v].device)).items():
+                self.add(f"truth/{step.row}/{v}:{name}", s)
+        step.shared["true"] = true
+        return step.size
+
+    def notes(self) -> list[str]:
+        return [
+            f"truth: the dataset has no true counterfactual under do({t}); that row is left out"
+            for t in sorted(self.missing)
+        ]

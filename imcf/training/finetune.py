@@ -2,7 +2,7 @@
 
 A mechanism with `counterfactual_finetune.enabled: true` (the latent-image families) trains on the constrained
 objective of Ribeiro et al. 2023 once it holds predictors. They are the evaluator's predictors
-(`imcf.metrics.predictors`: same architecture, epochs and data as `evaluate.predictors`) trained with another
+(`imcf.evaluators.predictors`: same architecture, epochs and data as `evaluate.predictors`) trained with another
 seed (`finetune_predictors.seed`), cached under the data root, so effectiveness is scored afterwards by a
 classifier the model was not tuned against. The mechanism starts from a trained run (`init_from=<run>` or
 `+mechanism.image.init=<run>/image.ckpt`): see docs/training.md, "Counterfactual fine-tuning".
@@ -17,9 +17,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imcf.config import ConfigError, PredictorConfig
+from imcf.evaluators.cache import dataset_fingerprint
+from imcf.evaluators.predictors import FrozenPredictor, load_or_train_predictors
 from imcf.mechanisms.latent_image import finetunes
-from imcf.metrics.offline import dataset_fingerprint
-from imcf.metrics.predictors import FrozenPredictor, load_or_train_predictors
 from imcf.scm import SCM
 
 

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from imcf.config import ConfigError, TrainConfig, mechanism_specs, validate
+from imcf.config import ConfigError, TrainConfig, validate
 from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
 from imcf.io import CheckpointError, atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
@@ -28,6 +28,7 @@ from imcf.training.modular import Unit, plan_units
 from imcf.training.module import UnitModule
 from imcf.training.preemption import Preempted, SignalGuard, requeue, sigterm_guard
 from imcf.training.rundir import check_stored_config, unit_lock
+from imcf.training.specs import mechanism_specs
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -271,7 +272,9 @@ def resumable_checkpoint(ckpt_dir: Path, unit: str) -> tuple[Path, int]:
 
 
 def train(cfg: Any) -> dict[str, Any]:
-    """Train the SCM described by `cfg` (see configs/train.yaml); returns paths of what was written.
+    """Train the SCM described by `cfg` (see configs/train.yaml); returns paths of what was written, and under
+    "evaluate" the evaluation config when `evaluate_after` asks for an evaluation that is due (all units trained,
+    rank 0): `imcf.cli.train_and_evaluate` (train.py) runs it.
 
     SIGTERM raises `Preempted` (exit code 143) once the unit's last completed epoch is saved; under SLURM with
     `requeue: true` the job is requeued first."""
@@ -334,9 +337,7 @@ def _train(cfg: DictConfig, guard: SignalGuard, plan: ThreadPlan) -> dict[str, A
     if rank_zero_only.rank != 0:  # DDP: only rank 0 evaluates and reports
         return result
     if cfg.evaluate_after and complete and not cfg.trainer.fast_dev_run:
-        from imcf.evaluation import evaluate
-
-        result["report"] = evaluate(cfg.evaluate)
+        result["evaluate"] = cfg.evaluate  # the caller evaluates (imcf.cli.train_and_evaluate): training never does
     elif cfg.evaluate_after and not complete:
         say("[imcf] not every unit is trained yet: skipping evaluation (run evaluate.py when all are)")
     say(f"[imcf] run directory: {run_dir.resolve()}")

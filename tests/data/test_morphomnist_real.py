@@ -78,7 +78,7 @@ def test_missing_and_inconsistent_files_are_named(tmp_path: Path) -> None:
 def test_released_files_get_the_predictor_free_measurements(tmp_path: Path) -> None:
     """The evaluator's `measured` metric reads the released images with the same morphometrics as the embedded
     set: the measurements of a stored image match its CSV row (made by the same morphometrics here)."""
-    from imcf.evaluation import measurer, support
+    from imcf.evaluation import support
     from imcf.graph import CausalGraph
 
     write_fixture(tmp_path, "t10k", 6, 1)
@@ -93,7 +93,7 @@ def test_released_files_get_the_predictor_free_measurements(tmp_path: Path) -> N
     )
     assert support(graph, te)["measured"] == ""
     images = torch.stack([te[i]["image"] for i in range(len(te))])
-    got = measurer(te)(images)
+    got = te.measure(images)
     assert got["thickness"].shape == (6, 1)
     want = torch.stack([te[i]["thickness"] for i in range(len(te))])
     assert torch.allclose(got["thickness"], want, atol=0.05), (got["thickness"].ravel(), want.ravel())

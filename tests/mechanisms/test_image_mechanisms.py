@@ -171,7 +171,7 @@ def test_joint_predictor_gets_counterfactual_parents_and_stays_frozen():
     """A FrozenPredictor (the evaluator's AttributePredictor) as the joint predictor: its thickness-style head
     takes extra inputs from the counterfactual parents, gradients reach the decoder but not the predictor, and
     in eval mode the loss is weight * CF + lambda * max(gap, 0)."""
-    from imcf.metrics.predictors import AttributePredictor, FrozenPredictor
+    from imcf.evaluators.predictors import AttributePredictor, FrozenPredictor
 
     torch.manual_seed(0)
     mech = ConditionalVAE.from_graph(

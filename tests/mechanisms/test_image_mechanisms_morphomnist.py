@@ -14,9 +14,9 @@ import torch
 import imcf.mechanisms  # noqa: F401
 from imcf.data import morphomnist as mm
 from imcf.data.morphomnist_dataset import MorphoMNIST
+from imcf.evaluators.predictors import AttributePredictor, FrozenPredictor
 from imcf.graph import CausalGraph
 from imcf.io import read_yaml
-from imcf.metrics.predictors import AttributePredictor, FrozenPredictor
 from imcf.registry import MECHANISMS
 from tests.mechanisms.test_image_mechanisms import train
 

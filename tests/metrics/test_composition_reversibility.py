@@ -2,16 +2,9 @@ import pytest
 import torch
 
 from imcf.data.linear import DEFAULT_GRAPH, DEFAULT_MECHANISMS, true_linear_scm
+from imcf.evaluators.features import LPIPSDistance, lpips_weights_available
 from imcf.graph import NodeKind
-from imcf.metrics.composition import (
-    LPIPSDistance,
-    feature_l1,
-    image_l1,
-    lpips_weights_available,
-    node_distance,
-    null_intervention,
-    repeat,
-)
+from imcf.metrics.composition import feature_l1, image_l1, node_distance, null_intervention, repeat
 from imcf.metrics.reversibility import round_trips, undo
 
 

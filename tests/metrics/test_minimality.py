@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from imcf.metrics.minimality import LatentVAE, counterfactual_latent_divergence, gaussian_kl, latent_kl
+from imcf.evaluators.minimality_vae import LatentVAE
+from imcf.metrics.minimality import counterfactual_latent_divergence, gaussian_kl, latent_kl
 
 
 def test_gaussian_kl_matches_torch_and_uses_the_scale():

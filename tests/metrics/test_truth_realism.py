@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
+from imcf.evaluators.features import InceptionFeatures
 from imcf.graph import NodeKind
-from imcf.metrics.realism import InceptionFeatures, fid, kid
+from imcf.metrics.realism import fid, kid
 from imcf.metrics.truth import PSNR_CAP, psnr, ssim, truth_scores
 
 

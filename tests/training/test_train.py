@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from imcf.cli import train_and_evaluate
 from imcf.data.linear import DEFAULT_MECHANISMS
 from imcf.graph import CausalGraph
 from imcf.io import CheckpointError
@@ -126,7 +127,7 @@ def test_loggers_one_wandb_run_per_unit_tensorboard_hparams_and_evaluator_logs(t
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    result = train(_cfg(tmp_path, "trainer.max_epochs=1", "logger=all", "evaluate.num_samples=100"))
+    result = train_and_evaluate(_cfg(tmp_path, "trainer.max_epochs=1", "logger=all", "evaluate.num_samples=100"))
     report = Path(result["report"])
     assert (report / "metrics.json").is_file() and (report / "report.md").is_file()
     logs = Path(result["run_dir"]) / "logs"

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from imcf.evaluators.cache import CacheMismatchError, cache_path, load_cached, save_cached
+from imcf.evaluators.predictors import AttributePredictor, grey_levels, judge, random_shift
 from imcf.graph import NodeKind
 from imcf.io import CheckpointError
-from imcf.metrics.offline import CacheMismatchError, cache_path, load_cached, save_cached
-from imcf.metrics.predictors import AttributePredictor, grey_levels, judge, random_shift
 
 
 def test_predictor_reads_every_target_in_batch_format():
@@ -81,7 +81,7 @@ def test_cache_for_another_dataset_is_refused(tmp_path):
 
 def test_cache_key_follows_the_dataset_content(tmp_path):
     from imcf.data.datamodule import build_dataset
-    from imcf.metrics.offline import cache_key, dataset_fingerprint
+    from imcf.evaluators.cache import cache_key, dataset_fingerprint
 
     data = build_dataset("linear_gaussian", str(tmp_path), "test", sizes={"train": 10, "val": 10, "test": 10})
     fp = dataset_fingerprint(data)

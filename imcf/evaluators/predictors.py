@@ -1,7 +1,7 @@
 """Anti-causal predictors: read each attribute back off an image (regressors / classifiers).
 
 One small conv network per image node with one head per attribute, trained with Lightning on the factual
-training images and cached per dataset (`imcf.metrics.offline`). Continuous targets are standardised with the
+training images and cached per dataset (`imcf.evaluators.cache`). Continuous targets are standardised with the
 training statistics and read back in original units (no squashing). The conv body uses BatchNorm (a per-image
 norm such as GroupNorm would normalise away the global brightness an intensity head needs), and a grey-level
 path beside it hands the heads the brightness of each image's bright pixels (`grey_levels`). Each predictor is
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,9 +22,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from imcf.data.base import stack_batch
+from imcf.data.datamodule import build_dataset
+from imcf.evaluators.cache import fit_from_config, load_or_fit, subset
 from imcf.graph import NodeKind
-from imcf.metrics.effectiveness import absolute_error, correct, f1_score, labels
 from imcf.nn.parents import ParentEncoder
+from imcf.scores import absolute_error, correct, f1_score, labels
 
 
 class AttributePredictor(nn.Module):
@@ -301,12 +302,9 @@ def load_or_train_predictors(
     """The cached predictor of `image_node` for this dataset, trained (and scored on the test split) if absent.
 
     `cfg` is a PredictorConfig (path, inputs, width, max_epochs, batch_size, lr, max_train_samples, poor_*);
-    `fingerprint` (`imcf.metrics.offline.dataset_fingerprint`) ties the cache to the dataset's content.
+    `fingerprint` (`imcf.evaluators.cache.dataset_fingerprint`) ties the cache to the dataset's content.
     Returns (model in eval mode on CPU, test-set quality, cache file).
     """
-    from imcf.data.datamodule import build_dataset
-    from imcf.metrics.offline import cache_path, fit_from_config, load_cached, save_cached, subset
-
     inputs = {t: [x for x in v if x in targets] for t, v in dict(cfg.inputs or {}).items() if t in targets}
     spec = {
         "what": "predictors",
@@ -325,29 +323,25 @@ def load_or_train_predictors(
         "max_train_samples": cfg.max_train_samples,
         "seed": seed,
     }
-    path = cfg.path or cache_path(data_root, f"predictors-{image_node}", spec)
     model = AttributePredictor(image_shape, targets, inputs, width=int(cfg.width), image_node=image_node)
-    if cfg.path or Path(path).is_file():
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"predictors.path={cfg.path}: no such file")
-        ckpt = load_cached(path, spec, "predictors")
-        model.load_state_dict(ckpt["state_dict"])
-        quality = from_dict(ckpt["quality"])
-        quality = _rejudge(quality, model, cfg)  # the thresholds may differ from when it was cached
-        return model.eval(), quality, str(path)
-    print(f"[imcf] training anti-causal predictors for {dataset}/{image_node} ({list(targets)}) -> {path}")
-    train = build_dataset(dataset, data_root, "train", **options)
-    probe = subset(train, 5000, seed)
-    cont = [t for t, k in model.kinds.items() if k.name == "continuous"]
-    if cont:
-        items = [probe[i] for i in range(len(probe))]
-        model.set_target_stats({t: torch.stack([it[t] for it in items]) for t in cont})
-    val = build_dataset(dataset, data_root, "val", **options)
-    fit_from_config(model, train, val, cfg, accelerator, seed, progress, cosine=True)
-    test = build_dataset(dataset, data_root, "test", **options)
-    quality = score_predictor(model, test, max_nmae=float(cfg.poor_nmae), min_f1=float(cfg.poor_f1))
-    save_cached(path, spec, {"state_dict": model.state_dict(), "quality": as_dict(quality)})
-    return model.eval(), quality, str(path)
+
+    def train() -> dict[str, Any]:
+        print(f"[imcf] training anti-causal predictors for {dataset}/{image_node} ({list(targets)})")
+        train_set = build_dataset(dataset, data_root, "train", **options)
+        probe = subset(train_set, 5000, seed)
+        cont = [t for t, k in model.kinds.items() if k.name == "continuous"]
+        if cont:
+            items = [probe[i] for i in range(len(probe))]
+            model.set_target_stats({t: torch.stack([it[t] for it in items]) for t in cont})
+        val = build_dataset(dataset, data_root, "val", **options)
+        fit_from_config(model, train_set, val, cfg, accelerator, seed, progress, cosine=True)
+        test = build_dataset(dataset, data_root, "test", **options)
+        quality = score_predictor(model, test, max_nmae=float(cfg.poor_nmae), min_f1=float(cfg.poor_f1))
+        return {"quality": as_dict(quality)}
+
+    ckpt, path = load_or_fit("predictors", spec, model, cfg.path, data_root, train)
+    quality = _rejudge(from_dict(ckpt["quality"]), model, cfg)  # the thresholds may differ from when it was cached
+    return model.eval(), quality, path
 
 
 def _rejudge(quality: dict[str, PredictorQuality], model: AttributePredictor, cfg: Any) -> dict[str, PredictorQuality]:

@@ -1,4 +1,4 @@
-"""Models the evaluator trains offline (predictors, the minimality VAE): one Lightning loop and a cache.
+"""Models the evaluator trains offline (predictors, the minimality VAE): one cached-fit recipe, one Lightning loop.
 
 A cached model lives at `<data_root>/evaluators/<dataset>-<what>-<hash>.ckpt`; the hash covers everything that
 shapes it (dataset name and options, the nodes it reads, its hyper-parameters), and the file repeats that
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,34 @@ def load_cached(path: str | Path, spec: Mapping[str, Any], what: str) -> dict[st
                 f"{key}={want.get(key)!r}; delete the file or point {what}.path elsewhere"
             )
     return ckpt
+
+
+def load_or_fit(
+    what: str,
+    spec: Mapping[str, Any],
+    model: nn.Module,
+    path: str | Path | None,
+    data_root: str | Path,
+    train: Callable[[], Mapping[str, Any]],
+) -> tuple[dict[str, Any], str]:
+    """Load `model`'s weights cached for `spec`, or train it and cache it: the recipe of every evaluator model.
+
+    `path` is the user's file (`<what>.path`; it must exist) or None for the default file under `data_root`
+    (`cache_path`). `train()` fits `model` in place and returns what else to cache beside its weights (e.g. its
+    test quality). Returns (the cached entries, the file).
+    """
+    file = Path(path) if path else cache_path(data_root, f"{spec['what']}-{spec['image_node']}", spec)
+    if path and not file.is_file():
+        raise FileNotFoundError(f"{what}.path={path}: no such file")
+    if file.is_file():
+        ckpt = load_cached(file, spec, what)
+        model.load_state_dict(ckpt["state_dict"])
+        return ckpt, str(file)
+    extra = train()
+    state = {"state_dict": model.state_dict(), **extra}
+    save_cached(file, spec, state)
+    print(f"[imcf] {what} model cached at {file}")
+    return state, str(file)
 
 
 def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
