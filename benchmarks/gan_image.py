@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from imcf.data import morphomnist as mm
-from imcf.data.morphomnist_dataset import MorphoMNIST
+from imcf.data.morphomnist.dataset import MorphoMNIST
 from imcf.graph import CausalGraph
 from imcf.io import read_yaml
 from imcf.mechanisms.gan import ConditionalGAN

@@ -45,11 +45,11 @@ import torch
 import imcf.mechanisms  # noqa: F401  (fills the registry)
 from imcf.config import PredictorConfig
 from imcf.data import morphomnist as mm
-from imcf.data.morphomnist_dataset import MorphoMNIST
+from imcf.data.morphomnist.dataset import MorphoMNIST
+from imcf.evaluators.predictors import AttributePredictor, load_or_train_predictors
 from imcf.graph import CausalGraph
 from imcf.io import read_yaml
 from imcf.metrics.composition import image_l1, null_intervention, repeat
-from imcf.evaluators.predictors import AttributePredictor, load_or_train_predictors
 from imcf.metrics.reversibility import round_trips
 from imcf.registry import MECHANISMS
 

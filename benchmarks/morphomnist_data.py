@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from imcf.data import morphomnist as mm
-from imcf.data.morphomnist_dataset import MorphoMNIST, clear_memory_cache, load_cache, load_source_digits
+from imcf.data.morphomnist.dataset import MorphoMNIST, clear_memory_cache, load_cache, load_source_digits
 
 RESULTS = Path(__file__).resolve().parent / "results" / "morphomnist_data.json"
 

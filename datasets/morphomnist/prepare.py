@@ -14,8 +14,8 @@ import argparse
 import time
 
 from imcf.data.morphomnist import DEFAULT_UPSCALE, default_workers
-from imcf.data.morphomnist_dataset import MorphoMNIST
-from imcf.data.morphomnist_real import MorphoMNISTReal
+from imcf.data.morphomnist.dataset import MorphoMNIST
+from imcf.data.morphomnist.real import MorphoMNISTReal
 
 
 def main() -> None:

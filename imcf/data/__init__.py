@@ -4,8 +4,7 @@ from imcf.data import (
     celeba,  # noqa: F401
     faces,  # noqa: F401
     linear,  # noqa: F401
-    morphomnist_dataset,  # noqa: F401
-    morphomnist_real,  # noqa: F401
+    morphomnist,  # noqa: F401
 )
 from imcf.data.base import SPLITS, CausalDataset
 

@@ -93,10 +93,12 @@ def load_or_fit(
 
 
 def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
-    """What identifies a dataset's content beyond the options given: its class and its resolved options
-    (`dataset.options` where the dataset keeps them, e.g. Morpho-MNIST's generator version and upscale)."""
+    """What identifies a dataset's content beyond the options given: its class (by its registered name, so that
+    moving the code does not orphan the caches; the qualified name for an unregistered class) and its resolved
+    options (`dataset.options` where the dataset keeps them, e.g. Morpho-MNIST's generator version and upscale)."""
+    cls = type(dataset)
     return {
-        "class": f"{type(dataset).__module__}.{type(dataset).__qualname__}",
+        "class": getattr(cls, "registry_name", None) or f"{cls.__module__}.{cls.__qualname__}",
         "resolved_options": _plain(getattr(dataset, "options", None)),
     }
 

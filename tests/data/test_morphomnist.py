@@ -7,7 +7,7 @@ import pytest
 from skimage.morphology import medial_axis as sk_medial_axis
 
 from imcf.data import morphomnist as mm
-from imcf.data.morphomnist_dataset import load_source_digits
+from imcf.data.morphomnist.dataset import load_source_digits
 
 
 def capsule(p0: tuple[float, float], p1: tuple[float, float], width: float, size: int = 32) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 
 from imcf.data import morphomnist as mm
 from imcf.data.datamodule import CausalDataModule, build_dataset
-from imcf.data.morphomnist_dataset import MorphoMNIST, clear_memory_cache, load_cache
+from imcf.data.morphomnist.dataset import MorphoMNIST, clear_memory_cache, load_cache
 from imcf.graph import CausalGraph
 from imcf.io import read_yaml
 from imcf.registry import DATASETS

@@ -11,7 +11,7 @@ import torch
 
 from imcf.data import morphomnist as mm
 from imcf.data.idx import read_idx, write_idx
-from imcf.data.morphomnist_real import MorphoMNISTReal, expected_files
+from imcf.data.morphomnist.real import MorphoMNISTReal, expected_files
 from imcf.registry import DATASETS
 
 

@@ -312,7 +312,7 @@ def test_counterfactual_thickness_moves_toward_target(tmp_path):
     import numpy as np
 
     from imcf.data import morphomnist as mm
-    from imcf.data.morphomnist_dataset import MorphoMNIST
+    from imcf.data.morphomnist.dataset import MorphoMNIST
 
     train_set = MorphoMNIST(root=str(tmp_path), split="train")
     test_set = MorphoMNIST(root=str(tmp_path), split="test")

@@ -35,7 +35,7 @@ def true_intensity(t: torch.Tensor, u_i: torch.Tensor) -> torch.Tensor:
 
 
 def test_formulas_are_the_morphomnist_dataset_scm():
-    """The SCM written here is the one imcf/data/morphomnist.py renders from."""
+    """The SCM written here is the one imcf/data/morphomnist/ renders from."""
     data = morpho_attributes(100, seed=0)
     expected = morphomnist.intensity_mechanism(data["thickness"].numpy(), data["u_i"].numpy())
     torch.testing.assert_close(data["intensity"], torch.as_tensor(expected))

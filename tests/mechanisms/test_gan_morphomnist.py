@@ -16,7 +16,7 @@ from imcf.training.module import UnitModule
 
 # the embedded Morpho-MNIST set is built in parallel with this family: skip (not fail) while it is missing
 mm = pytest.importorskip("imcf.data.morphomnist")
-MorphoMNIST = pytest.importorskip("imcf.data.morphomnist_dataset").MorphoMNIST
+MorphoMNIST = pytest.importorskip("imcf.data.morphomnist.dataset").MorphoMNIST
 
 ROOT = Path(__file__).resolve().parents[2]
 PARENTS = ("thickness", "intensity", "digit")

@@ -13,7 +13,7 @@ import torch
 
 import imcf.mechanisms  # noqa: F401
 from imcf.data import morphomnist as mm
-from imcf.data.morphomnist_dataset import MorphoMNIST
+from imcf.data.morphomnist.dataset import MorphoMNIST
 from imcf.evaluators.predictors import AttributePredictor, FrozenPredictor
 from imcf.graph import CausalGraph
 from imcf.io import read_yaml

@@ -15,10 +15,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from imcf.data import morphomnist as mm
 from imcf.data.base import CausalDataset
 from imcf.data.idx import read_idx
-from imcf.data.morphomnist_dataset import measure_images
+from imcf.data.morphomnist.dataset import measure_images
+from imcf.data.morphomnist.measure import intensity as stroke_intensity
+from imcf.data.morphomnist.scm import pad_to
 from imcf.registry import DATASETS
 
 PREFIX = {"train": "train", "val": "train", "test": "t10k"}
@@ -60,7 +61,7 @@ def load_morphomnist_files(data_dir: str | Path, prefix: str) -> tuple[np.ndarra
         if not np.array_equal(table["index"].to_numpy(), np.arange(len(table))):
             raise ValueError(f"{paths[2]}: 'index' is not a permutation of 0..{len(table) - 1}")
     if "intensity" not in table.columns:
-        table["intensity"] = mm.intensity(images)
+        table["intensity"] = stroke_intensity(images)
     return images, labels.astype(np.int64), table
 
 
@@ -96,7 +97,7 @@ class MorphoMNISTReal(CausalDataset):
         if max_samples is not None:
             rows = rows[: int(max_samples)]
         f32 = torch.float32
-        padded = mm.pad_to(images[rows], 32)
+        padded = pad_to(images[rows], 32)
         self.source_index = torch.as_tensor(rows, dtype=torch.long)
         self._values = {
             "thickness": torch.tensor(table["thickness"].to_numpy()[rows], dtype=f32)[:, None],

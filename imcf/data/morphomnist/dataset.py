@@ -22,10 +22,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from imcf.data import morphomnist as mm
 from imcf.data.base import SPLITS, CausalDataset
 from imcf.data.cache import CacheError, load_set, save_set
 from imcf.data.idx import read_idx
+from imcf.data.morphomnist.measure import DEFAULT_UPSCALE, MEASURE_SCALE, measure_batch
+from imcf.data.morphomnist.scm import intensity_mechanism, pad_to, render_batch, sample_noise, thickness_mechanism
 from imcf.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,9 @@ def generate(options: Mapping[str, Any], workers: int | None = None) -> tuple[di
         raise ValueError(f"num_samples must be at least 3 (one per split), got {n}")
     reps = -(-n // digits.shape[0])
     base_index = np.concatenate([rng.permutation(digits.shape[0]) for _ in range(reps)])[:n]
-    noise = mm.sample_noise(n, rng)
-    thickness = mm.thickness_mechanism(noise["thickness"])
-    intensity = mm.intensity_mechanism(thickness, noise["intensity"])
+    noise = sample_noise(n, rng)
+    thickness = thickness_mechanism(noise["thickness"])
+    intensity = intensity_mechanism(thickness, noise["intensity"])
     n_test = max(1, int(round(n * options["test_fraction"])))
     n_val = max(1, int(round(n * options["val_fraction"])))
     if n_test + n_val >= n:
@@ -128,8 +129,8 @@ def generate(options: Mapping[str, Any], workers: int | None = None) -> tuple[di
     for s in SPLITS:
         rows = np.flatnonzero(split == s)
         split_index[rows] = np.arange(rows.shape[0])
-    bases = mm.pad_to(digits[base_index], IMAGE_SIZE)
-    out = mm.render_batch(bases, thickness, intensity, options["upscale"], workers, progress="morphomnist")
+    bases = pad_to(digits[base_index], IMAGE_SIZE)
+    out = render_batch(bases, thickness, intensity, options["upscale"], workers, progress="morphomnist")
     table = pd.DataFrame(
         {
             "index": np.arange(n),
@@ -200,7 +201,7 @@ def load_or_generate(
             "num_rows": len(table),
             "split_sizes": {s: int((table["split"] == s).sum()) for s in SPLITS},
             "generation_seconds": round(time.perf_counter() - start, 2),
-            "measure_scale": mm.MEASURE_SCALE,
+            "measure_scale": MEASURE_SCALE,
         }
         save_cache(directory, arrays, table, meta)
         arrays, table, meta = load_cache(directory)
@@ -211,7 +212,7 @@ def load_or_generate(
 def measure_images(images: Tensor) -> dict[str, Tensor]:
     """Thickness and intensity of a batch of digit images in [-1, 1] (B, 1, H, W), any device: {name: (B, 1)}
     float32 on the CPU (the morphometrics of `imcf.data.morphomnist.measure_batch`)."""
-    out = mm.measure_batch(images.detach().float().cpu().numpy(), "signed")
+    out = measure_batch(images.detach().float().cpu().numpy(), "signed")
     return {k: torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1) for k, v in out.items()}
 
 
@@ -254,7 +255,7 @@ class MorphoMNIST(CausalDataset):
         num_samples: int | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
-        upscale: int = mm.DEFAULT_UPSCALE,
+        upscale: int = DEFAULT_UPSCALE,
         seed: int = 0,
         workers: int | None = None,
         mnist_dir: str | None = None,
@@ -332,7 +333,7 @@ class MorphoMNIST(CausalDataset):
             i_cf = _per_row(do["intensity"], n, "intensity")
             i_cf = np.where(np.abs(i_cf - i_fact) <= 1e-4, i_fact, i_cf)
         else:
-            i_cf = mm.intensity_mechanism(t_cf, u_i)
+            i_cf = intensity_mechanism(t_cf, u_i)
         t_changed = ~np.equal(t_cf, t_fact)
         i_changed = ~np.equal(i_cf, i_fact)
         image = self.arrays["image"][rows].copy()
@@ -341,12 +342,12 @@ class MorphoMNIST(CausalDataset):
         redo_t = np.flatnonzero(t_changed)
         redo_i = np.flatnonzero(i_changed & ~t_changed)
         if redo_t.size:
-            out = mm.render_batch(
+            out = render_batch(
                 self.arrays["base"][rows[redo_t]], t_cf[redo_t], i_cf[redo_t], self.options["upscale"], self.workers
             )
             image[redo_t], m_t[redo_t], m_i[redo_t] = out["image"], out["measured_thickness"], out["measured_intensity"]
         if redo_i.size:
-            out = mm.render_batch(
+            out = render_batch(
                 self.arrays["base"][rows[redo_i]],
                 t_cf[redo_i],
                 i_cf[redo_i],
