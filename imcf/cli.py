@@ -36,4 +36,3 @@ def train_and_evaluate(cfg: Any) -> dict[str, Any]:
     if evaluation is not None:
         result["report"] = evaluate(evaluation)
     return result
-

@@ -32,7 +32,6 @@ from imcf.evaluators.minimality_vae import load_or_train_vae
 from imcf.evaluators.predictors import as_dict, load_or_train_predictors
 from imcf.graph import CausalGraph
 from imcf.io import read_yaml
-from imcf.mechanisms.latent_image import finetunes
 from imcf.metrics.base import (
     CounterfactualStep,
     EvaluationError,
@@ -47,6 +46,7 @@ from imcf.metrics.interventions import bin_edges, draw_intervention, groups
 from imcf.registry import METRICS
 from imcf.report import effectiveness_plot, image_grid, log_report, write_report
 from imcf.scm import SCM
+from imcf.training.finetune import finetunes
 
 __all__ = [
     "EvaluationError",

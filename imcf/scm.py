@@ -398,7 +398,9 @@ class SCM(nn.Module):
         ]
         if out:  # the weights would not mean the same thing; their shapes are beside the point
             return out
-        return _shape_differences(ckpt["state_dict"][node], self.mechanisms[node].state_dict())
+        mech = self.mechanisms[node]
+        saved_state = {k: v for k, v in ckpt["state_dict"][node].items() if k not in mech.retired_state}
+        return _shape_differences(saved_state, mech.state_dict())
 
 
 def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str = "?") -> Tensor:

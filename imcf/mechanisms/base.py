@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ class Mechanism(nn.Module, ABC):
         self.parents: tuple[str, ...] = tuple(parent_kinds)
         self.config: dict[str, Any] = {}
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
+        self.register_load_state_dict_pre_hook(_drop_retired_state)
 
     @classmethod
     def from_graph(
@@ -100,6 +102,21 @@ class Mechanism(nn.Module, ABC):
         to skip this step); None (the default) leaves them alone."""
         return None
 
+    #: can be fine-tuned on its counterfactuals (`imcf.training.finetune.CounterfactualObjective`): `loss` returns
+    #: the bound it trains on under "elbo" (negative ELBO per dimension, with gradients), and abduct / predict
+    #: are differentiable
+    finetunable: bool = False
+    #: the family's `counterfactual_finetune` options ({"enabled": ..., ...}); empty: it never fine-tunes
+    counterfactual_finetune: Mapping[str, Any] = MappingProxyType({})
+    #: state-dict entries that older checkpoints of the family hold and this version no longer has: dropped on
+    #: load, so old runs still load
+    retired_state: tuple[str, ...] = ()
+
+    def parent_scale(self, parent: str) -> Tensor:
+        """Scale of a continuous parent's values (fine-tuning divides a predictor's error by it, so attributes
+        weigh alike); default 1."""
+        return torch.ones((), device=self.device)
+
     def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
         """Parameter groups of the unit's optimiser (e.g. a Lagrange multiplier at its own rate); default: one
         group of every trainable parameter at `lr`."""
@@ -136,3 +153,8 @@ class Mechanism(nn.Module, ABC):
     @property
     def parent_dim(self) -> int:
         return sum(k.dim for k in self.parent_kinds.values())
+
+
+def _drop_retired_state(module: Mechanism, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    for key in module.retired_state:
+        state_dict.pop(prefix + key, None)

@@ -228,9 +228,6 @@ class ConditionalGAN(LatentImageMechanism):
     def decode_loc(self, noise: LatentNoise, cond: Tensor) -> Tensor:
         return self.generator(noise.latents[0], cond)
 
-    def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:
-        raise NotImplementedError(f"gan {self.node!r} is an implicit model: it has no likelihood or ELBO")
-
     def noise_shapes(self) -> list[tuple[int, ...]]:
         return [(self.latent_dim,)]
 

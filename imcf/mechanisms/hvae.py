@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.latent_image import LatentImageMechanism, LatentNoise
+from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
 from imcf.nn.conv import ConvEncoder, ResBlock, broadcast_cond
 from imcf.nn.likelihood import ImageLikelihood
 from imcf.registry import MECHANISMS
@@ -74,7 +74,7 @@ class TopDownBlock(nn.Module):
 
 
 @MECHANISMS.register("hvae")
-class HierarchicalVAE(LatentImageMechanism):
+class HierarchicalVAE(ELBOImageMechanism):
     """VDVAE-style conditional hierarchical VAE.
 
     Config (besides `LatentImageMechanism`'s): widths (per resolution, full resolution first; resolution i

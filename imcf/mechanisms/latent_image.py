@@ -1,18 +1,17 @@
-"""What the latent-variable image families (VAE, HVAE) share: the `LatentNoise` they abduct, the optional
-pixel residual, parent conditioning, gradient clipping/skipping, and counterfactual fine-tuning
-(the constrained objective of Ribeiro et al. 2023, "High Fidelity Image Counterfactuals with
-Probabilistic Causal Models"). The networks live in the family files (vae.py, hvae.py)."""
+"""What the latent-variable image families (VAE, HVAE, and the GAN's encoder) share: the `LatentNoise` they abduct,
+the optional pixel residual, parent conditioning, the output gain, the independence penalty and gradient
+clipping/skipping. Counterfactual fine-tuning (`counterfactual_finetune`) is configured here and run by
+`imcf.training.finetune`. The networks live in the family files (vae.py, hvae.py, gan.py)."""
 
 from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
@@ -22,24 +21,10 @@ from imcf.nn.gain import from_shape, to_shape
 from imcf.nn.independence import dependence
 from imcf.nn.parents import ParentEncoder
 
-#: an anti-causal predictor: image batch -> prediction of one attribute (continuous: values (B, 1) in the
-#: attribute's units; binary: logits (B, 1); categorical: logits (B, K))
-Predictor = Callable[[Tensor], Tensor]
-#: one predictor for several attributes: (image batch, counterfactual parents) -> {attribute: prediction}, the
-#: parents feeding heads that take extra inputs (e.g. `imcf.evaluators.predictors.FrozenPredictor`)
-JointPredictor = Callable[[Tensor, Mapping[str, Tensor]], Mapping[str, Tensor]]
-
-
-def finetunes(mech: Any) -> bool:
-    """Whether a mechanism is configured for counterfactual fine-tuning (`counterfactual_finetune.enabled`)."""
-    return bool(getattr(mech, "finetune", {}).get("enabled", False))
-
-
 ABDUCTION_KEYS = {"keep_residual", "sample", "latents", "withhold_residual_on", "residual", "withheld_latent_scale"}
 #: `abduction.residual: relative`: where both decodes are lit (value + 1 > ON) the residual is scaled by
 #: (decode' + 1 + eps) / (decode + 1 + eps), clipped to [0, MAX]; elsewhere it is added as abducted
 RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON = 0.1, 4.0, 0.5
-FINETUNE_KEYS = {"enabled", "weight", "elbo_bound", "lagrange_init", "lagrange_lr_scale"}
 
 
 @dataclass
@@ -73,7 +58,7 @@ def parse_options(given: Mapping[str, Any] | None, defaults: Mapping[str, Any], 
 class LatentImageMechanism(Mechanism):
     """Base of the latent-variable image families: x = decode(latents, parents) (+ residual).
 
-    Subclasses implement `encode_latents`, `decode_loc`, `elbo` and `noise_shapes`.
+    Subclasses implement `encode_latents`, `decode_loc`, `noise_shapes` and `loss` (`ELBOImageMechanism`: `elbo`).
     Config shared by all such families:
       abduction: {keep_residual: true, sample: false, latents: fixed|exogenous}
         keep_residual: store x - decode(z, pa) so a null intervention returns x exactly (exact_abduction);
@@ -88,13 +73,13 @@ class LatentImageMechanism(Mechanism):
       gain_parents: parents that act only as an output gain, x = g(gain parents) * (s + 1) - 1, the networks
         modelling the shape s from the latents and the other parents (e.g. a stroke brightness); the residual is
         kept in shape units, so changing only a gain parent rescales the image exactly;
-      kl_weight, likelihood ("discretized_gaussian" | "gaussian"), likelihood_std (null = learned),
+      likelihood ("discretized_gaussian" | "gaussian"), likelihood_std (null = learned) where the family has one,
       parent_ranges ({parent: [lo, hi]} fixed normalisation for continuous parents),
-      grad_clip (max grad norm), grad_skip (skip updates whose grad norm exceeds it; null = never),
-      counterfactual_finetune: {enabled, weight, elbo_bound, lagrange_init, lagrange_lr_scale}.
+      grad_clip (max grad norm), grad_skip (skip updates whose grad norm exceeds it; null = never).
     """
 
     models_gain = True  # takes `gain_parents` (the GAN, trained adversarially, does not)
+    retired_state = ("lagrange_raw", "elbo_bound")  # fine-tuning state, kept by imcf.training.finetune since 12-2026
     inference_options = ("abduction",)
     #: the latents' prior is N(0, I) whatever the parents (VAE, GAN): 0 is its mean even for "fixed" latents
     latents_centred = True
@@ -109,11 +94,9 @@ class LatentImageMechanism(Mechanism):
         kind: NodeKind,
         parent_kinds: Mapping[str, NodeKind],
         abduction: Mapping[str, Any] | None = None,
-        kl_weight: float = 1.0,
         parent_ranges: Mapping[str, list[float]] | None = None,
         grad_clip: float | None = 200.0,
         grad_skip: float | None = None,
-        counterfactual_finetune: Mapping[str, Any] | None = None,
         independence_weight: float = 0.0,
         independence_warmup: int = 0,
         gain_parents: Sequence[str] | None = None,
@@ -152,20 +135,8 @@ class LatentImageMechanism(Mechanism):
             self.register_buffer("independence_steps", torch.zeros((), dtype=torch.long))
         # honest: only the residual makes predict(abduct(x, pa), pa) == x
         self.exact_abduction = self.keep_residual
-        self.kl_weight = float(kl_weight)
         self.grad_clip = grad_clip
         self.grad_skip = grad_skip
-        self.finetune = parse_options(
-            counterfactual_finetune,
-            {
-                "enabled": False,
-                "weight": 1.0,
-                "elbo_bound": None,
-                "lagrange_init": 1.0,
-                "lagrange_lr_scale": 1.0,
-            },
-            f"{node}: counterfactual_finetune",
-        )
         ranges = {p: tuple(v) for p, v in (parent_ranges or {}).items()}
         unknown = set(ranges) - set(parent_kinds)
         if unknown:
@@ -185,13 +156,6 @@ class LatentImageMechanism(Mechanism):
             self.gain_net = nn.Sequential(nn.Linear(self.gain_encoder.dim, 32), nn.SiLU(), nn.Linear(32, self.channels))
             nn.init.zeros_(self.gain_net[-1].weight)  # starts at gain 1: the plain decoder
             nn.init.zeros_(self.gain_net[-1].bias)
-        # Lagrange multiplier of the ELBO constraint (softplus keeps it >= 0); bound set on first use if null
-        init = float(self.finetune["lagrange_init"])
-        self.lagrange_raw = nn.Parameter(torch.tensor(math.log(math.expm1(max(init, 1e-6)))))
-        self.register_buffer("elbo_bound", torch.tensor(float("nan")))
-        if self.finetune["elbo_bound"] is not None:
-            self.elbo_bound.fill_(float(self.finetune["elbo_bound"]))
-        self.predictors: dict[str, Predictor] | JointPredictor = {}
 
     def current_independence_weight(self) -> float:
         """The independence penalty's weight at this training step (`independence_warmup`)."""
@@ -248,13 +212,6 @@ class LatentImageMechanism(Mechanism):
     @abstractmethod
     def decode_loc(self, noise: LatentNoise, cond: Tensor) -> Tensor:
         """Latents (without residual) and parent features -> likelihood location (B, C, H, W)."""
-
-    @abstractmethod
-    def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:
-        """{"nll": (B,), "kl": (B,), optional "kl_<level>": (B,)} in nats per image, reparameterised, and
-        optionally "codes": the posterior latents (means, standardised where the mode is exogenous) as a list,
-        which the independence penalty reads. With a `gain` the networks see `to_shape(x, gain)` and the
-        likelihood scores the image x at `from_shape(loc, gain)` (the pixel noise stays the image's)."""
 
     @abstractmethod
     def noise_shapes(self) -> list[tuple[int, ...]]:
@@ -365,6 +322,71 @@ class LatentImageMechanism(Mechanism):
     def sample_noise(self, n: int) -> LatentNoise:
         return LatentNoise([torch.randn(n, *s, device=self.device) for s in self.noise_shapes()], standardised=True)
 
+    # ----- training stability -----
+    def stabilise_gradients(self) -> tuple[float, bool]:
+        """Clip the gradient norm to `grad_clip`; return (norm before clipping, whether to skip the step).
+
+        Call after backward() and before optimizer.step(); skip the step (and zero the grads) when told.
+        """
+        params = [p for p in self.parameters() if p.grad is not None]
+        if not params:
+            return 0.0, False
+        max_norm = float("inf") if self.grad_clip is None else float(self.grad_clip)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        skip = not math.isfinite(norm) or (self.grad_skip is not None and norm > float(self.grad_skip))
+        return norm, skip
+
+    def parent_scale(self, parent: str) -> Tensor:
+        """A continuous parent's scale: half its fixed range, else its running standard deviation."""
+        enc = self.gain_encoder if parent in self.gain_parents else self.parent_encoder
+        i = enc.continuous.index(parent)
+        if bool(enc.fixed[i]):
+            return (enc.hi[i] - enc.lo[i]).clamp(min=1e-12) / 2
+        if enc.count > 1:
+            return (enc.m2[i] / (enc.count - 1)).clamp(min=1e-12).sqrt()
+        return torch.ones((), device=self.device)
+
+
+class ELBOImageMechanism(LatentImageMechanism):
+    """A latent image family with a likelihood (VAE, HVAE): trained on the negative ELBO (plus the independence
+    penalty), which also bounds counterfactual fine-tuning (`imcf.training.finetune`).
+
+    Config beyond `LatentImageMechanism`'s: kl_weight; counterfactual_finetune: {enabled, weight, elbo_bound,
+    lagrange_init, lagrange_lr_scale}.
+    """
+
+    finetunable = True
+
+    def __init__(
+        self,
+        node: str,
+        kind: NodeKind,
+        parent_kinds: Mapping[str, NodeKind],
+        kl_weight: float = 1.0,
+        counterfactual_finetune: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(node, kind, parent_kinds, **kwargs)
+        self.kl_weight = float(kl_weight)
+        self.counterfactual_finetune = parse_options(
+            counterfactual_finetune,
+            {
+                "enabled": False,
+                "weight": 1.0,
+                "elbo_bound": None,
+                "lagrange_init": 1.0,
+                "lagrange_lr_scale": 1.0,
+            },
+            f"{node}: counterfactual_finetune",
+        )
+
+    @abstractmethod
+    def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:
+        """{"nll": (B,), "kl": (B,), optional "kl_<level>": (B,)} in nats per image, reparameterised, and
+        optionally "codes": the posterior latents (means, standardised where the mode is exogenous) as a list,
+        which the independence penalty reads. With a `gain` the networks see `to_shape(x, gain)` and the
+        likelihood scores the image x at `from_shape(loc, gain)` (the pixel noise stays the image's)."""
+
     def loss(self, x: Tensor, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
         self._check_image(x)
         cond = self.condition(parents, x.shape[0])
@@ -380,128 +402,5 @@ class LatentImageMechanism(Mechanism):
         penalty, logged = self.independence_penalty(codes, parents, x.shape[0])
         out["loss"] = out["loss"] + penalty
         out.update(logged)
-        if self.finetune["enabled"] and self.predictors:
-            cf = self.counterfactual_loss(x, parents, self.predictors, elbo=elbo_loss)
-            out.update({k: v for k, v in cf.items() if k != "loss"})
-            out["loss"] = cf["loss"] + penalty
+        out["elbo"] = elbo_loss  # the bound counterfactual fine-tuning keeps (imcf.training.finetune)
         return out
-
-    # ----- training stability -----
-    def stabilise_gradients(self) -> tuple[float, bool]:
-        """Clip the gradient norm to `grad_clip`; return (norm before clipping, whether to skip the step).
-
-        Call after backward() and before optimizer.step(); skip the step (and zero the grads) when told.
-        """
-        params = [p for p in self.parameters() if p.grad is not None]
-        if not params:
-            return 0.0, False
-        max_norm = float("inf") if self.grad_clip is None else float(self.grad_clip)
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        skip = not math.isfinite(norm) or (self.grad_skip is not None and norm > float(self.grad_skip))
-        return norm, skip
-
-    # ----- counterfactual fine-tuning (Ribeiro et al. 2023) -----
-    def set_predictors(self, predictors: Mapping[str, Predictor] | JointPredictor) -> None:
-        """Anti-causal predictors used by counterfactual fine-tuning: {parent: image -> prediction}, or one
-        joint callable (image, parents) -> {parent: prediction}. They are not part of the mechanism's state."""
-        if not isinstance(predictors, Mapping):
-            self.predictors = predictors
-            return
-        unknown = set(predictors) - set(self.parents)
-        if unknown:
-            raise KeyError(f"predictors given for non-parents {sorted(unknown)} of {self.node!r}")
-        self.predictors = dict(predictors)
-
-    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Parameter groups for one optimiser: the Lagrange multiplier learns at `lr * lagrange_lr_scale`
-        (a gradient scale alone would be undone by Adam's normalisation). Used by `imcf.training.UnitModule`."""
-        rest = [p for n, p in self.named_parameters() if n != "lagrange_raw" and p.requires_grad]
-        groups: list[dict[str, Any]] = [{"params": rest, "lr": lr}]
-        if self.lagrange_raw.requires_grad:
-            groups.append({"params": [self.lagrange_raw], "lr": lr * float(self.finetune["lagrange_lr_scale"])})
-        return groups
-
-    @property
-    def lagrange(self) -> Tensor:
-        """The Lagrange multiplier of the ELBO constraint (>= 0)."""
-        return F.softplus(self.lagrange_raw)
-
-    def counterfactual_loss(
-        self,
-        x: Tensor,
-        parents: Mapping[str, Tensor],
-        predictors: Mapping[str, Predictor] | JointPredictor,
-        cf_parents: Mapping[str, Tensor] | None = None,
-        elbo: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """Constrained counterfactual objective: min_theta max_lambda>=0 CF(theta) + lambda (ELBO_loss - bound).
-
-        CF is the predictors' loss on counterfactuals decoded under `cf_parents` (default: one parent,
-        chosen at random, shuffled across the batch). Minimising the returned "loss" with one optimiser
-        descends in the model and ascends in lambda (its gradient sign is flipped here).
-        `predictors`: {parent: image -> prediction}, or one callable (image, cf_parents) -> such a dict.
-        In eval mode (validation) the returned "loss" is weight * CF + lambda * max(gap, 0): a penalised
-        objective comparable across epochs, so that checkpoint selection respects the ELBO bound.
-        """
-        if elbo is None:
-            t = self.elbo(x, self.condition(parents, x.shape[0]), self.gain(parents))
-            dims = float(x[0].numel())
-            elbo = (t["nll"].mean() + self.kl_weight * t["kl"].mean()) / dims
-        if cf_parents is None:
-            cf_parents = self.random_intervention(parents)
-        noise = self.abduct(x, parents)  # with gradients: the decoder learns to honour the new parents
-        cf = self.predict(noise, cf_parents)
-        if isinstance(predictors, Mapping):
-            preds = {p: f(cf) for p, f in predictors.items()}
-        else:
-            preds = predictors(cf, cf_parents)
-        terms = {}
-        for p, pred in preds.items():
-            if p not in self.parent_kinds:
-                raise KeyError(f"predictor for {p!r}, which is not a parent of {self.node!r}")
-            terms[f"cf_{p}"] = self._attribute_loss(p, pred, cf_parents[p])
-        if not terms:
-            raise ValueError(f"counterfactual fine-tuning of {self.node!r} got no predictors")
-        cf_loss = sum(terms.values())
-        if torch.isnan(self.elbo_bound):
-            self.elbo_bound.fill_(float(elbo.detach()))
-        gap = elbo - self.elbo_bound
-        lam = self.lagrange
-        # model: CF + lambda * gap (lambda held); lambda: gradient ascent on lambda * gap (gap held)
-        if self.training:
-            lagrangian = lam.detach() * gap - lam * gap.detach()
-        else:
-            lagrangian = lam.detach() * gap.clamp(min=0)
-        loss = float(self.finetune["weight"]) * cf_loss + lagrangian
-        out = {"loss": loss, "cf_loss": cf_loss.detach(), "elbo_gap": gap.detach(), "lagrange": lam.detach()}
-        out.update({k: v.detach() for k, v in terms.items()})
-        return out
-
-    def random_intervention(self, parents: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Counterfactual parents: one parent, picked at random, permuted across the batch."""
-        if not self.parents:
-            raise ValueError(f"{self.node!r} has no parents to intervene on")
-        out = dict(parents)
-        p = self.parents[int(torch.randint(len(self.parents), ()))]
-        out[p] = parents[p][torch.randperm(parents[p].shape[0], device=parents[p].device)]
-        return out
-
-    def _attribute_loss(self, parent: str, pred: Tensor, target: Tensor) -> Tensor:
-        kind = self.parent_kinds[parent].name
-        target = target.to(pred.dtype)
-        if kind == "binary":
-            return F.binary_cross_entropy_with_logits(pred.reshape(target.shape), target)
-        if kind == "categorical":
-            return F.cross_entropy(pred, target.argmax(1))
-        # continuous: squared error in the parent encoder's normalised units, so attributes weigh alike
-        scale = self._parent_scale(parent)
-        return (((pred.reshape(target.shape) - target) / scale) ** 2).mean()
-
-    def _parent_scale(self, parent: str) -> Tensor:
-        enc = self.gain_encoder if parent in self.gain_parents else self.parent_encoder
-        i = enc.continuous.index(parent)
-        if bool(enc.fixed[i]):
-            return (enc.hi[i] - enc.lo[i]).clamp(min=1e-12) / 2
-        if enc.count > 1:
-            return (enc.m2[i] / (enc.count - 1)).clamp(min=1e-12).sqrt()
-        return torch.ones((), device=self.device)

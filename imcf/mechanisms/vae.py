@@ -9,14 +9,14 @@ import torch
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.latent_image import LatentImageMechanism, LatentNoise
+from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
 from imcf.nn.conv import ConvDecoder, ConvEncoder, broadcast_cond
 from imcf.nn.likelihood import ImageLikelihood
 from imcf.registry import MECHANISMS
 
 
 @MECHANISMS.register("vae")
-class ConditionalVAE(LatentImageMechanism):
+class ConditionalVAE(ELBOImageMechanism):
     """Conditional VAE: the encoder sees the image with the parent features broadcast as extra channels;
     the decoder maps [z, pa] to a low-resolution map and upsamples it with FiLM-conditioned residual blocks.
 

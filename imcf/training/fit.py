@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from imcf.mechanisms.base import Mechanism
 
@@ -21,23 +21,29 @@ def fit_mechanism(
     lr: float = 1e-3,
     seed: int = 0,
     cosine: bool = False,
+    objective: nn.Module | None = None,
 ) -> dict[str, float]:
     """Adam on `mech.loss` over `steps` minibatches drawn uniformly (with replacement) from (x, parents) by a
     generator seeded with `seed`; the family's `stabilise_gradients` clips or skips as it says; `cosine` decays the
-    learning rate to 0 over the steps. Leaves the mechanism in eval mode; returns the last loss, the steps skipped
-    and the wall seconds taken."""
+    learning rate to 0 over the steps. `objective` replaces `mech.loss` (counterfactual fine-tuning:
+    `imcf.training.finetune.CounterfactualObjective`, its multiplier in its own optimiser group). Leaves the
+    mechanism in eval mode; returns the last loss, the steps skipped and the wall seconds taken."""
     if mech.manual_optimization:
         raise ValueError(f"{mech.node!r}: {type(mech).__name__} trains itself with several optimisers; use train.py")
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(mech.parameters(), lr=lr)
+    groups = [{"params": list(mech.parameters()), "lr": lr}, *(objective.optimizer_groups(lr) if objective else [])]
+    opt = torch.optim.Adam(groups, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
     n = x.shape[0]
     loss, skipped = torch.tensor(float("nan")), 0
     mech.train()
+    if objective is not None:
+        objective.train()
     start = time.perf_counter()
     for _ in range(steps):
         idx = torch.randint(0, n, (batch_size,), generator=gen).to(x.device)
-        loss = mech.loss(x[idx], {p: v[idx] for p, v in parents.items()})["loss"]
+        pa = {p: v[idx] for p, v in parents.items()}
+        loss = (objective.loss(mech, x[idx], pa) if objective is not None else mech.loss(x[idx], pa))["loss"]
         opt.zero_grad()
         loss.backward()
         stabilised = mech.stabilise_gradients()
@@ -48,4 +54,6 @@ def fit_mechanism(
         if sched is not None:
             sched.step()
     mech.eval()
+    if objective is not None:
+        objective.eval()
     return {"loss": float(loss.detach()), "skipped_steps": skipped, "seconds": time.perf_counter() - start}

@@ -29,9 +29,13 @@ class UnitModule(L.LightningModule):
         mechanisms: Mapping[str, Mechanism],
         optim: Mapping[str, Any] | None = None,
         component: ConfoundedComponent | None = None,
+        objectives: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.mechanisms = nn.ModuleDict(dict(mechanisms))
+        # per node, an objective that replaces the mechanism's own loss (counterfactual fine-tuning:
+        # imcf.training.finetune.CounterfactualObjective); its state (a Lagrange multiplier) is checkpointed here
+        self.objectives = nn.ModuleDict(dict(objectives or {}))
         self.component = component  # shared confounder noise of a confounded unit: trained jointly
         self.optim = dict(optim or {})
         manual = [n for n, m in self.mechanisms.items() if m.manual_optimization]
@@ -54,7 +58,10 @@ class UnitModule(L.LightningModule):
                     self.log(f"{stage}/{k}", v.detach().float(), batch_size=bs, on_epoch=True, sync_dist=sync)
             total = terms["loss"]
         for node, mech in self.mechanisms.items() if self.component is None else ():
-            terms = mech.loss(batch[node], self._parents(mech, batch))
+            if node in self.objectives:
+                terms = self.objectives[node].loss(mech, batch[node], self._parents(mech, batch))
+            else:
+                terms = mech.loss(batch[node], self._parents(mech, batch))
             for k, v in terms.items():
                 self.log(f"{stage}/{node}/{k}", v.detach().float(), batch_size=bs, on_epoch=True, sync_dist=sync)
             total = total + terms["loss"]
@@ -134,8 +141,9 @@ class UnitModule(L.LightningModule):
             return mech.configure_unit_optimizers(self.optim)
         lr = float(self.optim.get("lr", 1e-3))
         groups, grouped = [], set()
-        for mech in self.mechanisms.values():  # families may ask for their own groups (e.g. a Lagrange multiplier)
-            for g in mech.optimizer_groups(lr):
+        hooks = [*self.mechanisms.values(), *self.objectives.values()]  # own groups, e.g. a Lagrange multiplier
+        for owner in hooks:
+            for g in owner.optimizer_groups(lr):
                 groups.append(g)
                 grouped.update(id(p) for p in g["params"])
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in grouped]
@@ -172,6 +180,11 @@ class UnitModule(L.LightningModule):
         checkpoint["imcf_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict") or {}
+        for node in self.objectives:  # before 12-2026 the fine-tuning state lived in the mechanism: move it
+            for key in ("lagrange_raw", "elbo_bound"):
+                if f"mechanisms.{node}.{key}" in state and f"objectives.{node}.{key}" not in state:
+                    state[f"objectives.{node}.{key}"] = state.pop(f"mechanisms.{node}.{key}")
         rng = checkpoint.get("imcf_rng")
         if rng is not None:
             set_rng_state(rng)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
 from imcf.config import ConfigError, TrainConfig, validate
 from imcf.data.datamodule import CausalDataModule
@@ -22,7 +24,7 @@ from imcf.graph import CausalGraph
 from imcf.io import CheckpointError, atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
 from imcf.scm import SCM, unit_name
 from imcf.threads import ThreadPlan, apply, plan_for
-from imcf.training.finetune import attach_finetune_predictors, finetune_nodes
+from imcf.training.finetune import finetune_nodes, finetune_objectives
 from imcf.training.loggers import build_loggers, finish_loggers, wandb_ids
 from imcf.training.modular import Unit, plan_units
 from imcf.training.module import UnitModule
@@ -166,12 +168,20 @@ def unit_settings(cfg: DictConfig, unit: Unit) -> tuple[dict[str, Any], dict[str
 
 
 def train_unit(
-    cfg: DictConfig, scm: SCM, unit: Unit, datamodule: CausalDataModule, run_dir: Path, guard: SignalGuard
+    cfg: DictConfig,
+    scm: SCM,
+    unit: Unit,
+    datamodule: CausalDataModule,
+    run_dir: Path,
+    guard: SignalGuard,
+    objectives: Mapping[str, nn.Module] | None = None,
 ) -> Path:
-    """Fit one unit with Lightning (resuming from its last checkpoint) and write `<unit>.ckpt`."""
+    """Fit one unit with Lightning (resuming from its last checkpoint) and write `<unit>.ckpt`. `objectives`:
+    per node, an objective replacing its mechanism's loss (counterfactual fine-tuning)."""
     trainer_cfg, optim_cfg = unit_settings(cfg, unit)
     component = scm.components[unit.name] if unit.name in scm.components else None
-    module = UnitModule({n: scm.mechanisms[n] for n in unit.nodes}, optim_cfg, component)
+    own = {n: o for n, o in (objectives or {}).items() if n in unit.nodes}
+    module = UnitModule({n: scm.mechanisms[n] for n in unit.nodes}, optim_cfg, component, own)
     ckpt_dir = run_dir / "checkpoints" / unit.name
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1)
     # every epoch, improved or not: a pre-empted unit resumes from its last completed epoch
@@ -316,7 +326,7 @@ def _train(cfg: DictConfig, guard: SignalGuard, plan: ThreadPlan) -> dict[str, A
         say(f"[imcf] dataset {cfg.dataset.name!r} ready under {cfg.dataset.root}: {sizes}")
         return {"dataset": sizes}
     _write_run_files(run_dir, cfg, scm)
-    finetune = attach_finetune_predictors(cfg, scm, tuned)
+    objectives, finetune = finetune_objectives(cfg, scm, tuned)
     written = {}
     for unit in units:
         if unit.pretrained:
@@ -327,7 +337,7 @@ def _train(cfg: DictConfig, guard: SignalGuard, plan: ThreadPlan) -> dict[str, A
         # one live writer per unit (rank 0 holds it for all DDP ranks); array tasks train other units beside it
         lock = run_dir / "checkpoints" / unit.name / "train.lock"
         with unit_lock(lock) if rank_zero_only.rank == 0 else nullcontext():
-            written[unit.name] = train_unit(cfg, scm, unit, dm, run_dir, guard)
+            written[unit.name] = train_unit(cfg, scm, unit, dm, run_dir, guard, objectives)
         if guard.received:  # the signal came as the unit's last batch ended: it is complete, stop before the next
             raise Preempted(f"stopped by SIGTERM after unit {unit.name!r}; rerun the same command to resume")
     result: dict[str, Any] = {"run_dir": str(run_dir), "units": {k: str(v) for k, v in written.items()}}

@@ -173,8 +173,8 @@ def test_bad_options_are_named():
         ConditionalGAN.from_graph(GRAPH, "image", abduction={"sample": True})
     with pytest.raises(ValueError, match="widths"):
         ConditionalGAN.from_graph(GRAPH, "image", widths=[8] * 7)
-    with pytest.raises(NotImplementedError, match="likelihood"):
-        ConditionalGAN.from_graph(GRAPH, "image", **TINY).elbo(torch.zeros(1, 1, 32, 32), torch.zeros(1, 10))
+    gan = ConditionalGAN.from_graph(GRAPH, "image", **TINY)  # an implicit model: no ELBO, nothing to fine-tune
+    assert not hasattr(gan, "elbo") and not gan.finetunable and "lagrange_raw" not in gan.state_dict()
 
 
 @pytest.mark.parametrize("shape", [[1, 32, 32], [3, 64, 64]])

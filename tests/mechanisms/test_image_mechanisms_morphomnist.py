@@ -18,6 +18,7 @@ from imcf.evaluators.predictors import AttributePredictor, FrozenPredictor
 from imcf.graph import CausalGraph
 from imcf.io import read_yaml
 from imcf.registry import MECHANISMS
+from imcf.training.finetune import CounterfactualObjective
 from tests.mechanisms.test_image_mechanisms import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,9 +122,9 @@ def test_counterfactual_finetuning_makes_do_digit_effective(morpho):
     assert factual >= 0.85, f"the judging classifier reads only {factual:.2f} of real test digits"
     mech = trained_family(tr, "vae", independence_weight=0.0, abduction=PLAIN_ABDUCTION)
     before = digit_accuracy(mech, judge, te)
-    mech.finetune["enabled"] = True
-    mech.set_predictors(FrozenPredictor(tune))
-    train(mech, tr["image"], {p: tr[p] for p in PARENTS}, steps=400, batch_size=64, lr=1e-3)
+    objective = CounterfactualObjective(mech, {"enabled": True})
+    objective.set_predictors(FrozenPredictor(tune))
+    train(mech, tr["image"], {p: tr[p] for p in PARENTS}, steps=400, batch_size=64, lr=1e-3, objective=objective)
     after = digit_accuracy(mech, judge, te)
     print(f"do(digit) accuracy {before:.3f} -> {after:.3f} (judge reads {factual:.3f} of real test digits)")
     assert before < 0.3 and after >= 0.6, f"do(digit) accuracy {before:.2f} -> {after:.2f}"
