@@ -91,6 +91,8 @@ class Mechanism(nn.Module, ABC):
     inference_options: tuple[str, ...] = ()
     #: takes `gain_parents`: the dataset's `image_gain` attributes reach it as an output gain (imcf.config)
     models_gain: bool = False
+    #: the parents that act only through the output gain (`models_gain` families set it from `gain_parents`)
+    gain_parents: tuple[str, ...] = ()
 
     # ----- optional training hooks (imcf.training.UnitModule calls them; the defaults do nothing special) -----
     #: True: the family trains itself with its own optimisers (`configure_unit_optimizers(optim)` and a

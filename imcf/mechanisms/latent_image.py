@@ -352,7 +352,8 @@ class ELBOImageMechanism(LatentImageMechanism):
     penalty), which also bounds counterfactual fine-tuning (`imcf.training.finetune`).
 
     Config beyond `LatentImageMechanism`'s: kl_weight; counterfactual_finetune: {enabled, weight, elbo_bound,
-    lagrange_init, lagrange_lr_scale}.
+    lagrange_init, lagrange_lr_scale, gain_parents (false: the predictors do not judge the output-gain parents,
+    whose effect is an exact rescaling the likelihood fits better than a predictor reads it)}.
     """
 
     finetunable = True
@@ -376,6 +377,7 @@ class ELBOImageMechanism(LatentImageMechanism):
                 "elbo_bound": None,
                 "lagrange_init": 1.0,
                 "lagrange_lr_scale": 1.0,
+                "gain_parents": False,
             },
             f"{node}: counterfactual_finetune",
         )

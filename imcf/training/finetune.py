@@ -50,7 +50,7 @@ class CounterfactualObjective(nn.Module):
     It holds the Lagrange multiplier and the bound (checkpointed with the training module), and the predictors
     (not state). The mechanism is passed to each call, so its parameters stay the mechanism's own.
     `options`: the mechanism's `counterfactual_finetune` {enabled, weight, elbo_bound, lagrange_init,
-    lagrange_lr_scale}.
+    lagrange_lr_scale, gain_parents (whether the predictors also judge the output-gain parents; default no)}.
     """
 
     def __init__(self, mech: Mechanism, options: Mapping[str, Any] | None = None) -> None:
@@ -59,6 +59,9 @@ class CounterfactualObjective(nn.Module):
             raise ValueError(f"{mech.node!r}: family {type(mech).__name__} cannot be fine-tuned (no ELBO bound)")
         self.node, self.parent_kinds = mech.node, dict(mech.parent_kinds)
         self.options = dict(mech.counterfactual_finetune if options is None else options)
+        # the parents the predictors judge: all, or (default) those the networks draw, not the output gain's
+        skip = () if self.options.get("gain_parents", False) else mech.gain_parents
+        self.judged = tuple(p for p in mech.parents if p not in skip)
         init = float(self.options.get("lagrange_init", 1.0))
         self.lagrange_raw = nn.Parameter(torch.tensor(math.log(math.expm1(max(init, 1e-6)))))  # softplus: >= 0
         self.register_buffer("elbo_bound", torch.tensor(float("nan")))
@@ -124,7 +127,8 @@ class CounterfactualObjective(nn.Module):
         for p, pred in preds.items():
             if p not in self.parent_kinds:
                 raise KeyError(f"predictor for {p!r}, which is not a parent of {self.node!r}")
-            terms[f"cf_{p}"] = self._attribute_loss(mech, p, pred, cf_parents[p])
+            if p in self.judged:
+                terms[f"cf_{p}"] = self._attribute_loss(mech, p, pred, cf_parents[p])
         if not terms:
             raise ValueError(f"counterfactual fine-tuning of {self.node!r} got no predictors")
         cf_loss = sum(terms.values())
