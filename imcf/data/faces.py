@@ -16,10 +16,7 @@ own u when young or male change.
 
 from __future__ import annotations
 
-import colorsys
-import functools
 import hashlib
-import io
 import json
 import warnings
 from collections.abc import Mapping
@@ -29,11 +26,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw
 from torch import Tensor
 
 from imcf.data.base import SPLITS, CausalDataset
 from imcf.data.cache import CacheError, load_set, save_set
+from imcf.data.face_drawing import STYLE_FACTORS, render_face
 from imcf.data.parallel import map_chunks
 from imcf.graph import CausalGraph
 from imcf.registry import DATASETS
@@ -59,39 +56,11 @@ P_EYEGLASSES = 0.3
 BEARD_PROB: dict[tuple[int, int], float] = {(0, 0): 0.04, (0, 1): 0.80, (1, 0): 0.02, (1, 1): 0.25}
 #: P(bald = 1 | young, male), keyed by (young, male): baldness is mostly in older men
 BALD_PROB: dict[tuple[int, int], float] = {(0, 0): 0.03, (0, 1): 0.60, (1, 0): 0.01, (1, 1): 0.05}
-#: the continuous style factors in u_image (each Uniform(0, 1)), in order
-STYLE_FACTORS = (
-    "skin_tone",
-    "face_width",
-    "face_height",
-    "jaw",
-    "eye_spacing",
-    "eye_size",
-    "eye_colour",
-    "hair_colour",
-    "hair_length",
-    "mouth_width",
-    "background_hue",
-    "background_hue2",
-    "background_angle",
-    "offset_x",
-    "offset_y",
-    "yaw",
-    "light_angle",
-    "light_strength",
-    "brightness",
-    "shirt_hue",
-    "frame_colour",
-)
 #: bump when the renderer or the SCM changes, so old caches are not reused
 FORMAT_VERSION = 1
 
 _ROOT_PROB = {"young": P_YOUNG, "male": P_MALE, "smiling": P_SMILING, "eyeglasses": P_EYEGLASSES}
 _CHILD_PROB = {"beard": BEARD_PROB, "bald": BALD_PROB}
-_SKIN = np.array([(250, 222, 200), (238, 194, 160), (205, 155, 115), (160, 108, 75), (112, 74, 52)], float)
-_HAIR = np.array([(28, 22, 20), (72, 46, 30), (122, 80, 46), (160, 78, 38), (218, 184, 112)], float)
-_IRIS = np.array([(60, 40, 25), (90, 120, 60), (60, 100, 160), (110, 80, 50)], float)
-_FRAME = np.array([(15, 15, 18), (70, 35, 20), (20, 30, 90), (100, 15, 25)], float)
 
 
 def scm_probabilities() -> dict[str, Any]:
@@ -132,189 +101,8 @@ def child_probability(child: str, young: np.ndarray, male: np.ndarray) -> np.nda
 
 
 # ----------------------------------------------------------------------------------------------------------
-# rendering
+# rendering (the drawing itself: imcf.data.face_drawing)
 # ----------------------------------------------------------------------------------------------------------
-def _lerp_palette(palette: np.ndarray, t: float) -> np.ndarray:
-    x = t * (len(palette) - 1)
-    i = min(int(x), len(palette) - 2)
-    return palette[i] * (1 - (x - i)) + palette[i + 1] * (x - i)
-
-
-def _rgb(c: np.ndarray) -> tuple[int, int, int]:
-    r, g, b = (min(255, max(0, round(float(v)))) for v in c)
-    return r, g, b
-
-
-def _contrast(c: np.ndarray, ref: np.ndarray, gap: float) -> np.ndarray:
-    """Scale colour `c` so its luminance differs from `ref`'s by at least `gap` (keeps the hue)."""
-    lum = np.array([0.299, 0.587, 0.114])
-    lc, lr = float(c @ lum), float(ref @ lum)
-    if abs(lc - lr) >= gap:
-        return c
-    up_ok, down_ok = lr + gap <= 235, lr - gap >= 20
-    target = lr + gap if (up_ok and (lc >= lr or not down_ok)) else lr - gap
-    if target < lc:
-        return c * (target / max(lc, 1.0))
-    return c + (255 - c) * (target - lc) / max(255 - lc, 1.0)
-
-
-@functools.cache
-def _grid(n: int) -> np.ndarray:
-    """Pixel centres in [-1, 1] (float32)."""
-    return (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
-
-
-def _hsv(h: float, s: float, v: float) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v)) * 255
-
-
-def render_face(attributes: Mapping[str, int], style: np.ndarray, size: int = 64) -> np.ndarray:
-    """Draw one face: (size, size, 3) uint8. Deterministic in (attributes, style)."""
-    st = dict(zip(STYLE_FACTORS, (float(v) for v in style)))
-    young, male, beard, bald, smiling, glasses = (int(attributes[a]) for a in ATTRIBUTES)
-    canvas = 2 * size  # drawn at twice the size, then box-downsampled (anti-aliasing)
-    s = canvas / 128.0  # the geometry below is in units of a 128-pixel canvas
-
-    # background: a linear gradient between two colours
-    ang = st["background_angle"] * 2 * np.pi
-    c1 = _hsv(st["background_hue"], 0.45, 0.85)
-    c2 = _hsv(st["background_hue2"], 0.55, 0.45 + 0.4 * st["background_hue"])
-    grid = _grid(canvas)
-    t = np.add.outer(np.float32(0.5 * np.sin(ang)) * grid, np.float32(0.5 * np.cos(ang)) * grid) + np.float32(0.5)
-    bg = c1.astype(np.float32) + t[..., None] * (c2 - c1).astype(np.float32)
-    im = Image.fromarray(bg.astype(np.uint8), "RGB")
-    d = ImageDraw.Draw(im)
-
-    skin = _lerp_palette(_SKIN, st["skin_tone"])
-    if young:
-        hair = _lerp_palette(_HAIR, st["hair_colour"])
-    else:  # grey to white hair
-        hair = np.full(3, 150 + 80 * st["hair_colour"]) + np.array([4, 2, 0])
-    hair = _contrast(hair, skin, 45)  # hair, bald crown and beard stay visible on every skin tone
-    skin_c, shade_c, dark_c = _rgb(skin), _rgb(skin * 0.86), _rgb(skin * 0.62)
-    hair_c = _rgb(hair)
-    brow_c = _rgb(hair * 0.7 if young else hair * 0.8)
-    beard_c = _rgb(_contrast(hair * 0.82, skin, 65))
-
-    cx = 64 + 8 * (2 * st["offset_x"] - 1)
-    cy = 60 + 6 * (2 * st["offset_y"] - 1)
-    a = 27 + 7 * st["face_width"]
-    b = 36 + 7 * st["face_height"]
-    fx = cx + 4 * (2 * st["yaw"] - 1)  # inner features shift with a small head turn
-
-    def box(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
-        return (x0 * s, y0 * s, x1 * s, y1 * s)
-
-    def w(px: float) -> int:
-        return max(1, round(px * s))
-
-    # long hair behind the head and shoulders (women), shoulders, neck
-    if not male:
-        length = b * (0.5 + 0.6 * st["hair_length"])
-        d.rounded_rectangle(box(cx - a - 8, cy - b * 0.4, cx + a + 8, cy + length + 12), 14 * s, fill=hair_c)
-    shirt = _rgb(_hsv(st["shirt_hue"], 0.6, 0.7))
-    d.ellipse(box(cx - 54, cy + b + 6, cx + 54, cy + b + 80), fill=shirt)
-    d.rectangle(box(cx - 12, cy + b - 16, cx + 12, cy + b + 14), fill=shade_c)
-    if not bald:  # hair volume around the crown
-        grow = 4 if male else 7
-        d.ellipse(box(cx - a - grow, cy - b - grow - 2, cx + a + grow, cy + b * 0.3), fill=hair_c)
-    for side in (-1, 1):  # ears
-        d.ellipse(box(cx + side * a - 5, cy - 10, cx + side * a + 5, cy + 8), fill=shade_c)
-
-    # face: oval for women, square jaw for men
-    if male:
-        d.ellipse(box(cx - a, cy - b, cx + a, cy + b * 0.8), fill=skin_c)
-        d.rounded_rectangle(box(cx - a, cy - 4, cx + a, cy + b), (4 + 10 * st["jaw"]) * s, fill=skin_c)
-    else:
-        d.ellipse(box(cx - a, cy - b, cx + a, cy + b), fill=skin_c)
-
-    if bald:  # shiny crown, hair only at the sides
-        d.ellipse(box(fx - a * 0.45, cy - b + 4, fx - a * 0.05, cy - b + 13), fill=_rgb(skin * 1.1 + 12))
-        for side in (-1, 1):
-            d.ellipse(box(cx + side * (a - 1) - 5, cy - b * 0.45, cx + side * (a - 1) + 5, cy + 4), fill=hair_c)
-    else:  # fringe over the top of the forehead
-        fringe = b * (0.36 if male else 0.42)
-        d.chord(box(cx - a - 1, cy - b - 1, cx + a + 1, cy - b + 2 * fringe), 180, 360, fill=hair_c)
-        if not male:  # side locks framing the face
-            for side in (-1, 1):
-                x0 = cx + side * (a - 3)
-                d.ellipse(box(x0 - 5, cy - b * 0.6, x0 + 5, cy + b * 0.35), fill=hair_c)
-
-    # eyes and eyebrows
-    sp = 11 + 6 * st["eye_spacing"]
-    ey = cy - b * 0.12
-    re = 3.5 + 1.5 * st["eye_size"]
-    iris = _rgb(_lerp_palette(_IRIS, st["eye_colour"]))
-    for side in (-1, 1):
-        ex = fx + side * sp
-        d.line(
-            [(s * (ex - 7), s * (ey - re - 4 + side * 0)), (s * (ex + 7), s * (ey - re - 5))],
-            fill=brow_c,
-            width=w(4 if male else 2),
-        )
-        d.ellipse(box(ex - re - 2, ey - re, ex + re + 2, ey + re), fill=(245, 245, 242))
-        d.ellipse(box(ex - re * 0.75, ey - re * 0.75, ex + re * 0.75, ey + re * 0.75), fill=iris)
-        d.ellipse(box(ex - re * 0.35, ey - re * 0.35, ex + re * 0.35, ey + re * 0.35), fill=(10, 10, 10))
-    # nose
-    ny = cy + b * 0.28
-    d.line([(s * fx, s * (ey + 3)), (s * (fx - 3), s * ny), (s * (fx + 3), s * ny)], fill=dark_c, width=w(2))
-
-    my = cy + b * 0.56
-    mw = 9 + 5 * st["mouth_width"]
-    if not young:  # wrinkles: forehead lines, eye bags, nasolabial folds
-        for k in (0, 1):
-            yk = cy - b * 0.45 + 4 * k
-            d.arc(box(fx - 12, yk - 3, fx + 12, yk + 5), 200, 340, fill=dark_c, width=w(2))
-        for side in (-1, 1):
-            ex = fx + side * sp
-            d.arc(box(ex - re - 1, ey, ex + re + 1, ey + re + 5), 20, 160, fill=dark_c, width=w(2))
-            d.line(
-                [(s * (fx + side * 6), s * (ny - 1)), (s * (fx + side * (mw + 3)), s * (my + 3))],
-                fill=dark_c,
-                width=w(2),
-            )
-    if beard:  # full beard over the jaw, sideburns and a moustache
-        d.chord(box(cx - a - 1, cy - b * 0.55, cx + a + 1, cy + b + 4), 8, 172, fill=beard_c)
-        for side in (-1, 1):
-            d.rectangle(
-                box(cx + side * a - 5 * (side > 0) - 1, cy - 6, cx + side * a + 5 * (side < 0) + 1, cy + b * 0.5),
-                fill=beard_c,
-            )
-        d.ellipse(box(fx - mw - 4, my - 9, fx + mw + 4, my + 1), fill=beard_c)
-    lips = _rgb(np.array([190, 60, 70]) if not male else skin * 0.55)
-    if smiling:  # open smile with teeth
-        d.chord(box(fx - mw, my - 10, fx + mw, my + 10), 0, 180, fill=(110, 25, 35))
-        d.chord(box(fx - mw + 2, my - 6, fx + mw - 2, my + 5), 0, 180, fill=(250, 250, 250))
-        d.arc(box(fx - mw, my - 10, fx + mw, my + 10), 0, 180, fill=lips, width=w(2))
-        d.line([(s * (fx - mw), s * my), (s * (fx + mw), s * my)], fill=lips, width=w(2))
-    else:  # closed, straight mouth
-        d.line([(s * (fx - mw * 0.65), s * (my + 2)), (s * (fx + mw * 0.65), s * (my + 2))], fill=lips, width=w(3))
-    if glasses:  # thick frames, bridge, arms, and a glare on each lens
-        frame = _rgb(_lerp_palette(_FRAME, st["frame_colour"]))
-        r = re + 6
-        for side in (-1, 1):
-            ex = fx + side * sp
-            d.rounded_rectangle(box(ex - r, ey - r * 0.8, ex + r, ey + r * 0.8), 4 * s, outline=frame, width=w(3))
-            d.line(
-                [(s * (ex - r * 0.5), s * (ey + 2)), (s * (ex - 1), s * (ey - r * 0.5))],
-                fill=(235, 240, 250),
-                width=w(2),
-            )
-            d.line([(s * (ex + side * r), s * (ey - 2)), (s * (cx + side * a), s * (ey - 3))], fill=frame, width=w(3))
-        d.line([(s * (fx - sp + r), s * (ey - 1)), (s * (fx + sp - r), s * (ey - 1))], fill=frame, width=w(3))
-
-    # downsample, then directional lighting and overall brightness
-    out = np.asarray(im.reduce(2), dtype=np.float32)
-    la = st["light_angle"] * 2 * np.pi
-    g = _grid(size)
-    k = 0.3 * st["light_strength"] * (0.85 + 0.25 * st["brightness"])
-    light = np.add.outer(np.float32(k * np.sin(la)) * g, np.float32(k * np.cos(la)) * g)
-    light += np.float32(0.85 + 0.25 * st["brightness"])
-    out *= light[..., None]
-    np.clip(out, 0, 255, out=out)
-    return np.rint(out, out=out).astype(np.uint8)
-
-
 def _render_chunk(args: tuple[np.ndarray, np.ndarray, int]) -> np.ndarray:
     attrs, style, size = args
     out = np.empty((len(attrs), size, size, 3), np.uint8)

@@ -106,27 +106,8 @@ class DDIM(Mechanism):
         super().__init__(node, kind, parent_kinds)
         if kind.name != "image":
             raise ValueError(f"ddim needs an image node; {node!r} is {kind}")
-        channels, height, width = kind.shape  # type: ignore[misc]
-        levels = len(block_out_channels)
-        if levels < 1:
-            raise ValueError(f"ddim {node!r}: block_out_channels must name at least one level")
-        factor = 2 ** (levels - 1)
-        if height % factor or width % factor:
-            raise ValueError(
-                f"ddim {node!r}: image shape {kind.shape} must be divisible by 2**(levels-1) = {factor} "
-                f"for block_out_channels {list(block_out_channels)}"
-            )
-        bad = [c for c in block_out_channels if c % norm_num_groups]
-        if bad:
-            raise ValueError(f"ddim {node!r}: block_out_channels {bad} not divisible by norm_num_groups")
-        if not 0.0 <= cfg_dropout < 1.0:
-            raise ValueError(f"ddim {node!r}: cfg_dropout must be in [0, 1), got {cfg_dropout}")
-        if num_inference_steps < 1 or num_inference_steps > num_train_timesteps:
-            raise ValueError(
-                f"ddim {node!r}: num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}"
-            )
-        if guidance_from not in GUIDANCE_FROM:
-            raise ValueError(f"ddim {node!r}: guidance_from must be one of {GUIDANCE_FROM}, got {guidance_from!r}")
+        _check_options(node, kind, block_out_channels, norm_num_groups, cfg_dropout, num_inference_steps,
+                       num_train_timesteps, guidance_from)  # fmt: skip
         self.cfg_dropout = float(cfg_dropout)
         self.guidance_from = guidance_from
         self.guidance_parents = self._guided(node, parent_kinds, guidance_parents)
@@ -159,22 +140,8 @@ class DDIM(Mechanism):
         else:
             self.encoder = None
         extra_in = self.encoder.dim if self.parent_maps else 0
-        down = ["AttnDownBlock2D" if attention and i == levels - 1 else "DownBlock2D" for i in range(levels)]
-        up = ["AttnUpBlock2D" if attention and i == 0 else "UpBlock2D" for i in range(levels)]
-        self.unet = UNet2DModel(
-            sample_size=(height, width),
-            in_channels=channels + extra_in,
-            out_channels=channels,
-            down_block_types=tuple(down),
-            up_block_types=tuple(up),
-            block_out_channels=tuple(int(c) for c in block_out_channels),
-            layers_per_block=int(layers_per_block),
-            norm_num_groups=int(norm_num_groups),
-            dropout=float(dropout),
-            add_attention=bool(attention),
-            attention_head_dim=min(32, int(block_out_channels[-1])),
-            class_embed_type="identity" if self.shape_parents else None,
-        )
+        self.unet = _unet(kind, block_out_channels, layers_per_block, norm_num_groups, dropout, attention, extra_in,
+                          bool(self.shape_parents))  # fmt: skip
         # One schedule, three views of it: training noise, DDIM sampling, DDIM inversion.
         schedule = dict(
             num_train_timesteps=int(num_train_timesteps),
@@ -350,3 +317,69 @@ class DDIM(Mechanism):
             "guidance_from": self.guidance_from,
         }
         return ", ".join(f"{k}={v}" for k, v in parts.items())
+
+
+def _check_options(
+    node: str,
+    kind: NodeKind,
+    block_out_channels: Sequence[int],
+    norm_num_groups: int,
+    cfg_dropout: float,
+    num_inference_steps: int,
+    num_train_timesteps: int,
+    guidance_from: str,
+) -> None:
+    """ValueError naming the node and the option for a DDIM configuration that cannot work."""
+    _, height, width = kind.shape  # type: ignore[misc]
+    levels = len(block_out_channels)
+    if levels < 1:
+        raise ValueError(f"ddim {node!r}: block_out_channels must name at least one level")
+    factor = 2 ** (levels - 1)
+    if height % factor or width % factor:
+        raise ValueError(
+            f"ddim {node!r}: image shape {kind.shape} must be divisible by 2**(levels-1) = {factor} "
+            f"for block_out_channels {list(block_out_channels)}"
+        )
+    bad = [c for c in block_out_channels if c % norm_num_groups]
+    if bad:
+        raise ValueError(f"ddim {node!r}: block_out_channels {bad} not divisible by norm_num_groups")
+    if not 0.0 <= cfg_dropout < 1.0:
+        raise ValueError(f"ddim {node!r}: cfg_dropout must be in [0, 1), got {cfg_dropout}")
+    if num_inference_steps < 1 or num_inference_steps > num_train_timesteps:
+        raise ValueError(
+            f"ddim {node!r}: num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}"
+        )
+    if guidance_from not in GUIDANCE_FROM:
+        raise ValueError(f"ddim {node!r}: guidance_from must be one of {GUIDANCE_FROM}, got {guidance_from!r}")
+
+
+def _unet(
+    kind: NodeKind,
+    block_out_channels: Sequence[int],
+    layers_per_block: int,
+    norm_num_groups: int,
+    dropout: float,
+    attention: bool,
+    extra_in: int,
+    conditioned: bool,
+) -> UNet2DModel:
+    """The diffusers UNet: the image (plus `extra_in` parent maps) in, the noise out; the parents' embedding is
+    added to the time embedding (`class_embed_type="identity"`) when `conditioned`."""
+    channels, height, width = kind.shape  # type: ignore[misc]
+    levels = len(block_out_channels)
+    down = ["AttnDownBlock2D" if attention and i == levels - 1 else "DownBlock2D" for i in range(levels)]
+    up = ["AttnUpBlock2D" if attention and i == 0 else "UpBlock2D" for i in range(levels)]
+    return UNet2DModel(
+        sample_size=(height, width),
+        in_channels=channels + extra_in,
+        out_channels=channels,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        block_out_channels=tuple(int(c) for c in block_out_channels),
+        layers_per_block=int(layers_per_block),
+        norm_num_groups=int(norm_num_groups),
+        dropout=float(dropout),
+        add_attention=bool(attention),
+        attention_head_dim=min(32, int(block_out_channels[-1])),
+        class_embed_type="identity" if conditioned else None,
+    )
