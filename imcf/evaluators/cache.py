@@ -64,6 +64,39 @@ def load_cached(path: str | Path, spec: Mapping[str, Any], what: str) -> dict[st
     return ckpt
 
 
+def model_spec(
+    what: str,
+    version: int,
+    dataset: str,
+    options: Mapping[str, Any],
+    fingerprint: Mapping[str, Any] | None,
+    image_node: str,
+    image_shape: Any,
+    cfg: Any,
+    seed: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What names a cached evaluator model (its file's hash and the check on load cover all of it): the dataset
+    and its content, the image it reads, the training settings of `cfg` (width, max_epochs, batch_size, lr,
+    max_train_samples), the seed, and the model's own `extra` settings."""
+    return {
+        "what": what,
+        "version": version,
+        "dataset": dataset,
+        "options": dict(options),
+        "data": dict(fingerprint or {}),
+        "image_node": image_node,
+        "image_shape": [int(s) for s in image_shape],
+        **extra,
+        "width": int(cfg.width),
+        "max_epochs": int(cfg.max_epochs),
+        "batch_size": int(cfg.batch_size),
+        "lr": float(cfg.lr),
+        "max_train_samples": cfg.max_train_samples,
+        "seed": seed,
+    }
+
+
 def load_or_fit(
     what: str,
     spec: Mapping[str, Any],

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imcf.data.base import stack_batch
 from imcf.data.datamodule import build_dataset
-from imcf.evaluators.cache import fit_from_config, load_or_fit, subset
+from imcf.evaluators.cache import fit_from_config, load_or_fit, model_spec, subset
 from imcf.graph import NodeKind
 from imcf.nn.parents import ParentEncoder
 from imcf.scores import absolute_error, correct, f1_score, labels
@@ -306,23 +306,9 @@ def load_or_train_predictors(
     Returns (model in eval mode on CPU, test-set quality, cache file).
     """
     inputs = {t: [x for x in v if x in targets] for t, v in dict(cfg.inputs or {}).items() if t in targets}
-    spec = {
-        "what": "predictors",
-        "version": 2,  # 2: BatchNorm body, grey-level path, shifted training images, cosine learning rate
-        "dataset": dataset,
-        "options": dict(options),
-        "data": dict(fingerprint or {}),
-        "image_node": image_node,
-        "image_shape": [int(s) for s in image_shape],
-        "targets": dict(targets),
-        "inputs": inputs,
-        "width": int(cfg.width),
-        "max_epochs": int(cfg.max_epochs),
-        "batch_size": int(cfg.batch_size),
-        "lr": float(cfg.lr),
-        "max_train_samples": cfg.max_train_samples,
-        "seed": seed,
-    }
+    # version 2: BatchNorm body, grey-level path, shifted training images, cosine learning rate
+    spec = model_spec("predictors", 2, dataset, options, fingerprint, image_node, image_shape, cfg, seed,
+                      targets=dict(targets), inputs=inputs)  # fmt: skip
     model = AttributePredictor(image_shape, targets, inputs, width=int(cfg.width), image_node=image_node)
 
     def train() -> dict[str, Any]:

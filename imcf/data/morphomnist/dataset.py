@@ -216,6 +216,16 @@ def measure_images(images: Tensor) -> dict[str, Tensor]:
     return {k: torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1) for k, v in out.items()}
 
 
+class Morphometrics:
+    """Datasets of Morpho-MNIST digits measure their images without a trained reader (`measure_images`)."""
+
+    has_measurements = True
+
+    def measure(self, images: Tensor) -> dict[str, Tensor]:
+        """Morphometric thickness and intensity of images in [-1, 1] (measure_images)."""
+        return measure_images(images)
+
+
 def _per_row(value: Any, n: int, node: str) -> np.ndarray:
     """A do() value (number, array or tensor of shape (), (n,) or (n, 1)) as a float64 (n,) array."""
     if isinstance(value, Tensor):
@@ -230,7 +240,7 @@ def _per_row(value: Any, n: int, node: str) -> np.ndarray:
 
 
 @DATASETS.register("morphomnist")
-class MorphoMNIST(CausalDataset):
+class MorphoMNIST(Morphometrics, CausalDataset):
     """Embedded Morpho-MNIST (thickness -> intensity; thickness, intensity, digit -> image) with true counterfactuals.
 
     Options: `num_samples` (total units over all splits; default every source digit), `val_fraction`,
@@ -242,11 +252,6 @@ class MorphoMNIST(CausalDataset):
 
     default_graph = "morphomnist"
     has_ground_truth = True
-    has_measurements = True
-
-    def measure(self, images: Tensor) -> dict[str, Tensor]:
-        """Morphometric thickness and intensity (measure_images)."""
-        return measure_images(images)
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from imcf.data.base import CausalDataset
 from imcf.data.idx import read_idx
-from imcf.data.morphomnist.dataset import measure_images
+from imcf.data.morphomnist.dataset import Morphometrics
 from imcf.data.morphomnist.measure import intensity as stroke_intensity
 from imcf.data.morphomnist.scm import pad_to
 from imcf.registry import DATASETS
@@ -66,16 +66,11 @@ def load_morphomnist_files(data_dir: str | Path, prefix: str) -> tuple[np.ndarra
 
 
 @DATASETS.register("morphomnist_real")
-class MorphoMNISTReal(CausalDataset):
+class MorphoMNISTReal(Morphometrics, CausalDataset):
     """Released Morpho-MNIST files; val is a fixed `val_fraction` of the train files (drawn with `seed`)."""
 
     default_graph = "morphomnist"
     has_ground_truth = False
-    has_measurements = True
-
-    def measure(self, images: Tensor) -> dict[str, Tensor]:
-        """Morphometric thickness and intensity, as for the embedded set (measure_images)."""
-        return measure_images(images)
 
     def __init__(
         self,
