@@ -35,6 +35,11 @@ from imcf.data.morphomnist.perturb import (
     thin,
 )
 from imcf.data.morphomnist.scm import (
+    INTENSITY_LOW,
+    INTENSITY_RANGE,
+    THICKNESS_GAMMA_RATE,
+    THICKNESS_GAMMA_SHAPE,
+    THICKNESS_SHIFT,
     default_workers,
     intensity_mechanism,
     intensity_noise,
@@ -46,6 +51,11 @@ from imcf.data.morphomnist.scm import (
 )
 
 __all__ = [
+    "INTENSITY_LOW",
+    "INTENSITY_RANGE",
+    "THICKNESS_GAMMA_RATE",
+    "THICKNESS_GAMMA_SHAPE",
+    "THICKNESS_SHIFT",
     "DEFAULT_UPSCALE",
     "FEATURES",
     "MEASURE_SCALE",
