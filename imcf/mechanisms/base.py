@@ -114,6 +114,11 @@ class Mechanism(nn.Module, ABC):
     #: load, so old runs still load
     retired_state: tuple[str, ...] = ()
 
+    def gain_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the output gain (`gain_parents`); counterfactual fine-tuning leaves them as the
+        likelihood fitted them unless it also judges the gain parents."""
+        return []
+
     def parent_scale(self, parent: str) -> Tensor:
         """Scale of a continuous parent's values (fine-tuning divides a predictor's error by it, so attributes
         weigh alike); default 1."""

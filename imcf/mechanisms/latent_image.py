@@ -336,6 +336,9 @@ class LatentImageMechanism(Mechanism):
         skip = not math.isfinite(norm) or (self.grad_skip is not None and norm > float(self.grad_skip))
         return norm, skip
 
+    def gain_parameters(self) -> list[nn.Parameter]:
+        return [p for m in (self.gain_encoder, self.gain_net) if m is not None for p in m.parameters()]
+
     def parent_scale(self, parent: str) -> Tensor:
         """A continuous parent's scale: half its fixed range, else its running standard deviation."""
         enc = self.gain_encoder if parent in self.gain_parents else self.parent_encoder

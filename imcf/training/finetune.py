@@ -59,9 +59,12 @@ class CounterfactualObjective(nn.Module):
             raise ValueError(f"{mech.node!r}: family {type(mech).__name__} cannot be fine-tuned (no ELBO bound)")
         self.node, self.parent_kinds = mech.node, dict(mech.parent_kinds)
         self.options = dict(mech.counterfactual_finetune if options is None else options)
-        # the parents the predictors judge: all, or (default) those the networks draw, not the output gain's
+        # the parents the predictors judge: all, or (default) those the networks draw; then the output gain stays
+        # as the likelihood fitted it (frozen: the other parents' predictors would otherwise bend it)
         skip = () if self.options.get("gain_parents", False) else mech.gain_parents
         self.judged = tuple(p for p in mech.parents if p not in skip)
+        for param in mech.gain_parameters() if skip else ():
+            param.requires_grad_(False)
         init = float(self.options.get("lagrange_init", 1.0))
         self.lagrange_raw = nn.Parameter(torch.tensor(math.log(math.expm1(max(init, 1e-6)))))  # softplus: >= 0
         self.register_buffer("elbo_bound", torch.tensor(float("nan")))

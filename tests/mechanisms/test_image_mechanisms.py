@@ -193,6 +193,24 @@ def test_checkpoints_from_before_the_objective_moved_to_training_still_load():
         CounterfactualObjective(ConditionalGAN.from_graph(GRAPH, "image", latent_dim=4, widths=[8, 8]))
 
 
+@pytest.mark.parametrize("judge_gain", [False, True])
+def test_fine_tuning_leaves_the_output_gain_alone_unless_told(judge_gain):
+    """By default the predictors do not judge an output-gain parent and the gain stays as the likelihood fitted
+    it (frozen); `gain_parents: true` judges and trains it like any parent."""
+    torch.manual_seed(0)
+    mech = ConditionalVAE.from_graph(GRAPH, "image", gain_parents=["ink"], **TINY_VAE)
+    objective = CounterfactualObjective(mech, {"enabled": True, "gain_parents": judge_gain})
+    objective.set_predictors({"ink": ink_of, "digit": lambda img: img.flatten(1)[:, :10]})
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
+    out = objective.counterfactual_loss(mech, x, pa, cf_parents={"ink": pa["ink"].flip(0), "digit": pa["digit"]})
+    out["loss"].backward()
+    assert ("cf_ink" in out) is judge_gain and "cf_digit" in out
+    gain = mech.gain_parameters()
+    assert gain and all(p.requires_grad is judge_gain for p in gain)
+    assert all((p.grad is not None) is judge_gain for p in gain)
+
+
 def test_joint_predictor_gets_counterfactual_parents_and_stays_frozen():
     """A FrozenPredictor (the evaluator's AttributePredictor) as the joint predictor: its thickness-style head
     takes extra inputs from the counterfactual parents, gradients reach the decoder but not the predictor, and
