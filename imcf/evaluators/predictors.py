@@ -135,7 +135,8 @@ class AttributePredictor(nn.Module):
 
     def training_targets(self, images: Tensor, values: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Outputs in the form a training loss wants: continuous in original units, binary and categorical as
-        logits. This is the callable counterfactual fine-tuning takes (`imcf.training.finetune.CounterfactualObjective.set_predictors`)."""
+        logits. This is the callable counterfactual fine-tuning takes
+        (`imcf.training.finetune.CounterfactualObjective.set_predictors`)."""
         raw = self._logits(self.features(images), values or {})
         for t, z in raw.items():
             if self.kinds[t].name == "continuous":
