@@ -25,6 +25,9 @@ ABDUCTION_KEYS = {"keep_residual", "sample", "latents", "withhold_residual_on", 
 #: `abduction.residual: relative`: where both decodes are lit (value + 1 > ON) the residual is scaled by
 #: (decode' + 1 + eps) / (decode + 1 + eps), clipped to [0, MAX]; elsewhere it is added as abducted
 RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON = 0.1, 4.0, 0.5
+#: additive: x' = d' + (x - d); relative: the residual scaled with the brightness; tone: the factual's tone curve
+#: (its decoded values mapped, by rank, onto its own pixel values) applied to every decode, x' = T(d') + (x - T(d))
+RESIDUAL_MODES = ("additive", "relative", "tone")
 
 
 @dataclass
@@ -44,6 +47,24 @@ class LatentNoise:
     @property
     def batch_size(self) -> int:
         return int(self.latents[0].shape[0])
+
+
+def tone_curve(decoded: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image and channel, the monotone map that sends the decoded values onto the target's by rank
+    (histogram matching): the two sorted value lists, each (B, C, H * W)."""
+    return decoded.flatten(2).sort(-1).values, target.flatten(2).sort(-1).values
+
+
+def apply_tone(x: Tensor, source: Tensor, target: Tensor) -> Tensor:
+    """Map every value of x (B, C, H, W) through the piecewise-linear curve source -> target of its image and
+    channel (`tone_curve`); values beyond the source's range take the end values."""
+    flat = x.flatten(2).contiguous()
+    n = source.shape[-1]
+    idx = torch.searchsorted(source.contiguous(), flat).clamp(1, n - 1)
+    x0, x1 = source.gather(-1, idx - 1), source.gather(-1, idx)
+    y0, y1 = target.gather(-1, idx - 1), target.gather(-1, idx)
+    w = ((flat - x0) / (x1 - x0).clamp(min=1e-6)).clamp(0.0, 1.0)
+    return (y0 + w * (y1 - y0)).reshape(x.shape)
 
 
 def parse_options(given: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -120,8 +141,8 @@ class LatentImageMechanism(Mechanism):
         if opts["latents"] not in ("fixed", "exogenous"):
             raise ValueError(f"{node}: abduction.latents must be fixed or exogenous, got {opts['latents']!r}")
         self.keep_residual = bool(opts["keep_residual"])
-        if opts["residual"] not in ("additive", "relative"):
-            raise ValueError(f"{node}: abduction.residual must be additive or relative, got {opts['residual']!r}")
+        if opts["residual"] not in RESIDUAL_MODES:
+            raise ValueError(f"{node}: abduction.residual must be one of {RESIDUAL_MODES}, got {opts['residual']!r}")
         self.residual_mode = opts["residual"]
         self.abduct_sample = bool(opts["sample"])
         self.latent_mode = opts["latents"]
@@ -261,6 +282,9 @@ class LatentImageMechanism(Mechanism):
         noise.extras["parents"] = {p: parents[p] for p in self.parents}  # the factual ones, for what predict compares
         if self.keep_residual:
             decoded = self._decode_shape(noise, cond, gain is not None)
+            if self.residual_mode == "tone":  # the decoder's blur undone by the factual's own grey levels
+                noise.extras["tone"] = tone = tone_curve(decoded, shape)
+                decoded = apply_tone(decoded, *tone)
             # in shape units: changing only a gain parent rescales the image exactly, x' = g'/g (x + 1) - 1
             noise.residual = shape - decoded
             if self.residual_mode == "relative":
@@ -281,6 +305,8 @@ class LatentImageMechanism(Mechanism):
         if self.withheld_latent_scale != 1.0 and self.withhold_residual_on and "parents" in noise.extras:
             noise = self._shrink_withheld(noise, parents)
         out = self._decode_shape(noise, self.condition(parents, noise.batch_size), gain is not None)
+        if "tone" in noise.extras:
+            out = apply_tone(out, *noise.extras["tone"])
         if noise.residual is not None:
             residual = noise.residual * (1.0 - self._changed_rows(noise, parents, self.withhold_residual_on))
             if "decoded" in noise.extras:  # relative: the detail follows the counterfactual's brightness
