@@ -331,8 +331,35 @@ def test_relative_residual_follows_the_counterfactual_brightness() -> None:
         lit = (torch.minimum(after, before) + 1) > RELATIVE_ON
         expected = (after + torch.where(lit, noise.residual * ratio, noise.residual)).clamp(-1, 1)
         assert torch.allclose(mech.predict(noise, new), expected, atol=1e-6)
-    with pytest.raises(ValueError, match="additive or relative"):
+    with pytest.raises(ValueError, match=r"one of \('additive', 'relative', 'tone'\), got 'scaled'"):
         ConditionalVAE.from_graph(GRAPH, "image", abduction={"residual": "scaled"}, **TINY_VAE)
+
+
+def test_tone_residual_maps_every_decode_through_the_factual_tone_curve() -> None:
+    """abduction.residual=tone: T sends the factual decode's values onto the factual's own by rank; a null
+    intervention is exact, a counterfactual is T(decode') + (x - T(decode)), and T is monotone."""
+    from imcf.mechanisms.latent_image import apply_tone, tone_curve
+
+    torch.manual_seed(1)
+    mech = ConditionalVAE.from_graph(GRAPH, "image", abduction={"residual": "tone"}, **TINY_VAE).eval()
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
+    with torch.no_grad():
+        noise = mech.abduct(x, pa)
+        assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)
+        before = mech.decode(noise, mech.condition(pa, 4))
+        tone = tone_curve(before, x)
+        mapped = apply_tone(before, *tone)
+        new = {**pa, "ink": pa["ink"] * 3}
+        after = mech.decode(noise, mech.condition(new, 4))
+        expected = (apply_tone(after, *tone) + x - mapped).clamp(-1, 1)
+        assert torch.allclose(mech.predict(noise, new), expected, atol=1e-5)
+    grid = torch.linspace(-1.5, 1.5, 301).reshape(1, 1, 1, 301).expand(4, 1, 1, 301)
+    assert (apply_tone(grid, *tone).diff(dim=-1) >= -1e-6).all()  # monotone, flat beyond the ends
+    d = torch.rand(4, 1, 32, 32)  # values without ties take the target's, rank for rank
+    assert torch.allclose(
+        apply_tone(d, *tone_curve(d, x)).flatten(2).sort(-1).values, x.flatten(2).sort(-1).values, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("family", [ConditionalVAE, HierarchicalVAE])
