@@ -356,7 +356,8 @@ def test_tone_residual_maps_every_decode_through_the_factual_tone_curve() -> Non
         assert torch.allclose(mech.predict(noise, new), expected, atol=1e-5)
     grid = torch.linspace(-1.5, 1.5, 301).reshape(1, 1, 1, 301).expand(4, 1, 1, 301)
     assert (apply_tone(grid, *tone).diff(dim=-1) >= -1e-6).all()  # monotone, flat beyond the ends
-    d = torch.rand(4, 1, 32, 32)  # values without ties take the target's, rank for rank
+    d = torch.stack([torch.randperm(1024) for _ in range(4)]).float().reshape(4, 1, 32, 32) / 1024  # no ties:
+    # its values take the target's, rank for rank
     assert torch.allclose(
         apply_tone(d, *tone_curve(d, x)).flatten(2).sort(-1).values, x.flatten(2).sort(-1).values, atol=1e-6
     )
