@@ -381,8 +381,8 @@ class ELBOImageMechanism(LatentImageMechanism):
     penalty), which also bounds counterfactual fine-tuning (`imcf.training.finetune`).
 
     Config beyond `LatentImageMechanism`'s: kl_weight; counterfactual_finetune: {enabled, weight, elbo_bound,
-    lagrange_init, lagrange_lr_scale, gain_parents (false: the predictors do not judge the output-gain parents,
-    whose effect is an exact rescaling the likelihood fits better than a predictor reads it)}.
+    lagrange_init, lagrange_lr_scale, gain_parents (false: the output gain is neither judged by the predictors nor
+    trained: an exact rescaling the likelihood fits better than a predictor reads it)}.
     """
 
     finetunable = True
