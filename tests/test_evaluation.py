@@ -159,3 +159,27 @@ def test_protocol_and_metric_selection_from_the_command_line():
     cfg = _compose("metrics/protocol=quick", "compute=[truth,composition]")
     assert cfg.protocol == "quick" and cfg.interventions.kind == "marginal" and cfg.num_samples == 512
     assert list(cfg.compute) == ["truth", "composition"]
+
+
+def test_evaluating_leaves_the_model_as_it_was(tmp_path):
+    """evaluate_scm answers under the evaluation's strictness and in eval mode, then restores the SCM's own, also
+    when the evaluation is refused."""
+    graph = CausalGraph.from_dict(DEFAULT_GRAPH)
+    scm = oracle_scm(graph, build_dataset("linear_gaussian", str(tmp_path), "test", **OPTIONS))
+    scm.train()
+    assert scm.strict is False
+    cfg = {**CFG, "num_samples": 50, "cycles": [1], "identify": {"strict": True}, "compute": ["composition"]}
+    seen = {}
+    original = scm.counterfactual
+
+    def spy(*args, **kwargs):
+        seen.update(strict=scm.strict, training=scm.training)
+        return original(*args, **kwargs)
+
+    scm.counterfactual = spy
+    evaluate_scm(scm, "linear_gaussian", str(tmp_path), OPTIONS, cfg, tmp_path / "r")
+    assert seen == {"strict": True, "training": False}  # as the evaluation asked
+    assert scm.strict is False and scm.training  # and back afterwards
+    with pytest.raises(EvaluationError, match="no image node"):
+        evaluate_scm(scm, "linear_gaussian", str(tmp_path), OPTIONS, {**cfg, "compute": ["realism"]}, tmp_path / "s")
+    assert scm.strict is False and scm.training
