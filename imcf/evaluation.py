@@ -165,6 +165,7 @@ def evaluate_scm(
         notes += [line for metric in metrics for line in metric.notes()]
         notes += _protocol_notes(setting, tuned_against or {})
         report_dir = Path(report_dir)
+        config = OmegaConf.to_container(cfg, resolve=True)
         plots = _plots(report_dir, metrics)
         grids, grid_images = _grids(report_dir, grid, run_dir)
         meta = {
@@ -188,7 +189,7 @@ def evaluate_scm(
             "plots": plots,
             "speed": grid.speed(),
             "seconds": round(time.perf_counter() - started, 3),
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config": config,
         }
     write_report(report_dir, results, meta)
     log_report(
@@ -198,7 +199,7 @@ def evaluate_scm(
         results,
         grid_images,
         plots,
-        OmegaConf.to_container(cfg, resolve=True),
+        config,
     )
     print(f"[imcf] evaluation report: {report_dir.resolve() / 'report.md'}")
     return str(report_dir)

@@ -106,7 +106,6 @@ class Realism(Metric):
                 self.feats[f"{m}|random do"].append(fc)
         return step.size
 
-    @torch.no_grad()
     def compute(self) -> dict[str, Result]:
         s, results = self.setting, {}
         if s.num_samples < 2:
