@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from imcf.graph import NodeKind
 from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
-from imcf.nn.conv import ConvEncoder, ResBlock, broadcast_cond
+from imcf.nn.conv import ConvEncoder, ResBlock, broadcast_cond, cpu_layout
 from imcf.nn.likelihood import ImageLikelihood
 from imcf.registry import MECHANISMS
 
@@ -149,7 +149,7 @@ class HierarchicalVAE(ELBOImageMechanism):
         """Run the decoder: posterior path (acts), given latents (noise), or the prior; -> (loc, log_scale, stats)."""
         b = cond.shape[0]
         emb = self._embed(cond)
-        h = self.h_top.expand(b, -1, -1, -1)
+        h = cpu_layout(self.h_top.expand(b, -1, -1, -1))
         stats: list[dict[str, Tensor]] = []
         codes = iter(noise.latents) if noise is not None else None
         for i in self.levels:
