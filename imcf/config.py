@@ -52,6 +52,15 @@ class TrainerConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop a unit once its validation loss has not improved by `min_delta` for `patience` epochs (None: off).
+    The best epoch's weights are the unit's result either way."""
+
+    patience: int | None = None
+    min_delta: float = 0.0
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -171,7 +180,8 @@ class TrainConfig:
     units: list[str] | None = None
     # a previous run directory: the units trained here start from its weights, the others are copied frozen
     init_from: str | None = None
-    # per-unit changes to `trainer` and `optim`, e.g. {image: {trainer: {max_epochs: 5}, optim: {lr: 2e-4}}}
+    # per-unit changes to `trainer`, `optim` and `early_stopping`, e.g.
+    # {image: {trainer: {max_epochs: 5}, optim: {lr: 2e-4}}}
     unit_overrides: dict[str, Any] = field(default_factory=dict)
     evaluate_after: bool = True
     resume: bool = True
@@ -184,6 +194,7 @@ class TrainConfig:
     mechanism: dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(run_dir="${run_dir}"))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -153,18 +153,24 @@ def _write_run_files(run_dir: Path, cfg: DictConfig, scm: SCM) -> None:
     scm.graph.draw(run_dir / "graph.png")
 
 
-def unit_settings(cfg: DictConfig, unit: Unit) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Trainer and optimiser settings of one unit: the global ones with `unit_overrides.<unit>` on top."""
+UNIT_SETTINGS = ("trainer", "optim", "early_stopping")
+
+
+def unit_settings(cfg: DictConfig, unit: Unit) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Trainer, optimiser and early-stopping settings of one unit: the global ones with `unit_overrides.<unit>`
+    on top."""
     over = dict(cfg.unit_overrides.get(unit.name) or {})
-    unknown = set(over) - {"trainer", "optim"}
+    unknown = set(over) - set(UNIT_SETTINGS)
     if unknown:
-        raise ConfigError(f"unit_overrides.{unit.name}: unknown key(s) {sorted(unknown)}; use trainer / optim")
-    try:  # cfg.trainer / cfg.optim are typed: a wrong key or type fails here
-        trainer = OmegaConf.merge(cfg.trainer, over.get("trainer") or {})
-        optim = OmegaConf.merge(cfg.optim, over.get("optim") or {})
+        raise ConfigError(
+            f"unit_overrides.{unit.name}: unknown key(s) {sorted(unknown)}; use {' / '.join(UNIT_SETTINGS)}"
+        )
+    try:  # cfg.trainer / cfg.optim / cfg.early_stopping are typed: a wrong key or type fails here
+        merged = [OmegaConf.merge(cfg[k], over.get(k) or {}) for k in UNIT_SETTINGS]
     except OmegaConfBaseException as e:
         raise ConfigError(f"unit_overrides.{unit.name}: {e}") from None
-    return OmegaConf.to_container(trainer, resolve=True), OmegaConf.to_container(optim, resolve=True)
+    trainer, optim, stopping = (OmegaConf.to_container(m, resolve=True) for m in merged)
+    return trainer, optim, stopping
 
 
 def train_unit(
@@ -178,7 +184,7 @@ def train_unit(
 ) -> Path:
     """Fit one unit with Lightning (resuming from its last checkpoint) and write `<unit>.ckpt`. `objectives`:
     per node, an objective replacing its mechanism's loss (counterfactual fine-tuning)."""
-    trainer_cfg, optim_cfg = unit_settings(cfg, unit)
+    trainer_cfg, optim_cfg, stopping = unit_settings(cfg, unit)
     component = scm.components[unit.name] if unit.name in scm.components else None
     own = {n: o for n, o in (objectives or {}).items() if n in unit.nodes}
     module = UnitModule({n: scm.mechanisms[n] for n in unit.nodes}, optim_cfg, component, own)
@@ -195,6 +201,9 @@ def train_unit(
     if cfg.resume and started and not trainer_cfg["fast_dev_run"]:
         found, resume_step = resumable_checkpoint(ckpt_dir, unit.name)
         resume = str(found)
+        stopped = stopped_epoch(found)
+        if stopped is not None:  # an early-stopped unit is complete: restore it without training another epoch
+            trainer_cfg["max_epochs"] = min(trainer_cfg["max_epochs"], stopped + 1)
     hparams = OmegaConf.to_container(cfg, resolve=True)
     # under SLURM, pre-emption is ours (imcf.training.preemption), not Lightning's auto-requeue on SIGUSR1
     plugins: list[Any] = [AtomicCheckpointIO()]
@@ -202,11 +211,12 @@ def train_unit(
         plugins.append(SLURMEnvironment(auto_requeue=False))
     group, run_id = wandb_ids(run_dir, unit.name)
     loggers = build_loggers(cfg.logger, run_dir / "logs", unit.name, hparams, resume_step, group, run_id)
+    progress = [UnitProgressBar(unit.name)] if trainer_cfg["enable_progress_bar"] else []
     trainer = L.Trainer(
         **trainer_cfg,
         default_root_dir=str(run_dir),
         logger=loggers or False,
-        callbacks=[best, last, *([UnitProgressBar(unit.name)] if trainer_cfg["enable_progress_bar"] else [])],
+        callbacks=[best, last, *early_stopping(stopping), *progress],
         plugins=plugins,
     )
     if trainer.world_size > 1:
@@ -240,6 +250,25 @@ def train_unit(
     path = scm.save_unit(run_dir, unit.nodes) if trainer.is_global_zero else run_dir / f"{unit.name}.ckpt"
     trainer.strategy.barrier(f"imcf-{unit.name}-saved")  # DDP: no rank goes on before the checkpoint exists
     return path
+
+
+def early_stopping(settings: Mapping[str, Any]) -> list[EarlyStopping]:
+    """The unit's early-stopping callback on `val/loss` (none when `patience` is null); Lightning checkpoints its
+    state, so a resumed unit keeps counting where it stopped."""
+    if settings.get("patience") is None:
+        return []
+    if int(settings["patience"]) < 1:
+        raise ConfigError(f"early_stopping.patience must be >= 1 (or null: off), got {settings['patience']}")
+    return [EarlyStopping(monitor="val/loss", mode="min", patience=int(settings["patience"]),
+                          min_delta=float(settings["min_delta"]))]  # fmt: skip
+
+
+def stopped_epoch(path: Path) -> int | None:
+    """The epoch at which early stopping ended the unit whose training checkpoint is `path` (None: it did not)."""
+    for key, state in (safe_torch_load(path).get("callbacks") or {}).items():
+        if str(key).startswith("EarlyStopping") and int(state.get("stopped_epoch", 0)) > 0:
+            return int(state["stopped_epoch"])
+    return None
 
 
 def resumable_checkpoint(ckpt_dir: Path, unit: str) -> tuple[Path, int]:

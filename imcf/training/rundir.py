@@ -29,6 +29,8 @@ MAY_CHANGE = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "unit_overrides.*.trainer.max_epochs",
+    "early_stopping.*",
+    "unit_overrides.*.early_stopping.*",
     "units",
     "units.*",
     "resume",

@@ -178,6 +178,24 @@ def test_unit_overrides_change_one_unit_only(tmp_path):
         )
 
 
+def test_early_stopping_ends_a_plateaued_unit_and_a_rerun_does_not_train_it_again(tmp_path):
+    # min_delta larger than any improvement after the first epoch: the unit stops once patience runs out
+    args = ["evaluate_after=false", "units=[x1]", "trainer.max_epochs=50", "early_stopping.patience=2",
+            "early_stopping.min_delta=100.0", "+unit_overrides={x1: {early_stopping: {patience: 2}}}"]  # fmt: skip
+    train(_cfg(tmp_path, *args))
+    last = tmp_path / "run" / "checkpoints" / "x1" / "last.ckpt"
+    first = torch.load(last, weights_only=False)
+    assert first["epoch"] == 2  # epochs 0, 1, 2: no improvement of 100 nats after the first
+    stamp = last.stat().st_mtime_ns
+    train(_cfg(tmp_path, *args))  # the rerun restores the stopped unit without another epoch
+    assert torch.load(last, weights_only=False)["global_step"] == first["global_step"]
+    assert last.stat().st_mtime_ns == stamp
+    with pytest.raises(Exception, match="early_stopping.patience must be >= 1"):
+        train(_cfg(tmp_path / "b", "evaluate_after=false", "units=[x1]", "early_stopping.patience=0"))
+    with pytest.raises(Exception, match="unit_overrides.x1"):
+        train(_cfg(tmp_path / "c", "evaluate_after=false", "+unit_overrides={x1: {early_stopping: {patients: 2}}}"))
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
