@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
@@ -199,9 +199,8 @@ def train_unit(
     # readable checkpoint beside it
     started = last_path.is_file() or last_path.with_name("last.ckpt.damaged").is_file()
     if cfg.resume and started and not trainer_cfg["fast_dev_run"]:
-        found, resume_step = resumable_checkpoint(ckpt_dir, unit.name)
+        found, resume_step, stopped = resumable_checkpoint(ckpt_dir, unit.name)
         resume = str(found)
-        stopped = stopped_epoch(found)
         if stopped is not None:  # an early-stopped unit is complete: restore it without training another epoch
             trainer_cfg["max_epochs"] = min(trainer_cfg["max_epochs"], stopped + 1)
     hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -263,18 +262,27 @@ def early_stopping(settings: Mapping[str, Any]) -> list[EarlyStopping]:
                           min_delta=float(settings["min_delta"]))]  # fmt: skip
 
 
-def stopped_epoch(path: Path) -> int | None:
-    """The epoch at which early stopping ended the unit whose training checkpoint is `path` (None: it did not)."""
-    for key, state in (safe_torch_load(path).get("callbacks") or {}).items():
+def stopped_epoch(ckpt: Mapping[str, Any]) -> int | None:
+    """The epoch at which early stopping ended the unit of this training checkpoint (None: it did not)."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
         if str(key).startswith("EarlyStopping") and int(state.get("stopped_epoch", 0)) > 0:
             return int(state["stopped_epoch"])
     return None
 
 
-def resumable_checkpoint(ckpt_dir: Path, unit: str) -> tuple[Path, int]:
-    """(`ckpt_dir/last.ckpt`, its global step), or, when it cannot be read (a crash mid-write, a full disk), the
-    newest readable checkpoint beside it, with a warning; damaged files are renamed `<name>.damaged` so Lightning
-    never reads them. Safe when several DDP ranks call it at once (a file another rank moved aside is skipped)."""
+class Resumable(NamedTuple):
+    """The checkpoint a unit resumes from, its global step and the epoch early stopping ended it at (or None)."""
+
+    path: Path
+    step: int
+    stopped_epoch: int | None
+
+
+def resumable_checkpoint(ckpt_dir: Path, unit: str) -> Resumable:
+    """`ckpt_dir/last.ckpt` (with its global step and early-stopped epoch), or, when it cannot be read (a crash
+    mid-write, a full disk), the newest readable checkpoint beside it, with a warning; damaged files are renamed
+    `<name>.damaged` so Lightning never reads them. Safe when several DDP ranks call it at once (a file another
+    rank moved aside is skipped). Each candidate is read once."""
     last = ckpt_dir / "last.ckpt"
 
     def mtime(p: Path) -> float:
@@ -303,7 +311,7 @@ def resumable_checkpoint(ckpt_dir: Path, unit: str) -> tuple[Path, int]:
                 f"instead (the damaged file is kept as {last.name}.damaged)",
                 stacklevel=2,
             )
-        return path, int(ckpt.get("global_step", 0))
+        return Resumable(path, int(ckpt.get("global_step", 0)), stopped_epoch(ckpt))
     raise CheckpointError(
         f"{'; '.join(damaged) or f'{last} is damaged'}; no readable checkpoint in {ckpt_dir} to resume unit "
         f"{unit!r} from: train it from scratch with resume=false (or delete {ckpt_dir})"

@@ -180,8 +180,9 @@ def test_unit_overrides_change_one_unit_only(tmp_path):
 
 def test_early_stopping_ends_a_plateaued_unit_and_a_rerun_does_not_train_it_again(tmp_path):
     # min_delta larger than any improvement after the first epoch: the unit stops once patience runs out
-    args = ["evaluate_after=false", "units=[x1]", "trainer.max_epochs=50", "early_stopping.patience=2",
-            "early_stopping.min_delta=100.0", "+unit_overrides={x1: {early_stopping: {patience: 2}}}"]  # fmt: skip
+    # early stopping is off globally and on for x1 only: the per-unit setting is what stops it
+    args = ["evaluate_after=false", "units=[x1]", "trainer.max_epochs=50", "early_stopping.min_delta=100.0",
+            "+unit_overrides={x1: {early_stopping: {patience: 2}}}"]  # fmt: skip
     train(_cfg(tmp_path, *args))
     last = tmp_path / "run" / "checkpoints" / "x1" / "last.ckpt"
     first = torch.load(last, weights_only=False)
@@ -224,9 +225,9 @@ def test_resumable_checkpoint_when_another_rank_moved_last_aside(tmp_path):
     torch.save({"global_step": 7, "state_dict": {}}, ckpts / "best.ckpt")
     (ckpts / "last.ckpt.damaged").write_bytes(b"half a checkpoint")
     with pytest.warns(UserWarning, match=r"last\.ckpt was damaged before; resuming unit 'u' from .*best\.ckpt"):
-        assert resumable_checkpoint(ckpts, "u") == (ckpts / "best.ckpt", 7)
+        assert resumable_checkpoint(ckpts, "u") == (ckpts / "best.ckpt", 7, None)
     torch.save({"global_step": 9}, ckpts / "last.ckpt")  # a fresh last.ckpt wins again, silently
-    assert resumable_checkpoint(ckpts, "u") == (ckpts / "last.ckpt", 9)
+    assert resumable_checkpoint(ckpts, "u") == (ckpts / "last.ckpt", 9, None)
 
 
 def test_pretrained_from_another_graph_names_what_differs(tmp_path):
