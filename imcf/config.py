@@ -67,6 +67,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     scheduler: str | None = None  # "cosine" or None
     warmup_steps: int = 0
+    # exponential moving average of the weights (e.g. 0.999): validation, checkpoints and the unit's result use the
+    # averaged weights; None: the unit's mechanisms decide (`Mechanism.ema_decay`: the DDIM's preset), 0: off
+    ema_decay: float | None = None
 
 
 @dataclass

@@ -124,6 +124,10 @@ class Mechanism(nn.Module, ABC):
         weigh alike); default 1."""
         return torch.ones((), device=self.device)
 
+    #: decay of the exponential moving average of the weights this family trains best with (None: no averaging);
+    #: a unit's `optim.ema_decay` overrides it (0: off). Diffusion models sample far better from averaged weights.
+    ema_decay: float | None = None
+
     def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
         """Parameter groups of the unit's optimiser (e.g. a Lagrange multiplier at its own rate); default: one
         group of every trainable parameter at `lr`."""

@@ -66,6 +66,10 @@ class DDIM(Mechanism):
     shape s from the other parents and never sees a gain parent, so changing only a gain parent rescales the
     image's grey levels (up to the solver's round-trip error).
 
+    `ema_decay` asks the training unit to keep an exponential moving average of the weights (the unit's result and
+    validation use it; `imcf.training.run.weight_average`): samples from a diffusion model's raw weights at the end of
+    a short run are much noisier than from their average.
+
     The inversion is approximate (each inversion step evaluates the network at the start of the step,
     sampling at its end), so `exact_abduction` is False; the round-trip error falls as the number of steps
     grows (docs/mechanism_ddim.md gives measured numbers).
@@ -102,6 +106,7 @@ class DDIM(Mechanism):
         beta_schedule: str = "linear",
         clamp_output: bool = True,
         gain_parents: Sequence[str] | None = None,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__(node, kind, parent_kinds)
         if kind.name != "image":
@@ -109,6 +114,9 @@ class DDIM(Mechanism):
         _check_options(node, kind, block_out_channels, norm_num_groups, cfg_dropout, num_inference_steps,
                        num_train_timesteps, guidance_from)  # fmt: skip
         self.cfg_dropout = float(cfg_dropout)
+        if ema_decay is not None and not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(f"ddim {node!r}: ema_decay must be in [0, 1) (null: no averaging), got {ema_decay}")
+        self.ema_decay = None if ema_decay is None else float(ema_decay)
         self.guidance_from = guidance_from
         self.guidance_parents = self._guided(node, parent_kinds, guidance_parents)
         self.guidance_scale = float(guidance_scale)

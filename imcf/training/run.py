@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -22,6 +22,7 @@ from imcf.config import ConfigError, TrainConfig, validate
 from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
 from imcf.io import CheckpointError, atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
+from imcf.mechanisms.base import Mechanism
 from imcf.scm import SCM, unit_name
 from imcf.threads import ThreadPlan, apply, plan_for
 from imcf.training.finetune import finetune_nodes, finetune_objectives
@@ -211,11 +212,13 @@ def train_unit(
     group, run_id = wandb_ids(run_dir, unit.name)
     loggers = build_loggers(cfg.logger, run_dir / "logs", unit.name, hparams, resume_step, group, run_id)
     progress = [UnitProgressBar(unit.name)] if trainer_cfg["enable_progress_bar"] else []
+    decay = ema_decay(optim_cfg, module.mechanisms.values())
+    averaging = [EMAWeightAveraging(decay=decay)] if decay else []
     trainer = L.Trainer(
         **trainer_cfg,
         default_root_dir=str(run_dir),
         logger=loggers or False,
-        callbacks=[best, last, *early_stopping(stopping), *progress],
+        callbacks=[best, last, *early_stopping(stopping), *averaging, *progress],
         plugins=plugins,
     )
     if trainer.world_size > 1:
@@ -260,6 +263,19 @@ def early_stopping(settings: Mapping[str, Any]) -> list[EarlyStopping]:
         raise ConfigError(f"early_stopping.patience must be >= 1 (or null: off), got {settings['patience']}")
     return [EarlyStopping(monitor="val/loss", mode="min", patience=int(settings["patience"]),
                           min_delta=float(settings["min_delta"]))]  # fmt: skip
+
+
+def ema_decay(optim: Mapping[str, Any], mechanisms: Iterable[Mechanism]) -> float:
+    """The decay of the unit's exponential moving average of the weights: `optim.ema_decay`, or, when that is None,
+    the largest `ema_decay` its mechanisms ask for; 0 means no averaging. With averaging, validation, checkpoints and
+    the unit's result use the averaged weights (Lightning's EMAWeightAveraging); the raw weights travel in the
+    training checkpoints for resuming."""
+    decay = optim.get("ema_decay")
+    if decay is None:
+        decay = max((float(m.ema_decay) for m in mechanisms if m.ema_decay), default=0.0)
+    if not 0.0 <= float(decay) < 1.0:
+        raise ConfigError(f"optim.ema_decay must be in [0, 1) (0 or null: off), got {decay}")
+    return float(decay)
 
 
 def stopped_epoch(ckpt: Mapping[str, Any]) -> int | None:

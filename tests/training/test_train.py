@@ -254,3 +254,32 @@ def test_wandb_ids_are_stable_per_unit_and_distinct_between_runs(tmp_path):
     assert group == "run" and wandb_ids(tmp_path / "run", "x1") == (group, x1)  # a resumed unit continues its run
     assert len({x1, wandb_ids(tmp_path / "run", "x2")[1], wandb_ids(tmp_path / "other" / "run", "x1")[1]}) == 3
     assert len(wandb_ids(tmp_path / ("r" * 200), "a+b+" * 20)[1]) <= 64
+
+
+def test_weight_averaging_gives_the_unit_its_averaged_weights_and_resumes_exactly(tmp_path):
+    from imcf.training.run import ema_decay
+
+    ema = ["evaluate_after=false", "units=[x4]", "+unit_overrides={x4: {optim: {ema_decay: 0.9}}}"]
+    full = train(_cfg(tmp_path / "a", "trainer.max_epochs=3", *ema))
+    ckpts = tmp_path / "a" / "run" / "checkpoints" / "x4"
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    best = torch.load(ckpts / "best.ckpt", weights_only=True)
+    raw, averaged = last["current_model_state"], last["state_dict"]
+    assert not torch.equal(raw["mechanisms.x4.weight"], averaged["mechanisms.x4.weight"])  # averaging happened
+    unit = torch.load(full["units"]["x4"], weights_only=True)["state_dict"]["x4"]
+    for k, v in unit.items():  # the unit's result is the best epoch's averaged weights
+        assert torch.equal(v, best["state_dict"][f"mechanisms.x4.{k}"]), k
+    # interrupted after 1 epoch and resumed: the same raw and averaged weights as the uninterrupted run
+    train(_cfg(tmp_path / "b", "trainer.max_epochs=1", *ema))
+    train(_cfg(tmp_path / "b", "trainer.max_epochs=3", *ema))
+    again = torch.load(tmp_path / "b" / "run" / "checkpoints" / "x4" / "last.ckpt", weights_only=True)
+    for key in ("state_dict", "current_model_state"):
+        for k, v in last[key].items():
+            assert torch.equal(v, again[key][k]), (key, k)
+    # the decay: the unit's optim setting, else the largest its mechanisms ask for; 0 is off
+    asks = [type("M", (), {"ema_decay": d})() for d in (None, 0.99, 0.9)]
+    assert ema_decay({"ema_decay": None}, asks) == 0.99
+    assert ema_decay({"ema_decay": 0.0}, asks) == 0.0
+    assert ema_decay({"ema_decay": 0.5}, asks) == 0.5 and ema_decay({}, []) == 0.0
+    with pytest.raises(Exception, match=r"optim.ema_decay must be in \[0, 1\)"):
+        train(_cfg(tmp_path / "c", "evaluate_after=false", "units=[x1]", "optim.ema_decay=1.5"))
