@@ -65,8 +65,8 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    scheduler: str | None = None  # "cosine" or None
-    warmup_steps: int = 0
+    scheduler: str | None = None  # "cosine" (to 0 over the unit's steps) or None (constant)
+    warmup_steps: int = 0  # linear warm-up of the learning rate over the first N optimiser steps
     # exponential moving average of the weights (e.g. 0.999): validation, checkpoints and the unit's result use the
     # averaged weights; None: the unit's mechanisms decide (`Mechanism.ema_decay`: the DDIM's preset), 0: off
     ema_decay: float | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -155,11 +157,18 @@ class UnitModule(L.LightningModule):
             betas=tuple(self.optim.get("betas", (0.9, 0.999))),
             weight_decay=float(self.optim.get("weight_decay", 0.0)),
         )
-        if self.optim.get("scheduler") == "cosine":
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        return opt
+        scheduler, warmup = self.optim.get("scheduler"), int(self.optim.get("warmup_steps", 0))
+        if scheduler not in (None, "cosine"):
+            raise ValueError(f"optim.scheduler must be 'cosine' or null, got {scheduler!r}")
+        if warmup < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {warmup}")
+        if scheduler is None and not warmup:
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, functools.partial(lr_factor, warmup=warmup, total=total, cosine=scheduler == "cosine")
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_train_end(self) -> None:
         """Under DDP, check that every rank ended with the same weights (they must, or training diverged)."""
@@ -188,6 +197,15 @@ class UnitModule(L.LightningModule):
         rng = checkpoint.get("imcf_rng")
         if rng is not None:
             set_rng_state(rng)
+
+
+def lr_factor(step: int, warmup: int, total: int, cosine: bool) -> float:
+    """The learning-rate multiplier at optimiser step `step` (0-based): a linear warm-up over the first `warmup`
+    steps (1/warmup, 2/warmup, ..., 1), times a cosine decay from 1 to 0 over `total` steps when `cosine`."""
+    factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if cosine:
+        factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return factor
 
 
 def rng_state() -> dict[str, Any]:

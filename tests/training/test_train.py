@@ -283,3 +283,19 @@ def test_weight_averaging_gives_the_unit_its_averaged_weights_and_resumes_exactl
     assert ema_decay({"ema_decay": 0.5}, asks) == 0.5 and ema_decay({}, []) == 0.0
     with pytest.raises(Exception, match=r"optim.ema_decay must be in \[0, 1\)"):
         train(_cfg(tmp_path / "c", "evaluate_after=false", "units=[x1]", "optim.ema_decay=1.5"))
+
+
+def test_learning_rate_warm_up_and_cosine_schedule(tmp_path):
+    from imcf.training.module import lr_factor
+
+    assert [lr_factor(k, warmup=4, total=100, cosine=False) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_factor(0, 0, 10, cosine=True) == 1.0 and lr_factor(10, 0, 10, cosine=True) == 0.0
+    assert abs(lr_factor(5, 0, 10, cosine=True) - 0.5) < 1e-12 and abs(lr_factor(2, 4, 4, True) - 0.75 * 0.5) < 1e-12
+    # through train.py: 2,000 rows in batches of 100 = 20 steps, all inside a 40-step warm-up
+    train(_cfg(tmp_path, "evaluate_after=false", "units=[x1]", "trainer.max_epochs=1", "dataset.batch_size=100",
+               "optim.warmup_steps=40"))  # fmt: skip
+    state = torch.load(tmp_path / "run" / "checkpoints" / "x1" / "last.ckpt", weights_only=True)["lr_schedulers"][0]
+    assert state["last_epoch"] == 20
+    assert abs(state["_last_lr"][0] - state["base_lrs"][0] * 21 / 40) < 1e-12
+    with pytest.raises(Exception, match="optim.scheduler must be 'cosine' or null"):
+        train(_cfg(tmp_path / "b", "evaluate_after=false", "units=[x1]", "optim.scheduler=linear"))
