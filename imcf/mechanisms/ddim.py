@@ -67,8 +67,8 @@ class DDIM(Mechanism):
     image's grey levels (up to the solver's round-trip error).
 
     `ema_decay` asks the training unit to keep an exponential moving average of the weights (the unit's result and
-    validation use it; `imcf.training.run.weight_average`): samples from a diffusion model's raw weights at the end of
-    a short run are much noisier than from their average.
+    validation use it; `imcf.training.run.ema_decay`): early in training the averaged weights sample the asked
+    digit far more often than the raw ones (docs/results.md, issue 17).
 
     The inversion is approximate (each inversion step evaluates the network at the start of the step,
     sampling at its end), so `exact_abduction` is False; the round-trip error falls as the number of steps
