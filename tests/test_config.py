@@ -72,6 +72,16 @@ def test_dataset_image_gain_reaches_the_families_that_model_a_gain():
     assert _compose([])["dataset"]["image_gain"] == ["intensity"]
 
 
+def test_ddim_experiment_gives_the_image_unit_its_longer_budget_only():
+    cfg = validate(_compose(["experiment=morphomnist_ddim"]), TrainConfig)
+    default = validate(_compose(), TrainConfig)
+    assert cfg.mechanism["image"]["family"] == "ddim" and cfg.name == "morphomnist-ddim"
+    assert cfg.unit_overrides["image"]["trainer"]["max_epochs"] == 100
+    # everything else is the default experiment's: the attribute units, the image unit's lr and patience
+    assert cfg.trainer == default.trainer and cfg.early_stopping == default.early_stopping
+    assert cfg.unit_overrides["image"]["optim"] == default.unit_overrides["image"]["optim"]
+
+
 def test_missing_required_key_is_named():
     with pytest.raises(ConfigError, match="dataset.name"):
         validate({"run_dir": "x", "dataset": {"root": "d"}}, TrainConfig)
