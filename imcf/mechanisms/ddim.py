@@ -59,7 +59,9 @@ class DDIM(Mechanism):
     change is amplified: the base is the counterfactual condition with those parents put back to their factual
     values, so the others (e.g. continuous parents, which guidance would overshoot) follow the plain model. A
     draw from the prior has no factual parents and is guided from the null condition. w = 1 is the plain
-    conditional model in every case.
+    conditional model in every case. `guidance_scale` may also give one w per guided parent ({digit: 2,
+    thickness: 1.25}, factual base): each parent's change is amplified by its own w and a row that changed
+    several adds their amplified changes (compositional guidance); a prior draw then uses the largest w.
 
     `gain_parents` (continuous, positive; the dataset's `image_gain` reaches it through `models_gain`) act as a
     fixed proportional output gain, x = g * (s + 1) - 1 with g = prod(v / reference): the diffusion models the
@@ -98,7 +100,7 @@ class DDIM(Mechanism):
         parent_maps: bool = False,
         parent_ranges: Mapping[str, Sequence[float]] | None = None,
         cfg_dropout: float = 0.1,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | Mapping[str, float] = 1.0,
         guidance_from: str = "factual",
         guidance_parents: str | Sequence[str] = "all",
         num_inference_steps: int = 50,
@@ -119,7 +121,8 @@ class DDIM(Mechanism):
         self.ema_decay = None if ema_decay is None else float(ema_decay)
         self.guidance_from = guidance_from
         self.guidance_parents = self._guided(node, parent_kinds, guidance_parents)
-        self.guidance_scale = float(guidance_scale)
+        self.guidance_scale = self._scales(node, self.guidance_parents, gain_parents or (), guidance_scale,
+                                           guidance_from)  # fmt: skip
         self.num_inference_steps = int(num_inference_steps)
         self.clamp_output = bool(clamp_output)
         ranges = {p: tuple(r) for p, r in (parent_ranges or {}).items()}
@@ -145,6 +148,9 @@ class DDIM(Mechanism):
             self.null_embedding = nn.Parameter(torch.zeros(time_embed_dim))
             cols = [torch.full((k.dim,), p in self.guidance_parents) for p, k in shape_kinds.items()]
             self.register_buffer("_guided_columns", torch.cat(cols), persistent=False)
+            ends = torch.tensor([k.dim for k in shape_kinds.values()]).cumsum(0).tolist()
+            #: the encoded columns of each shape parent, [start, end)
+            self._columns = {p: (e - k.dim, e) for (p, k), e in zip(shape_kinds.items(), ends, strict=True)}
         else:
             self.encoder = None
         extra_in = self.encoder.dim if self.parent_maps else 0
@@ -176,6 +182,32 @@ class DDIM(Mechanism):
                 f"ddim {node!r}: guidance_parents {unknown} are not parents of {node!r}: {list(parent_kinds)}"
             )
         return tuple(given)
+
+    @staticmethod
+    def _scales(
+        node: str, guided: tuple[str, ...], gain: Sequence[str], given: Any, guidance_from: str
+    ) -> float | dict[str, float]:
+        """The guidance scale: one number for every guided parent, or {parent: w} for each guided parent the
+        network sees (its change is amplified by its own w; guidance from the factual only)."""
+        if isinstance(given, (int, float)) and not isinstance(given, bool):
+            return float(given)
+        if not isinstance(given, Mapping):
+            raise ValueError(f"ddim {node!r}: guidance_scale must be a number or {{parent: number}}, got {given!r}")
+        if guidance_from != "factual":
+            raise ValueError(f"ddim {node!r}: a guidance_scale per parent needs guidance_from 'factual'")
+        stray = [p for p in given if p not in guided or p in gain]
+        if stray:
+            raise ValueError(
+                f"ddim {node!r}: guidance_scale names {stray}, which are not guided parents the network sees "
+                f"(guidance_parents {list(guided)}, gain parents {list(gain)})"
+            )
+        missing = [p for p in guided if p not in given and p not in gain]
+        if missing:
+            raise ValueError(f"ddim {node!r}: guidance_scale has no scale for guided parent(s) {missing}")
+        bad = {p: w for p, w in given.items() if isinstance(w, bool) or not isinstance(w, (int, float))}
+        if bad:
+            raise ValueError(f"ddim {node!r}: guidance_scale values must be numbers, got {bad}")
+        return {p: float(w) for p, w in given.items()}
 
     @staticmethod
     def _gain_parents(node: str, parent_kinds: Mapping[str, NodeKind], given: Sequence[str]) -> tuple[str, ...]:
@@ -234,25 +266,56 @@ class DDIM(Mechanism):
             inp = torch.cat([x_t, maps[:, :, None, None].expand(-1, -1, *x_t.shape[2:])], dim=1)
         return self.unet(inp, t, class_labels=emb).sample
 
+    def guidance_groups(self, device: torch.device | None = None) -> list[tuple[Tensor, float]]:
+        """(columns, w) pairs: each group's change from the base is amplified by its w. One group of every
+        guided column for a single scale; one group per guided parent for a scale per parent."""
+        if not isinstance(self.guidance_scale, Mapping):
+            return [(self._guided_columns.to(device), self.guidance_scale)]
+        groups = []
+        for p, w in self.guidance_scale.items():
+            cols = torch.zeros_like(self._guided_columns, device=device)
+            cols[slice(*self._columns[p])] = True
+            groups.append((cols, w))
+        return groups
+
     def guided_eps(self, x_t: Tensor, t: Tensor | int, features: Tensor | None, base: Tensor | None = None) -> Tensor:
-        """Guided noise prediction eps_base + w (eps_features - eps_base); `base` (B, D) are the features to guide
-        from (None: the null condition). Rows whose features equal their base get eps_features exactly; the
-        plain conditional prediction when guidance_scale == 1."""
-        if features is None or self.guidance_scale == 1.0:
+        """Guided noise prediction eps_base + sum_g w_g (eps_g - eps_base): `base` (B, D) are the features to
+        guide from (None: the null condition, with the largest scale), eps_g the prediction under the base with
+        group g's columns (every guided column, or one parent's for a scale per parent) set to `features`. Rows
+        whose features equal their base get eps_features exactly; the plain conditional prediction when every
+        scale is 1. A row that changed one group only costs one extra prediction."""
+        scales = (
+            list(self.guidance_scale.values()) if isinstance(self.guidance_scale, Mapping) else [self.guidance_scale]
+        )
+        top = max(scales)
+        if features is None or all(w == 1.0 for w in scales):
             return self.eps(x_t, t, features)
         if base is None:
             b = x_t.shape[0]
             keep = torch.arange(2 * b, device=x_t.device) < b
             both = self.eps(torch.cat([x_t, x_t]), t, torch.cat([features, features]), keep)
             cond, null = both[:b], both[b:]
-            return null + self.guidance_scale * (cond - null)
+            return null + top * (cond - null)
         cond = self.eps(x_t, t, features)
-        changed = (features != base).any(dim=1)
+        moved = features != base
+        changed = moved.any(dim=1)
         if not bool(changed.any()):
             return cond
         rows = changed.nonzero().squeeze(1)
-        eps_base = self.eps(x_t[rows], t, base[rows])
-        return cond.index_put((rows,), eps_base + self.guidance_scale * (cond[rows] - eps_base))
+        x_r, f_r, b_r, m_r = x_t[rows], features[rows], base[rows], moved[rows]
+        eps_base = self.eps(x_r, t, b_r)
+        out = eps_base.clone()
+        for cols, w in self.guidance_groups(features.device):
+            in_group = m_r[:, cols].any(dim=1)
+            if not bool(in_group.any()):
+                continue
+            only = in_group & ~m_r[:, ~cols].any(dim=1)  # changed this group alone: eps_g is the conditional
+            eps_g = cond[rows].clone()
+            partial = in_group & ~only
+            if bool(partial.any()):
+                eps_g[partial] = self.eps(x_r[partial], t, torch.where(cols, f_r, b_r)[partial])
+            out = out + (w * in_group.to(out.dtype))[:, None, None, None] * (eps_g - eps_base)
+        return cond.index_put((rows,), out)
 
     # ----- the contract -----
     @torch.no_grad()

@@ -121,6 +121,39 @@ def test_guidance_parents_amplify_only_their_own_change():
     )
 
 
+def test_a_scale_per_parent_amplifies_each_parents_change_by_its_own_scale():
+    """{digit: 3, ink: 1.5}: a digit change is guided as w = 3 on the digit alone, an ink change as w = 1.5 on
+    the ink alone; a row that changed both adds the two amplified changes (compositional guidance)."""
+    x, parents = mnist32()
+    x, parents = x[:4], {p: v[:4] for p, v in parents.items()}
+    _, per = _trained_pair(guidance_parents="all", guidance_scale={"digit": 3.0, "ink": 1.5})
+    _, digit = _trained_pair(guidance_parents=["digit"], guidance_scale=3.0)
+    _, ink = _trained_pair(guidance_parents=["ink"], guidance_scale=1.5)
+    noise = per.abduct(x, parents)
+    cf = {"digit": parents["digit"].clone(), "ink": parents["ink"].clone()}
+    cf["digit"][:2] = cf["digit"][:2].roll(1, dims=1)  # rows 0, 1: do(digit); rows 2, 3: do(ink)
+    cf["ink"][2:] += 0.1
+    out = per.predict(noise, cf)
+    torch.testing.assert_close(out[:2], digit.predict(noise, cf)[:2], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out[2:], ink.predict(noise, cf)[2:], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(out[2:], digit.predict(noise, cf)[2:])  # the ink change is guided too
+    with torch.no_grad():
+        old = per.condition(parents, 4)
+        both = per.condition({"digit": parents["digit"].roll(1, dims=1), "ink": parents["ink"] + 0.1}, 4)
+        only_digit = torch.cat([both[:, :10], old[:, 10:]], dim=1)  # digit columns first (graph order)
+        only_ink = torch.cat([old[:, :10], both[:, 10:]], dim=1)
+        xt, t = torch.randn(4, 1, 32, 32), torch.tensor(500)
+        e_base, e_d, e_i = per.eps(xt, t, old), per.eps(xt, t, only_digit), per.eps(xt, t, only_ink)
+        want = e_base + 3.0 * (e_d - e_base) + 1.5 * (e_i - e_base)
+        torch.testing.assert_close(per.guided_eps(xt, t, both, old), want, atol=1e-5, rtol=1e-4)
+    # equal scales on one changed parent are the single scale's guidance, and a null intervention stays exact
+    _, same = _trained_pair(guidance_parents="all", guidance_scale={"digit": 3.0, "ink": 3.0})
+    _, single = _trained_pair(guidance_parents="all", guidance_scale=3.0)
+    torch.testing.assert_close(same.predict(noise, cf), single.predict(noise, cf), atol=1e-5, rtol=1e-4)
+    plain, _ = _trained_pair()
+    assert torch.equal(per.predict(noise, parents), plain.predict(noise, parents))
+
+
 def test_classic_guidance_and_prior_draws_guide_from_the_null():
     x, parents = mnist32()
     x, parents = x[:4], {p: v[:4] for p, v in parents.items()}
@@ -255,6 +288,11 @@ def test_scm_counterfactual_and_save_load(tmp_path):
         ({"guidance_parents": "some", **SMALL}, "guidance_parents must be"),
         ({"gain_parents": ["b"], **SMALL}, r"gain_parents \['b'\] are not continuous parents"),
         ({"guidance_parents": ["a", "z"], **SMALL}, r"guidance_parents \['z'\] are not parents"),
+        ({"guidance_scale": "high", **SMALL}, "guidance_scale must be a number"),
+        ({"guidance_scale": {"a": 2.0}, **SMALL}, r"no scale for guided parent\(s\) \['b'\]"),
+        ({"guidance_scale": {"a": 2, "b": 1, "z": 1}, **SMALL}, r"guidance_scale names \['z'\]"),
+        ({"guidance_scale": {"a": 2}, "guidance_parents": ["a"], "gain_parents": ["a"], **SMALL}, r"names \['a'\]"),
+        ({"guidance_scale": {"a": 2, "b": 1}, "guidance_from": "null", **SMALL}, "per parent needs guidance_from"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):
