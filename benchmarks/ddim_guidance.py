@@ -11,7 +11,10 @@ intensity by the predictor-free morphometrics. The weights are the same for ever
 are inference options. A setting whose report exists is not evaluated again.
 
     python benchmarks/ddim_guidance.py [--runs runs] [--reports reports] [--num-samples 500]
-        [--steps 10 25 50] [--scales 1 2 3 5] [--bases factual null] [--parents discrete all] [train overrides]
+        [--steps 10 25 50] [--scales 1 2 3 5 digit=2,thickness=1.25] [--bases factual null]
+        [--parents discrete all] [train overrides]
+
+A scale `p=w,q=v` is one guidance scale per parent (factual base, guidance_parents all).
 
 Prints the table and writes benchmarks/results/ddim_guidance.json. When CUDA is present every setting is also
 evaluated on the GPU (rows marked cuda).
@@ -41,6 +44,17 @@ COLUMNS = [
 ]
 
 
+def scale(text: str) -> float | dict[str, float]:
+    """`2` -> 2.0; `digit=2,thickness=1.25` -> one scale per parent."""
+    if "=" not in text:
+        return float(text)
+    return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
+
+
+def scale_label(w: float | dict[str, float]) -> str:
+    return "-".join(f"{p}{v:g}" for p, v in w.items()) if isinstance(w, dict) else f"{w:g}"
+
+
 def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every (device, steps, base, parents, w) to evaluate; w = 1 once per step count (base and parents do not
     matter there); the null base guides every parent."""
@@ -49,10 +63,18 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
     for device in devices:
         for steps in args.steps:
             for w in args.scales:
+                if isinstance(w, dict):  # a scale per parent: the factual base, every parent guided
+                    out.append({"device": device, "steps": steps, "base": "factual", "parents": "all", "w": w})
+                    continue
                 for base in args.bases if w != 1 else args.bases[:1]:
                     for parents in args.parents if w != 1 and base == "factual" else ["all"]:
                         out.append({"device": device, "steps": steps, "base": base, "parents": parents, "w": w})
     return out
+
+
+def override(w: float | dict[str, float]) -> str:
+    """A Hydra value for the scale: a number or {p:w,...}."""
+    return "{" + ",".join(f"{p}:{v}" for p, v in w.items()) + "}" if isinstance(w, dict) else str(w)
 
 
 def evaluate(run_dir: Path, report: Path, s: dict[str, Any], num_samples: int) -> dict[str, Any]:
@@ -65,7 +87,8 @@ def evaluate(run_dir: Path, report: Path, s: dict[str, Any], num_samples: int) -
              f"num_samples={num_samples}", "compute=[effectiveness,measured,composition,realism]", "cycles=[1]",
              "progress=false", "predictors.max_epochs=10", "threads=1",
              f"accelerator={'gpu' if s['device'] == 'cuda' else 'cpu'}",
-             f"+inference.image.num_inference_steps={s['steps']}", f"+inference.image.guidance_scale={s['w']}",
+             f"+inference.image.num_inference_steps={s['steps']}",
+             "+inference.image.guidance_scale=" + override(s["w"]),
              f"+inference.image.guidance_from={s['base']}", f"+inference.image.guidance_parents={s['parents']}"],
         )  # fmt: skip
     data = json.loads((report / "metrics.json").read_text())
@@ -79,7 +102,7 @@ def main() -> None:
     parser.add_argument("--reports", default="reports")
     parser.add_argument("--num-samples", type=int, default=500)
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
-    parser.add_argument("--scales", type=float, nargs="+", default=[1, 2, 3, 5])
+    parser.add_argument("--scales", type=scale, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
     parser.add_argument("--bases", nargs="+", default=["factual", "null"])
     parser.add_argument("--parents", nargs="+", default=["discrete", "all"], help="guidance_parents (factual base)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ddim_guidance.json"))
@@ -94,7 +117,7 @@ def main() -> None:
         )  # fmt: skip
     rows = []
     for s in settings(args):
-        name = f"ddim-{s['device']}-s{s['steps']}-w{s['w']:g}-{s['base']}-{s['parents']}"
+        name = f"ddim-{s['device']}-s{s['steps']}-w{scale_label(s['w'])}-{s['base']}-{s['parents']}"
         got = evaluate(run_dir, Path(args.reports) / name, s, args.num_samples)
         values = {label: got["metrics"].get(key, {}).get("mean") for label, key in COLUMNS}
         rows.append({**s, **values, "cf_per_s": got["cf_per_s"], "cost": got["cost"]})
@@ -117,7 +140,10 @@ def main() -> None:
     print("| " + " | ".join(labels) + " |")
     print("|" + "---|" * len(labels))
     for r in rows:
-        print("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in labels) + " |")
+        cells = [
+            scale_label(r[k]) if k == "w" else f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in labels
+        ]
+        print("| " + " | ".join(cells) + " |")
     write_json(args.out, {"extra": extra, "train_cost": train_cost}, rows)
 
 
