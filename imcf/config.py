@@ -98,6 +98,7 @@ class PredictorConfig:
     max_epochs: int = 5
     batch_size: int = 64
     lr: float = 4e-3  # peak of a cosine schedule
+    label_smoothing: float = 0.1  # of the categorical heads' cross-entropy
     max_train_samples: int | None = None
     poor_nmae: float = 0.5  # a regressor whose test MAE exceeds this x the attribute's std is flagged poor
     poor_f1: float = 0.7  # a classifier whose test F1 is below this is flagged poor

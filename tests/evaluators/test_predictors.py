@@ -26,6 +26,24 @@ def test_predictor_reads_every_target_in_batch_format():
     assert torch.isfinite(model.loss(batch)["loss"])
 
 
+def test_categorical_heads_train_on_smoothed_labels():
+    """The digit head's loss is (1 - e) x cross-entropy + e x the mean negative log-probability over classes
+    (e = label_smoothing, 0.1 by default); e = 0 is plain cross-entropy; e outside [0, 1) is refused."""
+    torch.manual_seed(0)
+    model = AttributePredictor([1, 16, 16], {"d": "categorical(4)"}, width=8).eval()
+    batch = {"image": torch.rand(6, 1, 16, 16) * 2 - 1, "d": torch.eye(4)[[0, 1, 2, 3, 1, 2]]}
+    with torch.no_grad():
+        logp = torch.log_softmax(model._logits(model.features(batch["image"]), batch)["d"], 1)
+        ce = -logp[torch.arange(6), batch["d"].argmax(1)].mean()
+        uniform = -logp.mean()
+        assert model.label_smoothing == 0.1
+        torch.testing.assert_close(model.loss(batch)["d"], 0.9 * ce + 0.1 * uniform)
+        model.label_smoothing = 0.0
+        torch.testing.assert_close(model.loss(batch)["d"], ce)
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        AttributePredictor([1, 16, 16], {"d": "categorical(4)"}, width=8, label_smoothing=1.0)
+
+
 def test_grey_levels_read_the_bright_pixels_and_pass_gradients():
     """The grey-level path: quantiles of the pixels at or above half the range, their share and the maximum;
     a dimmer copy of a stroke moves every quantile by the same factor (what a per-image norm would hide)."""

@@ -19,6 +19,7 @@ from imcf.graph import CausalGraph
 from imcf.io import read_yaml
 from imcf.registry import MECHANISMS
 from imcf.training.finetune import CounterfactualObjective
+from imcf.training.fit import fit_mechanism
 from tests.mechanisms.test_image_mechanisms import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,15 +36,16 @@ def morpho(tmp_path_factory):
     return train_set._values, test_set._values
 
 
-def trained_family(tr, family: str, **overrides):
-    """The family's yaml config (with `overrides`) trained 1500 steps (batch 64, lr 1e-3) on the training digits."""
+def trained_family(tr, family: str, steps: int = 1500, lr: float = 1e-3, cosine: bool = False, **overrides):
+    """The family's yaml config (with `overrides`) trained `steps` steps (batch 64, Adam at `lr`, decayed to 0 on a
+    cosine when `cosine`; the weights averaged where the family asks) on the training digits."""
     torch.set_num_threads(1)
     graph = CausalGraph.from_yaml(ROOT / "configs/graph/morphomnist.yaml")
     spec = read_yaml(ROOT / f"configs/mechanism/image/{family}.yaml")
     config = {**spec["config"], "parent_ranges": {"thickness": [0.5, 6.5], "intensity": [64.0, 255.0]}, **overrides}
     torch.manual_seed(0)
     mech = MECHANISMS[spec["family"]].from_graph(graph, "image", **config)
-    train(mech, tr["image"], {p: tr[p] for p in PARENTS}, steps=1500, batch_size=64, lr=1e-3)
+    fit_mechanism(mech, tr["image"], {p: tr[p] for p in PARENTS}, steps, batch_size=64, lr=lr, cosine=cosine)
     return mech
 
 
@@ -161,22 +163,26 @@ def test_independence_penalty_makes_do_digit_effective(morpho):
 
 @pytest.mark.slow
 def test_ddim_guidance_makes_do_digit_follow_and_the_gain_makes_do_intensity_exact(morpho):
-    """The default DDIM (configs/mechanism/image/ddim.yaml, intensity as its output gain as `dataset.image_gain`
-    gives it), 1,500 steps on 1,200 digits: guidance from the factual digit makes do(digit) follow more often
-    than the plain conditional model, read by a classifier it never saw, and do(intensity) lands near the asked
-    brightness."""
+    """The default DDIM (configs/mechanism/image/ddim.yaml with its weight averaging, intensity as its output gain
+    as `dataset.image_gain` gives it) at reduced scale, 3,000 steps on 1,200 digits (cosine lr from 2e-3; ~25
+    CPU-minutes): guided from the factual digit at w = 4, do(digit) reads as the asked digit >= 0.7 of the time to
+    a classifier it never saw, far more often than the unguided model (w = 1); do(intensity) lands near the asked
+    brightness. Development (another judge, seed 3): 0.82 at w = 4, 0.56 at w = 2 (50 DDIM steps)."""
     tr, te = morpho
-    judge = digit_classifier(tr, seed=2)
-    mech = trained_family(tr, "ddim", gain_parents=["intensity"])
+    judge = digit_classifier(tr, seed=2, steps=1500)
+    with torch.no_grad():
+        factual = float((judge(te["image"])["digit"].argmax(1) == te["digit"].argmax(1)).float().mean())
+    assert factual >= 0.95, f"the judging classifier reads only {factual:.2f} of real test digits"
+    mech = trained_family(tr, "ddim", steps=3000, lr=2e-3, cosine=True, gain_parents=["intensity"])
     assert mech.guidance_parents == ("digit",) and mech.shape_parents == ("thickness", "digit")
-    guided = mech.guidance_scale  # the preset's, chosen by measurement (docs/mechanism_ddim.md)
+    assert mech.num_inference_steps == 50 and mech.ema_decay == 0.999
     accuracy = {}
-    for w in (1.0, guided):
+    for w in (1.0, 4.0):
         mech.guidance_scale = w
         accuracy[w] = digit_accuracy(mech, judge, te, n=100)
     i_err = intensity_error_under_do_intensity(mech, te, n=100)
-    print(f"do(digit) accuracy by guidance scale: {accuracy}; do(intensity) MAE {i_err:.2f}")
-    assert guided > 1 and accuracy[guided] >= accuracy[1.0] + 0.1, accuracy
+    print(f"do(digit) accuracy by w: {accuracy} (judge reads {factual:.3f}); do(intensity) MAE {i_err:.2f}")
+    assert accuracy[4.0] >= 0.7 and accuracy[4.0] >= accuracy[1.0] + 0.2, accuracy
     assert i_err <= 5.0, f"do(intensity) MAE {i_err:.2f} grey levels"
 
 
