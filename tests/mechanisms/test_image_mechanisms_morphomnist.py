@@ -103,6 +103,12 @@ def digit_classifier(tr, seed: int, steps: int = 400) -> AttributePredictor:
 
 
 @torch.no_grad()
+def judge_accuracy(judge: AttributePredictor, te) -> float:
+    """How many real test digits `judge` reads as their own class."""
+    return float((judge(te["image"])["digit"].argmax(1) == te["digit"].argmax(1)).float().mean())
+
+
+@torch.no_grad()
 def digit_accuracy(mech, judge: AttributePredictor, te, n: int = 150) -> float:
     """do(digit = another digit) on n test images, read back by `judge`."""
     x, pa = te["image"][:n], {p: te[p][:n] for p in PARENTS}
@@ -119,8 +125,7 @@ def test_counterfactual_finetuning_makes_do_digit_effective(morpho):
     counterfactuals read as the new digit to another, independently seeded one, without losing do(thickness)."""
     tr, te = morpho
     tune, judge = digit_classifier(tr, seed=1), digit_classifier(tr, seed=2)
-    with torch.no_grad():
-        factual = float((judge(te["image"])["digit"].argmax(1) == te["digit"].argmax(1)).float().mean())
+    factual = judge_accuracy(judge, te)
     assert factual >= 0.85, f"the judging classifier reads only {factual:.2f} of real test digits"
     mech = trained_family(tr, "vae", independence_weight=0.0, abduction=PLAIN_ABDUCTION)
     before = digit_accuracy(mech, judge, te)
@@ -170,8 +175,7 @@ def test_ddim_guidance_makes_do_digit_follow_and_the_gain_makes_do_intensity_exa
     brightness. Development (another judge, seed 3): 0.82 at w = 4, 0.56 at w = 2 (50 DDIM steps)."""
     tr, te = morpho
     judge = digit_classifier(tr, seed=2, steps=1500)
-    with torch.no_grad():
-        factual = float((judge(te["image"])["digit"].argmax(1) == te["digit"].argmax(1)).float().mean())
+    factual = judge_accuracy(judge, te)
     assert factual >= 0.95, f"the judging classifier reads only {factual:.2f} of real test digits"
     mech = trained_family(tr, "ddim", steps=3000, lr=2e-3, cosine=True, gain_parents=["intensity"])
     assert mech.guidance_parents == ("digit",) and mech.shape_parents == ("thickness", "digit")
