@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 KIND_GROUP = {"continuous": "attribute", "binary": "discrete", "categorical": "discrete", "image": "image"}
@@ -211,6 +211,96 @@ class MechanismSpec:
     init: str | None = None  # a unit checkpoint: weights loaded, then trained on (fine-tuning)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _range(lo: float, hi: float | None = None, *, open_lo: bool = False, open_hi: bool = True, null: bool = False):
+    """A check of one value: a number in [lo, hi) (or (lo, ...) with open_lo), or None where `null`."""
+
+    def ok(v: Any) -> bool:
+        if v is None:
+            return null
+        if not _number(v):
+            return False
+        above = v > lo if open_lo else v >= lo
+        below = hi is None or (v < hi if open_hi else v <= hi)
+        return above and below
+
+    if hi is None:
+        text = f"{'>' if open_lo else '>='} {lo:g}"
+    else:
+        text = f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+    return ok, text + (" (or null)" if null else "")
+
+
+POSITIVE = _range(0, open_lo=True)
+AT_LEAST_1 = _range(1)
+NON_NEGATIVE = _range(0)
+#: value checks of the training settings that a unit override may change too (keys under trainer / optim /
+#: early_stopping); the message names the key as given
+UNIT_RULES: dict[str, tuple[Any, str]] = {
+    "optim.lr": POSITIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.warmup_steps": NON_NEGATIVE,
+    "optim.ema_decay": _range(0, 1, null=True),
+    "optim.betas": (
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_range(0, 1)[0](b) for b in v),
+        "two numbers in [0, 1)",
+    ),  # fmt: skip
+    "trainer.max_epochs": _range(-1),  # -1: no limit (Lightning)
+    "trainer.num_nodes": AT_LEAST_1,
+    "trainer.check_val_every_n_epoch": AT_LEAST_1,
+    "trainer.log_every_n_steps": AT_LEAST_1,
+    "early_stopping.min_delta": NON_NEGATIVE,
+}
+TRAIN_RULES: dict[str, tuple[Any, str]] = {
+    **UNIT_RULES,
+    "dataset.batch_size": AT_LEAST_1,
+    "dataset.eval_batch_size": _range(1, null=True),
+    "dataset.num_workers": _range(0, null=True),
+}
+EVALUATE_RULES: dict[str, tuple[Any, str]] = {
+    "num_samples": _range(1, null=True),
+    "batch_size": AT_LEAST_1,
+    "cycles": (
+        lambda v: isinstance(v, list) and bool(v) and all(AT_LEAST_1[0](c) for c in v),
+        "a non-empty list of numbers >= 1",
+    ),  # fmt: skip
+    "interventions.bins": _range(2),
+    "predictors.width": AT_LEAST_1,
+    "predictors.max_epochs": AT_LEAST_1,
+    "predictors.batch_size": AT_LEAST_1,
+    "predictors.lr": POSITIVE,
+    "predictors.max_train_samples": _range(1, null=True),
+    "minimality.latent_dim": AT_LEAST_1,
+    "minimality.width": AT_LEAST_1,
+    "minimality.max_epochs": AT_LEAST_1,
+    "minimality.batch_size": AT_LEAST_1,
+    "minimality.lr": POSITIVE,
+    "minimality.max_train_samples": _range(1, null=True),
+    "realism.kid_subsets": AT_LEAST_1,
+    "realism.kid_subset_size": AT_LEAST_1,
+    "measured_max_samples": _range(1, null=True),
+    "num_grid": NON_NEGATIVE,
+}
+
+
+def check_values(cfg: Any, rules: dict[str, tuple[Any, str]], prefix: str = "") -> None:
+    """Raise ConfigError naming the first key (as `prefix` + key) whose value breaks its rule; keys that `cfg`
+    does not hold are skipped."""
+    for key, (ok, text) in rules.items():
+        node: Any = cfg
+        for part in key.split("."):
+            if not isinstance(node, DictConfig | dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            value = OmegaConf.to_container(node) if isinstance(node, DictConfig | ListConfig) else node
+            if not ok(value):
+                raise ConfigError(f"{prefix}{key} must be {text}, got {value!r}")
+
+
 def validate(cfg: Any, schema: type) -> DictConfig:
     """Merge `cfg` onto `schema`; raise ConfigError naming the full key path on unknown/missing/mistyped keys."""
     try:
@@ -228,6 +318,11 @@ def validate(cfg: Any, schema: type) -> DictConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(f"invalid config key {key!r}: {e.msg if hasattr(e, 'msg') else e}") from None
+    if schema is EvaluateConfig:
+        check_values(merged, EVALUATE_RULES)
+    elif schema is TrainConfig:
+        check_values(merged, TRAIN_RULES)
+        check_values(merged.evaluate, EVALUATE_RULES, "evaluate.")
     return merged
 
 

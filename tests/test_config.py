@@ -50,6 +50,44 @@ def test_validate_names_unknown_and_mistyped_keys():
         validate({"run_dir": "r", "dataset": {"name": "d"}, "optim": {"lr": "fast"}}, TrainConfig)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=-0.1", "optim.lr must be > 0, got -0.1"),
+        ("optim.lr=0", "optim.lr must be > 0, got 0"),
+        ("optim.betas=[0.9]", r"optim.betas must be two numbers in \[0, 1\), got \[0.9\]"),
+        ("optim.ema_decay=1.0", r"optim.ema_decay must be in \[0, 1\) \(or null\), got 1.0"),
+        ("optim.warmup_steps=-5", "optim.warmup_steps must be >= 0"),
+        ("dataset.batch_size=0", "dataset.batch_size must be >= 1, got 0"),
+        ("trainer.max_epochs=-2", "trainer.max_epochs must be >= -1"),
+        ("evaluate.num_samples=-5", "evaluate.num_samples must be >= 1"),
+        ("evaluate.cycles=[]", "evaluate.cycles must be a non-empty list"),
+        ("evaluate.cycles=[1,0]", r"evaluate.cycles must .* got \[1, 0\]"),
+        ("evaluate.interventions.bins=1", "evaluate.interventions.bins must be >= 2"),
+        ("evaluate.predictors.max_epochs=0", "evaluate.predictors.max_epochs must be >= 1"),
+    ],
+)
+def test_values_out_of_range_are_named_before_anything_runs(override, message):
+    """Such values reached torch (`Invalid learning rate: -0.1`, naming no key) after the data were built, or
+    ran silently (evaluate.num_samples=-5)."""
+    with pytest.raises(ConfigError, match=message):
+        validate(_compose([override]), TrainConfig)
+
+
+def test_unit_overrides_values_are_checked_under_their_own_name():
+    from omegaconf import OmegaConf
+
+    from imcf.training.modular import Unit
+    from imcf.training.run import unit_settings
+
+    cfg = validate(_compose(["+unit_overrides={image: {optim: {lr: -1.0}}}"]), TrainConfig)
+    unit = Unit(name="image", nodes=("image",), inputs=())
+    with pytest.raises(ConfigError, match="unit_overrides.image.optim.lr must be > 0, got -1.0"):
+        unit_settings(cfg, unit)
+    cfg.unit_overrides = OmegaConf.create({"image": {"optim": {"lr": 2e-4}}})
+    assert unit_settings(cfg, unit)[1]["lr"] == 2e-4
+
+
 def test_dataset_image_gain_reaches_the_families_that_model_a_gain():
     g = CausalGraph.from_dict(
         {

@@ -32,6 +32,21 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def ensure_writable(directory: Path, what: str) -> None:
+    """Create `directory` and check that files can be written there, before minutes of generation are spent;
+    raises OSError naming the directory and the `data_root` setting that chose it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(
+            f"cannot write the {what} cache under {directory} ({e.strerror or e}): set data_root=... (or the "
+            "dataset's root) to a writable directory"
+        ) from None
+
+
 def _write_meta(path: Path, meta: Mapping[str, Any]) -> None:
     if path.suffix == ".json":
         atomic_write_text(path, json.dumps(meta, indent=1))

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from imcf.data.base import SPLITS, CausalDataset
-from imcf.data.cache import CacheError, load_set, save_set
+from imcf.data.cache import CacheError, ensure_writable, load_set, save_set
 from imcf.data.face_drawing import STYLE_FACTORS, render_face
 from imcf.data.parallel import map_chunks
 from imcf.graph import CausalGraph
@@ -229,6 +229,7 @@ class FacesDataset(CausalDataset):
                 return arrays["images"], table
             except CacheError as e:
                 warnings.warn(f"faces cache {d} failed its checks ({e}); regenerating", stacklevel=2)
+        ensure_writable(d, "faces")
         images, table = self.generate()
         save_set(d, {"images": images}, table, {"options": self.options}, TABLE_FILE, MANIFEST, float_format="%.9g")
         arrays, table, _ = load_set(d, TABLE_FILE, MANIFEST, ["images"])  # read back: rows exactly as later loads

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -14,6 +17,12 @@ def report(label: str | None, done: int, total: int, unit: str) -> None:
     """`[imcf] <label>: rendered k/N <unit>` when a label is given."""
     if label:
         print(f"[imcf] {label}: rendered {done:,}/{total:,} {unit}", flush=True)
+
+
+def _ignore_sigterm() -> None:
+    """Pool worker initializer: SIGTERM is the parent's to handle (a SIGTERM sent to the whole process group, as
+    `timeout` and job schedulers do, must not kill a worker in the middle of its chunk)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def map_chunks(
@@ -28,23 +37,33 @@ def map_chunks(
 
     Spawn, not fork: the caller (train.py) already runs torch / Lightning threads, and a forked child can inherit
     a lock held by one of them and hang forever (seen with `python train.py` on 2 cores). Inside a daemon
-    process (e.g. a DataLoader worker), which may not have children, it runs serially."""
+    process (e.g. a DataLoader worker), which may not have children, it runs serially. Workers ignore SIGTERM
+    (the parent decides: imcf.training.preemption); a worker that dies all the same (SIGKILL, out of memory) raises
+    a RuntimeError that says so, instead of waiting forever for its chunk."""
     total, done, out = sum(sizes), 0, []
     every = max(1, -(-len(chunks) // 10))  # at most ten lines
     if workers <= 1 or multiprocessing.current_process().daemon:
         results = map(fn, chunks)
         pool = None
     else:
-        pool = multiprocessing.get_context("spawn").Pool(workers)
-        results = pool.imap(fn, chunks)  # in order, as they finish
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigterm)
+        results = pool.map(fn, chunks)  # in order, as they finish
+    finished = False
     try:
         for i, r in enumerate(results):
             out.append(r)
             done += sizes[i]
             if (i + 1) % every == 0 or i + 1 == len(chunks):
                 report(progress, done, total, unit)
+        finished = True
+    except BrokenProcessPool as e:
+        what = f"{progress}: " if progress else ""
+        raise RuntimeError(
+            f"{what}a worker of the {workers}-process rendering pool died after {done:,}/{total:,} {unit} "
+            "(killed, or out of memory?); nothing was cached: rerun the same command, or with fewer workers"
+        ) from e
     finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+        if pool is not None:  # on an error or a signal: drop the queued chunks, running ones end on their own
+            pool.shutdown(wait=finished, cancel_futures=not finished)
     return out

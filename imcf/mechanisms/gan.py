@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.latent_image import LatentImageMechanism, LatentNoise, parse_options
+from imcf.mechanisms.latent_image import LatentImageMechanism, LatentNoise, check_sizes, parse_options
 from imcf.nn.conv import ConvDecoder, ConvEncoder, broadcast_cond
 from imcf.registry import MECHANISMS
 
@@ -192,6 +192,10 @@ class ConditionalGAN(LatentImageMechanism):
             raise ValueError(f"gan {node!r}: loss must be one of {ADVERSARIAL_LOSSES}, got {loss!r}")
         if regularizer not in REGULARIZERS:
             raise ValueError(f"gan {node!r}: regularizer must be one of {REGULARIZERS}, got {regularizer!r}")
+        check_sizes("gan", node, latent_dim=latent_dim, widths=widths, disc_hidden=disc_hidden)
+        check_sizes("gan", node, 0, blocks=blocks)
+        if disc_widths is not None:
+            check_sizes("gan", node, disc_widths=disc_widths)
         widths = [int(w) for w in widths]
         disc_widths = widths if disc_widths is None else [int(w) for w in disc_widths]
         for key, ws in (("widths", widths), ("disc_widths", disc_widths)):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
+from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise, check_sizes
 from imcf.nn.conv import ConvEncoder, ResBlock, broadcast_cond, cpu_layout
 from imcf.nn.likelihood import ImageLikelihood
 from imcf.registry import MECHANISMS
@@ -106,6 +106,11 @@ class HierarchicalVAE(ELBOImageMechanism):
         **common: Any,
     ) -> None:
         super().__init__(node, kind, parent_kinds, **common)
+        check_sizes("hvae", node, widths=widths)
+        check_sizes("hvae", node, 0, blocks=blocks)
+        check_sizes("hvae", node, 0, latent_dims=latent_dims)
+        if not any(int(z) for z in latent_dims):
+            raise ValueError(f"hvae {node!r}: latent_dims must have a latent at some resolution, got {latent_dims!r}")
         widths = [int(w) for w in widths]
         n = len(widths)
         blocks = [int(blocks)] * n if isinstance(blocks, int) else [int(b) for b in blocks]

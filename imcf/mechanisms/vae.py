@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
+from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise, check_sizes
 from imcf.nn.conv import ConvDecoder, ConvEncoder, broadcast_cond
 from imcf.nn.likelihood import ImageLikelihood
 from imcf.registry import MECHANISMS
@@ -44,6 +44,8 @@ class ConditionalVAE(ELBOImageMechanism):
         **common: Any,
     ) -> None:
         super().__init__(node, kind, parent_kinds, **common)
+        check_sizes("vae", node, latent_dim=latent_dim, widths=widths)
+        check_sizes("vae", node, 0, blocks=blocks)
         widths = [int(w) for w in widths]
         if self.size % 2 ** (len(widths) - 1):
             raise ValueError(f"vae {node!r}: {len(widths)} widths need size divisible by {2 ** (len(widths) - 1)}")

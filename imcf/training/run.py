@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from imcf.config import ConfigError, TrainConfig, validate
+from imcf.config import UNIT_RULES, ConfigError, TrainConfig, check_values, validate
 from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
 from imcf.io import CheckpointError, atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
@@ -171,6 +171,7 @@ def unit_settings(cfg: DictConfig, unit: Unit) -> tuple[dict[str, Any], dict[str
     except OmegaConfBaseException as e:
         raise ConfigError(f"unit_overrides.{unit.name}: {e}") from None
     trainer, optim, stopping = (OmegaConf.to_container(m, resolve=True) for m in merged)
+    check_values(dict(zip(UNIT_SETTINGS, (trainer, optim, stopping))), UNIT_RULES, f"unit_overrides.{unit.name}.")
     return trainer, optim, stopping
 
 

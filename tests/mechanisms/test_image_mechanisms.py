@@ -285,6 +285,26 @@ def test_wrong_image_shape_and_unknown_options_are_named():
         mech.abduct(torch.zeros(2, 3, 32, 32), pa)
 
 
+@pytest.mark.parametrize(
+    ("family", "config", "message"),
+    [
+        (ConditionalVAE, {"latent_dim": 0}, r"vae 'image': latent_dim must be whole number\(s\) >= 1, got 0"),
+        (ConditionalVAE, {"widths": []}, r"widths must be whole number\(s\) >= 1, got \[\]"),
+        (ConditionalVAE, {"widths": [16, 0]}, r"widths must .* got \[16, 0\]"),
+        (ConditionalVAE, {"blocks": -1}, r"blocks must be whole number\(s\) >= 0, got -1"),
+        (ConditionalVAE, {"kl_weight": -1.0}, r"kl_weight must be >= 0, got -1.0"),
+        (ConditionalGAN, {"latent_dim": 2.5}, r"gan 'image': latent_dim must .* got 2.5"),
+        (ConditionalGAN, {"disc_widths": [8, -8]}, r"gan 'image': disc_widths must"),
+        (HierarchicalVAE, {"latent_dims": [0, 0, 0], "widths": [8, 8, 8]}, r"latent_dims must have a latent"),
+        (HierarchicalVAE, {"latent_dims": [2, -1, 0], "widths": [8, 8, 8]}, r"latent_dims must be whole number"),
+    ],
+)
+def test_sizes_that_cannot_build_a_network_are_named(family, config, message):
+    """A zero latent once trained silently (the VAE with latent_dim 0 learned a class-conditional mean)."""
+    with pytest.raises(ValueError, match=message):
+        family.from_graph(GRAPH, "image", **config)
+
+
 @pytest.mark.parametrize("family", [ConditionalVAE, HierarchicalVAE])
 def test_residual_is_withheld_where_a_discrete_parent_changes(family) -> None:
     """abduction.withhold_residual_on (default: discrete parents): rows whose digit changes are predicted from

@@ -84,3 +84,46 @@ def test_requeue_names_the_array_task(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "1")
     assert "rank 0" in requeue()
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "7_3"]
+
+
+def test_sigterm_to_the_process_group_during_data_generation_stops_cleanly(tmp_path):
+    """`timeout`, `scancel` and a terminal's job control signal the whole process group: the rendering pool's
+    workers ignore it (before, two died, the pool replaced them and train.py waited forever for their chunks),
+    the parent finishes the dataset (cached, not lost) and stops with 143."""
+    data = tmp_path / "data"
+    args = [
+        "experiment=morphomnist",
+        "dataset.options.num_samples=400",
+        "dataset.options.workers=2",
+        "trainer.max_epochs=1",
+        "evaluate_after=false",
+        "trainer.enable_progress_bar=false",
+        f"run_dir={tmp_path / 'run'}",
+        f"data_root={data}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, as under `timeout` or a batch system
+    )
+    seen = []
+    for line in proc.stdout:  # the first progress line: the pool is running
+        seen.append(line.decode())
+        if "rendered" in seen[-1]:
+            break
+    assert proc.poll() is None, "".join(seen)[-3000:]
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        out = "".join(seen) + proc.communicate(timeout=300)[0].decode()
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("train.py hung after SIGTERM to its process group") from None
+    assert proc.returncode == 143, out[-3000:]
+    assert "stopped by SIGTERM" in out, out[-3000:]
+    assert "rendered 400/400 digits" in out  # the pool finished its work: the dataset is cached, not lost
+    assert list((data / "morphomnist").glob("*/meta.yaml")), list((data / "morphomnist").rglob("*"))

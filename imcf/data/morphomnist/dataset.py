@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from imcf.data.base import SPLITS, CausalDataset
-from imcf.data.cache import CacheError, load_set, save_set
+from imcf.data.cache import CacheError, ensure_writable, load_set, save_set
 from imcf.data.idx import read_idx
 from imcf.data.morphomnist.measure import DEFAULT_UPSCALE, MEASURE_SCALE, measure_batch
 from imcf.data.morphomnist.scm import intensity_mechanism, pad_to, render_batch, sample_noise, thickness_mechanism
@@ -193,6 +193,7 @@ def load_or_generate(
             if meta_path.is_file() or directory.exists():
                 log.warning("regenerating Morpho-MNIST set: %s", e)
     if arrays is None:
+        ensure_writable(directory, "Morpho-MNIST")
         start = time.perf_counter()
         arrays, table = generate(options, workers)
         meta = {

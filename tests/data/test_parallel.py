@@ -1,0 +1,27 @@
+"""Generating a dataset: a pool worker that dies is an error that says so, never a wait for its chunk; a cache
+that cannot be written is an error before any work."""
+
+import os
+
+import pytest
+
+from imcf.data.parallel import map_chunks
+
+
+def test_a_dead_worker_is_an_error_not_a_hang():
+    assert map_chunks(abs, [-1, -2, -3], [1, 1, 1], workers=2) == [1, 2, 3]
+    # os._exit ends the worker process itself (as SIGKILL or the out-of-memory killer would)
+    with pytest.raises(RuntimeError, match="morphomnist train: a worker of the 2-process rendering pool died"):
+        map_chunks(os._exit, [3, 4, 5], [1, 1, 1], workers=2, progress="morphomnist train")
+
+
+def test_an_unwritable_data_root_fails_before_generating(tmp_path):
+    from imcf.data.faces import FacesDataset
+    from imcf.data.morphomnist.dataset import MorphoMNIST
+
+    blocked = tmp_path / "a_file"  # a directory cannot be made under a file (whoever runs the tests)
+    blocked.write_text("")
+    with pytest.raises(OSError, match=r"cannot write the Morpho-MNIST cache under .*a_file.*data_root="):
+        MorphoMNIST(str(blocked), "train", num_samples=50, workers=1)
+    with pytest.raises(OSError, match=r"cannot write the faces cache under .*a_file.*data_root="):
+        FacesDataset(str(blocked), "train", sizes={"train": 8, "val": 4, "test": 4})
