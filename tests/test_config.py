@@ -88,6 +88,19 @@ def test_unit_overrides_values_are_checked_under_their_own_name():
     assert unit_settings(cfg, unit)[1]["lr"] == 2e-4
 
 
+def test_an_image_gain_naming_no_attribute_is_refused():
+    """A typo in dataset.image_gain left the VAE without its output gain, silently (do(intensity) then misses by
+    10+ grey levels); a dataset attribute the graph does not use stays allowed."""
+    with pytest.raises(ConfigError, match=r"dataset.image_gain: \['intensty'\] is neither a node"):
+        mechanism_specs(CausalGraph.from_yaml(Path(CONFIGS) / "graph/morphomnist.yaml"), {"image": {"family": "vae"}},
+                        ["intensty"], {"intensity": {}})  # fmt: skip
+    g = CausalGraph.from_dict({"digit": "categorical(10)", "image": {"kind": "image", "shape": [1, 32, 32],
+                                                                      "parents": ["digit"]}})  # fmt: skip
+    specs = mechanism_specs(g, {"discrete": {"family": "discrete"}, "image": {"family": "vae"}}, ["intensity"],
+                            {"intensity": {}})  # fmt: skip
+    assert "gain_parents" not in (specs["image"].config or {})
+
+
 def test_dataset_image_gain_reaches_the_families_that_model_a_gain():
     g = CausalGraph.from_dict(
         {

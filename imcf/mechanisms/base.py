@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -169,3 +169,13 @@ class Mechanism(nn.Module, ABC):
 def _drop_retired_state(module: Mechanism, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
     for key in module.retired_state:
         state_dict.pop(prefix + key, None)
+
+
+def check_sizes(family: str, node: str, at_least: int = 1, **sizes: int | Sequence[int]) -> None:
+    """Raise ValueError naming the first size (a number or each of a list) below `at_least`, or an empty list."""
+    for key, value in sizes.items():
+        values = [value] if isinstance(value, int | float) else list(value)
+        whole = [isinstance(v, int | float) and not isinstance(v, bool) and int(v) == v for v in values]
+        bad = [v for v, w in zip(values, whole, strict=True) if not w or v < at_least]
+        if not values or bad:
+            raise ValueError(f"{family} {node!r}: {key} must be whole number(s) >= {at_least}, got {value!r}")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import Mechanism
+from imcf.mechanisms.base import Mechanism, check_sizes
 from imcf.nn.parents import ParentEncoder
 from imcf.registry import MECHANISMS
 
@@ -134,8 +134,9 @@ class FlowMechanism(Mechanism):
             raise ValueError(f"flow mechanism needs a continuous node; {node!r} is {kind}")
         if transform not in TRANSFORMS:
             raise ValueError(f"flow {node!r}: transform must be one of {TRANSFORMS}, got {transform!r}")
-        if num_layers < 1:
-            raise ValueError(f"flow {node!r}: num_layers must be >= 1, got {num_layers}")
+        check_sizes("flow", node, num_layers=num_layers, hidden=hidden, num_blocks=num_blocks, num_bins=num_bins)
+        if not float(tail_bound) > 0:
+            raise ValueError(f"flow {node!r}: tail_bound must be > 0, got {tail_bound}")
         self.support = SupportBijection(support, lower, upper, node=node)
         self.encoder = (
             ParentEncoder(parent_kinds, {p: tuple(r) for p, r in (parent_ranges or {}).items()})

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.latent_image import LatentImageMechanism, LatentNoise, check_sizes, parse_options
+from imcf.mechanisms.base import check_sizes
+from imcf.mechanisms.latent_image import LatentImageMechanism, LatentNoise, parse_options
 from imcf.nn.conv import ConvDecoder, ConvEncoder, broadcast_cond
 from imcf.registry import MECHANISMS
 

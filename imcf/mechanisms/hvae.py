@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise, check_sizes
+from imcf.mechanisms.base import check_sizes
+from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
 from imcf.nn.conv import ConvEncoder, ResBlock, broadcast_cond, cpu_layout
 from imcf.nn.likelihood import ImageLikelihood
 from imcf.registry import MECHANISMS

@@ -67,16 +67,6 @@ def apply_tone(x: Tensor, source: Tensor, target: Tensor) -> Tensor:
     return (y0 + w * (y1 - y0)).reshape(x.shape)
 
 
-def check_sizes(family: str, node: str, at_least: int = 1, **sizes: int | Sequence[int]) -> None:
-    """Raise ValueError naming the first size (a number or each of a list) below `at_least`, or an empty list."""
-    for key, value in sizes.items():
-        values = [value] if isinstance(value, int | float) else list(value)
-        whole = [isinstance(v, int | float) and not isinstance(v, bool) and int(v) == v for v in values]
-        bad = [v for v, w in zip(values, whole, strict=True) if not w or v < at_least]
-        if not values or bad:
-            raise ValueError(f"{family} {node!r}: {key} must be whole number(s) >= {at_least}, got {value!r}")
-
-
 def parse_options(given: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
     """Defaults updated by `given`; unknown keys raise an error naming them."""
     given = dict(given or {})

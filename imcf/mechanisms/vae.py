@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise, check_sizes
+from imcf.mechanisms.base import check_sizes
+from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
 from imcf.nn.conv import ConvDecoder, ConvEncoder, broadcast_cond
 from imcf.nn.likelihood import ImageLikelihood
 from imcf.registry import MECHANISMS

@@ -53,6 +53,12 @@ def mechanism_specs(
     unknown = [k for k in raw if k not in groups and k not in graph and k != "confounder"]
     if unknown:
         raise ConfigError(f"mechanism.{unknown[0]}: not a node of graph {graph.name!r} nor a group {sorted(groups)}")
+    stray = [a for a in image_gain if a not in graph and a not in (node_config or {})]
+    if stray:
+        raise ConfigError(
+            f"dataset.image_gain: {stray} is neither a node of graph {graph.name!r} {list(graph.nodes)} nor an "
+            f"attribute the dataset describes (dataset.node_config: {sorted(node_config or {})})"
+        )
     out = {}
     for node in graph.nodes:
         group = KIND_GROUP[graph.kinds[node].name]

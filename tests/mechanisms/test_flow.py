@@ -111,6 +111,12 @@ def test_bad_config_names_the_node():
     g = CausalGraph.from_dict({"b": "binary"})
     with pytest.raises(ValueError, match="continuous"):
         FlowMechanism.from_graph(g, "b")
+    # sizes that cannot build a network (num_bins 0 reached torch as "negative dimension -1")
+    for key, value in (("num_bins", 0), ("hidden", 0), ("num_blocks", -1), ("num_layers", 0), ("hidden", 2.5)):
+        with pytest.raises(ValueError, match=f"flow 'intensity': {key} must be whole number\\(s\\) >= 1, got {value}"):
+            FlowMechanism.from_graph(GRAPH, "intensity", **{key: value})
+    with pytest.raises(ValueError, match="flow 'intensity': tail_bound must be > 0, got 0"):
+        FlowMechanism.from_graph(GRAPH, "intensity", tail_bound=0)
 
 
 @pytest.mark.parametrize(("transform", "steps"), [("affine", 300), pytest.param("spline", 400, marks=pytest.mark.slow)])
