@@ -93,6 +93,23 @@ class SCM(nn.Module):
         if unknown:
             raise KeyError(f"do() names unknown node(s) {unknown}; graph has {list(self.graph.nodes)}")
 
+    def _do_value(self, node: str, value: Any, n: int) -> Tensor:
+        """The intervention value as an (n, ...) tensor, refused outside the node's support (its mechanism's
+        `support_bounds`): an impossible world, whatever the image mechanism would draw for it."""
+        v = as_value(self.graph.kinds[node], value, n, self.device, node)
+        lo, hi = self.mechanisms[node].support_bounds()
+        outside = (v < lo if lo is not None else torch.zeros_like(v, dtype=torch.bool)) | (
+            v > hi if hi is not None else torch.zeros_like(v, dtype=torch.bool)
+        )
+        if bool(outside.any()):
+            bounds = f"[{lo:g}, {'inf' if hi is None else f'{hi:g}'}]" if lo is not None else f"[-inf, {hi:g}]"
+            raise ValueError(
+                f"do({node}): {int(outside.sum())} value(s) outside the node's support {bounds} (e.g. "
+                f"{v[outside][0].item():g}); its mechanism's support is set by mechanism.{node}.config (support, "
+                "lower, upper) or the dataset's node_config"
+            )
+        return v
+
     def _require(self, batch: Mapping[str, Tensor], nodes: Any, what: str) -> None:
         missing = sorted(n for n in nodes if n not in batch)
         if missing:
@@ -163,7 +180,7 @@ class SCM(nn.Module):
         out: Batch = {}
         for node in self.graph.topological_order:
             if node in do:
-                out[node] = as_value(self.graph.kinds[node], do[node], n, self.device, node)
+                out[node] = self._do_value(node, do[node], n)
                 continue
             mech, name = self.mechanisms[node], self._component_of.get(node)
             extras, own = (shared[name][0][node], shared[name][1]) if name else ({}, {})
@@ -206,7 +223,7 @@ class SCM(nn.Module):
         shared: dict[str, Any] = {}  # confounder noise, abducted once per c-component
         for node in self.graph.topological_order:
             if node in do:  # action
-                out[node] = as_value(self.graph.kinds[node], do[node], b, self.device, node)
+                out[node] = self._do_value(node, do[node], b)
             elif node not in affected:  # not downstream of any intervention: unchanged
                 out[node] = factual[node]
             else:  # abduction under factual parents, prediction under counterfactual parents
@@ -421,6 +438,13 @@ def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str
     if v.is_floating_point() and not bool(torch.isfinite(v).all()):
         bad = int((~torch.isfinite(v)).sum())
         raise ValueError(f"do({node}): {bad} NaN/inf value(s); an intervention value must be finite")
+    if kind.name == "categorical" and torch.is_floating_point(v) and v.ndim == 0:  # do(digit=3.0): an index
+        if float(v) != round(float(v)):
+            raise ValueError(
+                f"do({node}): a categorical node takes a class index (an integer in [0, {kind.num_classes})) or "
+                f"one-hot rows; got {value!r}"
+            )
+        v = v.long()
     if kind.name == "categorical" and not torch.is_floating_point(v):
         k = int(kind.num_classes)
         if v.ndim > 1 or (v.numel() and (v.min() < 0 or v.max() >= k)):

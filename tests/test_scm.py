@@ -112,6 +112,34 @@ def test_categorical_parent_and_index_interventions():
     assert torch.equal(cf2["d"].argmax(1), torch.arange(9) % 3)
     with pytest.raises(ValueError, match=r"do\(d\): class indices must lie in \[0, 3\)"):
         scm.counterfactual(fact, {"d": 3})
+    # a whole float is an index (do(d=2.0) from a config file or a float column); a fraction is not
+    assert torch.equal(scm.counterfactual(fact, {"d": 2.0})["d"], cf["d"])
+    with pytest.raises(ValueError, match=r"do\(d\): a categorical node takes a class index .* got 1.5"):
+        scm.counterfactual(fact, {"d": 1.5})
+
+
+def test_do_values_outside_a_nodes_support_are_refused():
+    """do(thickness=-1) on a positive support, or an intensity of 1000 on [64, 255], has no world to answer in:
+    refused naming the node and the support (before, the image mechanism was asked to draw it)."""
+    from imcf.mechanisms.flow import FlowMechanism
+
+    g = CausalGraph.from_dict({"t": "continuous", "i": {"kind": "continuous", "parents": ["t"]}})
+    mechs = {
+        "t": FlowMechanism.from_graph(g, "t", transform="affine", support="positive", lower=0.5),
+        "i": FlowMechanism.from_graph(g, "i", transform="affine", support="bounded", lower=64.0, upper=255.0),
+    }
+    scm = SCM(g, mechs)
+    fact = {"t": torch.full((4, 1), 2.0), "i": torch.full((4, 1), 100.0)}
+    for do, message in (
+        ({"t": -1.0}, r"do\(t\): 4 value\(s\) outside the node's support \[0.5, inf\] \(e.g. -1\)"),
+        ({"i": torch.tensor([70.0, 80.0, 1000.0, 90.0])}, r"do\(i\): 1 value\(s\) outside .* \[64, 255\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            scm.counterfactual(fact, do)
+        with pytest.raises(ValueError, match=message):
+            scm.intervene(do, 4)
+    assert torch.equal(scm.counterfactual(fact, {"i": 255.0})["i"], torch.full((4, 1), 255.0))  # bounds included
+    assert scm.counterfactual(fact, {"t": 0.5})["t"].eq(0.5).all()
 
 
 class CategoricalRoot(Mechanism):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from imcf.config import ConfigError
 from imcf.data.base import CausalDataset
 from imcf.registry import DATASETS
 
@@ -48,9 +50,11 @@ class CausalDataModule(L.LightningDataModule):
         num_workers: int = 0,
         eval_batch_size: int | None = None,
         shuffle_seed: int = 0,
+        nodes: Sequence[str] | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
+        self.nodes = list(nodes) if nodes is not None else None  # the graph's: each split must provide them
         self.shuffle_seed = shuffle_seed
         self.name, self.root, self.options = name, root, options
         self.batch_size = batch_size
@@ -61,7 +65,17 @@ class CausalDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> CausalDataset:
         """The dataset of one split (built once)."""
         if split not in self._splits:
-            self._splits[split] = build_dataset(self.name, self.root, split, **self.options)
+            data = build_dataset(self.name, self.root, split, **self.options)
+            if self.nodes is not None and len(data):
+                have = [k for k in data[0] if not k.startswith("_")]
+                missing = [n for n in self.nodes if n not in have]
+                if missing:
+                    hint = f" (its own graph: graph={data.default_graph})" if data.default_graph else ""
+                    raise ConfigError(
+                        f"graph node(s) {missing} are not variables of dataset {self.name!r}, which provides "
+                        f"{have}: pick a graph that matches the dataset{hint}"
+                    )
+            self._splits[split] = data
         return self._splits[split]
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:

@@ -119,6 +119,11 @@ class Mechanism(nn.Module, ABC):
         likelihood fitted them unless it also judges the gain parents."""
         return []
 
+    def support_bounds(self) -> tuple[float | None, float | None]:
+        """Closed bounds of the values the node can take (None: unbounded on that side). The SCM refuses do()
+        values outside them, naming the node; default: unbounded."""
+        return None, None
+
     def parent_scale(self, parent: str) -> Tensor:
         """Scale of a continuous parent's values (fine-tuning divides a predictor's error by it, so attributes
         weigh alike); default 1."""

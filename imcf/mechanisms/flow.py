@@ -160,6 +160,13 @@ class FlowMechanism(Mechanism):
         base = nf.distributions.DiagGaussian(1, trainable=False)
         self.flow = nf.ConditionalNormalizingFlow(base, layers).double()
 
+    def support_bounds(self) -> tuple[float | None, float | None]:
+        """The support's bounds: (lower, None) for `positive`, (lower, upper) for `bounded`, none for `real`."""
+        sup = self.support
+        if sup.support == "real":
+            return None, None
+        return sup.lower, (sup.upper if sup.support == "bounded" else None)
+
     def _context(self, parents: Mapping[str, Tensor], batch_size: int, update: bool = False) -> Tensor | None:
         """Encoded parents; only the training loss may update the encoder's running statistics."""
         self.parent_vector(parents, batch_size)  # validates names and shapes

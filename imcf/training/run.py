@@ -373,6 +373,7 @@ def _train(cfg: DictConfig, guard: SignalGuard, plan: ThreadPlan) -> dict[str, A
         eval_batch_size=cfg.dataset.eval_batch_size,
         num_workers=plan.loader_workers,
         shuffle_seed=cfg.seed,
+        nodes=list(scm.graph.nodes),
         **OmegaConf.to_container(cfg.dataset.options, resolve=True),
     )
     if cfg.prepare_only:  # one job before an array of unit jobs: they then find the caches, not build them at once

@@ -1,5 +1,5 @@
-"""Generating a dataset: a pool worker that dies is an error that says so, never a wait for its chunk; a cache
-that cannot be written is an error before any work."""
+"""Building a dataset: a pool worker that dies is an error that says so, never a wait for its chunk; a cache
+that cannot be written is an error before any work; a graph that asks for variables the data lack is named."""
 
 import os
 
@@ -25,3 +25,15 @@ def test_an_unwritable_data_root_fails_before_generating(tmp_path):
         MorphoMNIST(str(blocked), "train", num_samples=50, workers=1)
     with pytest.raises(OSError, match=r"cannot write the faces cache under .*a_file.*data_root="):
         FacesDataset(str(blocked), "train", sizes={"train": 8, "val": 4, "test": 4})
+
+
+def test_a_graph_whose_nodes_the_dataset_lacks_is_named_when_the_data_are_built(tmp_path):
+    """`dataset=faces` with the Morpho-MNIST graph failed inside training as `KeyError: 'thickness'`."""
+    from imcf.config import ConfigError
+    from imcf.data.datamodule import CausalDataModule
+
+    dm = CausalDataModule("linear_gaussian", root=str(tmp_path), nodes=["x1", "x2", "thickness"])
+    with pytest.raises(ConfigError, match=r"graph node\(s\) \['thickness'\] are not variables of dataset "
+                       r"'linear_gaussian', which provides \['x1', 'x2', 'x3', 'x4'\].*graph=linear4"):  # fmt: skip
+        dm.dataset("train")
+    assert len(CausalDataModule("linear_gaussian", root=str(tmp_path), nodes=["x1", "x4"]).dataset("val")) > 0
