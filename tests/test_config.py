@@ -60,6 +60,8 @@ def test_validate_names_unknown_and_mistyped_keys():
         ("optim.warmup_steps=-5", "optim.warmup_steps must be >= 0"),
         ("dataset.batch_size=0", "dataset.batch_size must be >= 1, got 0"),
         ("trainer.max_epochs=-2", "trainer.max_epochs must be >= -1"),
+        ("seed=-1", r"seed must be in \[0, 4294967295\], got -1"),
+        ("evaluate.seed=99999999999", r"evaluate.seed must be in \[0, "),
         ("evaluate.num_samples=-5", "evaluate.num_samples must be >= 1"),
         ("evaluate.cycles=[]", "evaluate.cycles must be a non-empty list"),
         ("evaluate.cycles=[1,0]", r"evaluate.cycles must .* got \[1, 0\]"),
