@@ -26,6 +26,10 @@ def unit_name(component: tuple[str, ...]) -> str:
     return "+".join(component)
 
 
+#: how far an image value may lie outside [-1, 1] (float rounding of a counterfactual fed back as a factual)
+IMAGE_TOLERANCE = 1e-3
+
+
 class SCM(nn.Module):
     """A causal graph with one mechanism per node, and a shared-noise model per confounded c-component."""
 
@@ -89,6 +93,8 @@ class SCM(nn.Module):
         return cache[comp.name][node]
 
     def _check_do(self, do: Mapping[str, Any]) -> None:
+        if not isinstance(do, Mapping):
+            raise TypeError(f"do must map node -> value, e.g. {{'x': 1.0}}; got {type(do).__name__}")
         unknown = [n for n in do if n not in self.graph]
         if unknown:
             raise KeyError(f"do() names unknown node(s) {unknown}; graph has {list(self.graph.nodes)}")
@@ -119,6 +125,7 @@ class SCM(nn.Module):
         """Check that the factual values of `nodes` are finite float tensors of their kind's shape, all with the
         same number of rows (returned); the errors name the node. One device sync for the finiteness test."""
         ordered = [n for n in self.graph.topological_order if n in nodes]
+        dtype = torch.get_default_dtype()  # what sample() returns (flows use float64 inside)
         first = None
         for n in ordered:
             t, shape = factual[n], self.graph.kinds[n].tensor_shape
@@ -126,6 +133,10 @@ class SCM(nn.Module):
                 raise TypeError(f"factual[{n!r}]: expected a tensor, got {type(t).__name__}")
             if not t.is_floating_point():
                 raise TypeError(f"factual[{n!r}]: dtype {t.dtype} is not floating point (convert with .float())")
+            if t.dtype != dtype:
+                raise TypeError(
+                    f"factual[{n!r}]: dtype {t.dtype}; the SCM's values are {dtype} (convert with .to({dtype}))"
+                )
             if t.shape[1:] != shape or t.ndim != len(shape) + 1:
                 expected = ", ".join(["B", *map(str, shape)])
                 raise ValueError(
@@ -139,11 +150,22 @@ class SCM(nn.Module):
                     f"factual[{n!r}] has {t.shape[0]} rows, factual[{first!r}] has {factual[first].shape[0]}: "
                     "every node needs one row per sample"
                 )
+        if first is not None and factual[first].shape[0] == 0:
+            raise ValueError("factual: the batch has 0 rows; a query needs at least one sample")
         finite = torch.stack([torch.isfinite(factual[n]).all() for n in ordered])
         if not bool(finite.all()):
             n = ordered[int((~finite).nonzero()[0, 0])]
             bad = int((~torch.isfinite(factual[n])).sum())
             raise ValueError(f"factual[{n!r}]: {bad} NaN/inf value(s); a factual batch must be finite")
+        images = [n for n in ordered if self.graph.kinds[n].name == "image"]
+        if images:  # images are in [-1, 1]; a 0..255 batch would be answered as garbage
+            ranges = torch.stack([torch.stack([factual[n].amin(), factual[n].amax()]) for n in images]).tolist()
+            for n, (lo, hi) in zip(images, ranges, strict=True):
+                if lo < -1 - IMAGE_TOLERANCE or hi > 1 + IMAGE_TOLERANCE:
+                    raise ValueError(
+                        f"factual[{n!r}]: values in [{lo:.4g}, {hi:.4g}]; image nodes take values in [-1, 1] "
+                        "(8-bit pixels p: p / 127.5 - 1)"
+                    )
         return int(factual[first].shape[0])
 
     @property
@@ -191,6 +213,7 @@ class SCM(nn.Module):
     @torch.no_grad()
     def abduct(self, factual: Mapping[str, Tensor]) -> dict[str, Any]:
         """Exogenous noise of every node given a full factual batch."""
+        _check_mapping(factual)
         self._require(factual, self.graph.nodes, "abduction")
         self._check_factual(factual, self.graph.nodes)
         cache: dict[str, Any] = {}
@@ -208,6 +231,7 @@ class SCM(nn.Module):
         The query's identifiability verdict is recorded in `self.verdicts` (a warning when the graph cannot
         identify it; an error instead when `self.strict`).
         """
+        _check_mapping(factual)
         self._check_do(do)
         if do:
             self.verdict(do, strict=self.strict)
@@ -418,6 +442,11 @@ class SCM(nn.Module):
         mech = self.mechanisms[node]
         saved_state = {k: v for k, v in ckpt["state_dict"][node].items() if k not in mech.retired_state}
         return _shape_differences(saved_state, mech.state_dict())
+
+
+def _check_mapping(factual: Any) -> None:
+    if not isinstance(factual, Mapping):
+        raise TypeError(f"factual must map node -> tensor (a batch dict); got {type(factual).__name__}")
 
 
 def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str = "?") -> Tensor:

@@ -247,11 +247,36 @@ def _broken(factual, node, value):
         (lambda f: _broken(f, "x3", f["x3"][:4]), ValueError, r"factual\['x3'\] has 4 rows, factual\['x1'\] has 256"),
         (lambda f: _broken(f, "x1", f["x1"].tolist()), TypeError, r"factual\['x1'\]: expected a tensor, got list"),
         (lambda f: _broken(f, "x1", f["x1"].long()), TypeError, r"factual\['x1'\]: dtype torch.int64 .*floating"),
+        # numpy's default dtype: it reached a conv as "Input type (double) and bias type (float) should be the same"
+        (lambda f: _broken(f, "x1", f["x1"].double()), TypeError, r"factual\['x1'\]: dtype torch.float64; .*float32"),
+        (lambda f: {k: v[:0] for k, v in f.items()}, ValueError, r"factual: the batch has 0 rows"),
+        (lambda f: f["x1"], TypeError, r"factual must map node -> tensor \(a batch dict\); got Tensor"),
     ],
 )
 def test_bad_factual_batches_name_the_node(scm, factual, change, error, message):
     with pytest.raises(error, match=message):
         scm.counterfactual(change(factual), {"x2": 0.0})
+
+
+def test_a_do_that_is_not_a_mapping_is_named(scm, factual):
+    with pytest.raises(TypeError, match=r"do must map node -> value, e.g. \{'x': 1.0\}; got list"):
+        scm.counterfactual(factual, ["x2"])
+
+
+def test_images_outside_minus_one_to_one_are_refused():
+    """An 8-bit batch (0..255) given as the factual image was answered as garbage; a counterfactual fed back
+    (composition cycles) stays accepted."""
+    from imcf.mechanisms.vae import ConditionalVAE
+
+    g = CausalGraph.from_dict({"t": "continuous", "image": {"kind": "image", "shape": [1, 8, 8], "parents": ["t"]}})
+    mechs = {"t": LinearGaussian.from_graph(g, "t"), "image": ConditionalVAE.from_graph(g, "image", widths=[4, 4])}
+    scm = SCM(g, mechs)
+    fact = {"t": torch.zeros(3, 1), "image": torch.rand(3, 1, 8, 8) * 255}
+    with pytest.raises(ValueError, match=r"factual\['image'\]: values in \[.*\]; image nodes take values in \[-1, 1\]"):
+        scm.counterfactual(fact, {"t": 1.0})
+    fact["image"] = fact["image"] / 127.5 - 1
+    cf = scm.counterfactual(fact, {"t": 1.0})
+    assert cf["image"].abs().max() <= 1 and scm.counterfactual(cf, {"t": 0.0})["image"].shape == (3, 1, 8, 8)
 
 
 def test_nan_in_a_node_the_query_does_not_read_is_not_an_error(scm, factual):
