@@ -255,15 +255,18 @@ UNIT_RULES: dict[str, tuple[Any, str]] = {
     "early_stopping.min_delta": NON_NEGATIVE,
 }
 SEED = (_range(0, 2**32 - 1, open_hi=False)[0], "in [0, 4294967295]")  # what numpy (Lightning's seeding) takes
+WANDB_MODE = (lambda v: v in ("online", "offline", "disabled"), "one of online, offline, disabled")
 TRAIN_RULES: dict[str, tuple[Any, str]] = {
     **UNIT_RULES,
     "seed": SEED,
+    "logger.wandb_mode": WANDB_MODE,
     "dataset.batch_size": AT_LEAST_1,
     "dataset.eval_batch_size": _range(1, null=True),
     "dataset.num_workers": _range(0, null=True),
 }
 EVALUATE_RULES: dict[str, tuple[Any, str]] = {
     "seed": SEED,
+    "logger.wandb_mode": WANDB_MODE,
     "num_samples": _range(1, null=True),
     "batch_size": AT_LEAST_1,
     "cycles": (

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
@@ -60,6 +61,7 @@ def test_validate_names_unknown_and_mistyped_keys():
         ("optim.warmup_steps=-5", "optim.warmup_steps must be >= 0"),
         ("dataset.batch_size=0", "dataset.batch_size must be >= 1, got 0"),
         ("trainer.max_epochs=-2", "trainer.max_epochs must be >= -1"),
+        ("logger.wandb_mode=onlin", "logger.wandb_mode must be one of online, offline, disabled, got 'onlin'"),
         ("seed=-1", r"seed must be in \[0, 4294967295\], got -1"),
         ("evaluate.seed=99999999999", r"evaluate.seed must be in \[0, "),
         ("evaluate.num_samples=-5", "evaluate.num_samples must be >= 1"),
@@ -88,6 +90,20 @@ def test_unit_overrides_values_are_checked_under_their_own_name():
         unit_settings(cfg, unit)
     cfg.unit_overrides = OmegaConf.create({"image": {"optim": {"lr": 2e-4}}})
     assert unit_settings(cfg, unit)[1]["lr"] == 2e-4
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is present")
+def test_a_gpu_trainer_without_a_gpu_is_named_before_training():
+    """Lightning said only "No supported gpu backend found!" (after the data were built)."""
+    from imcf.training.modular import Unit
+    from imcf.training.run import unit_settings
+
+    unit = Unit(name="image", nodes=("image",), inputs=())
+    with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu but torch sees no GPU .* use trainer=cpu"):
+        unit_settings(validate(_compose(["trainer=gpu"]), TrainConfig), unit)
+    over = validate(_compose(["+unit_overrides={image: {trainer: {accelerator: cuda}}}"]), TrainConfig)
+    with pytest.raises(ConfigError, match=r"unit_overrides.image.trainer.accelerator=cuda but"):
+        unit_settings(over, unit)
 
 
 def test_an_image_gain_naming_no_attribute_is_refused():
