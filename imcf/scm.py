@@ -104,11 +104,15 @@ class SCM(nn.Module):
         `support_bounds`): an impossible world, whatever the image mechanism would draw for it."""
         v = as_value(self.graph.kinds[node], value, n, self.device, node)
         lo, hi = self.mechanisms[node].support_bounds()
-        outside = (v < lo if lo is not None else torch.zeros_like(v, dtype=torch.bool)) | (
-            v > hi if hi is not None else torch.zeros_like(v, dtype=torch.bool)
-        )
+        if lo is None and hi is None:
+            return v
+        outside = torch.zeros_like(v, dtype=torch.bool)
+        if lo is not None:
+            outside |= v < lo
+        if hi is not None:
+            outside |= v > hi
         if bool(outside.any()):
-            bounds = f"[{lo:g}, {'inf' if hi is None else f'{hi:g}'}]" if lo is not None else f"[-inf, {hi:g}]"
+            bounds = f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
             raise ValueError(
                 f"do({node}): {int(outside.sum())} value(s) outside the node's support {bounds} (e.g. "
                 f"{v[outside][0].item():g}); its mechanism's support is set by mechanism.{node}.config (support, "

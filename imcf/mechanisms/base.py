@@ -180,7 +180,9 @@ def check_sizes(family: str, node: str, at_least: int = 1, **sizes: int | Sequen
     """Raise ValueError naming the first size (a number or each of a list) below `at_least`, or an empty list."""
     for key, value in sizes.items():
         values = [value] if isinstance(value, int | float) else list(value)
-        whole = [isinstance(v, int | float) and not isinstance(v, bool) and int(v) == v for v in values]
-        bad = [v for v, w in zip(values, whole, strict=True) if not w or v < at_least]
-        if not values or bad:
+        ok = [
+            isinstance(v, int | float) and not isinstance(v, bool) and float(v).is_integer() and v >= at_least
+            for v in values
+        ]  # is_integer: False for inf / NaN, where int(v) would raise
+        if not values or not all(ok):
             raise ValueError(f"{family} {node!r}: {key} must be whole number(s) >= {at_least}, got {value!r}")

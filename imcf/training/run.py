@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning as L
-import torch
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -174,12 +174,13 @@ def unit_settings(cfg: DictConfig, unit: Unit) -> tuple[dict[str, Any], dict[str
     trainer, optim, stopping = (OmegaConf.to_container(m, resolve=True) for m in merged)
     check_values(dict(zip(UNIT_SETTINGS, (trainer, optim, stopping))), UNIT_RULES, f"unit_overrides.{unit.name}.")
     accelerator = str(trainer.get("accelerator", "auto")).lower()
-    mps = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's "gpu" is MPS on Apple silicon
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not mps:
+    # Lightning's own availability test; its "gpu" is CUDA or, on Apple silicon, MPS
+    usable = CUDAAccelerator.is_available() or (accelerator == "gpu" and MPSAccelerator.is_available())
+    if accelerator in ("gpu", "cuda") and not usable:
         key = f"unit_overrides.{unit.name}.trainer" if "accelerator" in (over.get("trainer") or {}) else "trainer"
         raise ConfigError(
-            f"{key}.accelerator={accelerator} but torch sees no GPU (torch.cuda.is_available() is False); "
-            "use trainer=cpu (or trainer.accelerator=auto) on this machine"
+            f"{key}.accelerator={accelerator} but torch sees no GPU (Lightning finds no usable {accelerator} "
+            "device); use trainer=cpu (or trainer.accelerator=auto) on this machine"
         )
     return trainer, optim, stopping
 
