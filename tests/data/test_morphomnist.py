@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from skimage import transform
 from skimage.morphology import medial_axis as sk_medial_axis
 
 from imcf.data import morphomnist as mm
@@ -43,12 +44,38 @@ def test_stroke_of_known_width_measures_that_width(width: float) -> None:
 
 
 def test_medial_axis_is_scikit_images(digits: np.ndarray) -> None:
-    binary = mm.binarise(mm.upscale(digits[:6], 4))
-    for b in binary:
+    binary = list(mm.binarise(mm.upscale(digits[:6], 4)))
+    edge = binary[0].copy()
+    edge[:, :3] = True  # foreground on the image border: no background margin on that side
+    corner = np.zeros((20, 20), bool)
+    corner[:7, :5] = True
+    for b in [*binary, edge, corner, np.zeros((9, 9), bool), np.ones((9, 9), bool)]:
         skel, dist = mm.medial_axis(b, seed=3)
         ref_skel, ref_dist = sk_medial_axis(b, return_distance=True, rng=3)
         assert np.array_equal(skel, ref_skel)
-        assert np.allclose(dist, ref_dist)
+        assert np.array_equal(dist, ref_dist)
+
+
+@pytest.mark.parametrize("scale", [4, 6])
+def test_pyramid_scaling_is_scikit_images(digits: np.ndarray, scale: int) -> None:
+    x = digits[:20]
+    ref_up = np.stack([np.floor(255 * transform.pyramid_expand(d / 255.0, upscale=scale, order=3)) for d in x])
+    up = mm.upscale(x, scale)
+    assert up.shape == ref_up.shape
+    assert np.array_equal(up, ref_up)
+    assert np.array_equal(mm.upscale(x[3], scale), ref_up[3])
+    hires = mm.binarise(up).astype(np.float64)
+    hires[:, ::7] *= 0.5  # grey columns: not only a binary canvas
+    ref_down = np.stack([np.floor(255 * transform.pyramid_reduce(h, downscale=scale, order=3)) for h in hires])
+    down = mm.downscale(hires, scale)
+    assert down.dtype == np.uint8 and down.shape == x.shape
+    # the floor can move a pixel that lands exactly on a grey level (~1e-15 apart) by one level
+    diff = np.abs(down.astype(int) - ref_down)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    wide = np.pad(x[:2], ((0, 0), (0, 0), (3, 0)))  # not square
+    assert np.array_equal(
+        mm.upscale(wide, 2), np.stack([np.floor(255 * transform.pyramid_expand(d / 255.0, 2, order=3)) for d in wide])
+    )
 
 
 def test_batched_measurement_equals_one_by_one(digits: np.ndarray) -> None:
