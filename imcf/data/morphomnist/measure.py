@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import transform
+from threadpoolctl import ThreadpoolController
 
 #: scale of the upscaled copy that measurements are taken on (the Morpho-MNIST default)
 MEASURE_SCALE = 4
@@ -151,11 +152,20 @@ def _zoom_matrix(size: int, out_size: int) -> np.ndarray:
     return transform.resize(eye, (out_size, size), order=3, mode="reflect", anti_aliasing=False, clip=False)
 
 
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
 def _resize_clipped(x: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
-    """`skimage.transform.resize(order=3, mode='reflect', anti_aliasing=False)` of each (H, W) image of a stack."""
+    """`skimage.transform.resize(order=3, mode='reflect', anti_aliasing=False)` of each (H, W) image of a stack.
+
+    The products run on one BLAS thread: they are small, and a second BLAS thread would spin after each of them,
+    taking a core from torch's threads (or from the other rendering processes)."""
     rows = _zoom_matrix(x.shape[1], out_shape[0])
     cols = _zoom_matrix(x.shape[2], out_shape[1])
-    out = rows @ x @ cols.T
+    with _blas().limit(limits=1, user_api="blas"):
+        out = rows @ x @ cols.T
     return np.clip(out, x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True), out=out)
 
 
