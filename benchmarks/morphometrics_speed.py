@@ -106,7 +106,10 @@ def main() -> None:
     base = baseline_functions(args.baseline)
     label = f"measure.py at {args.baseline}" if args.baseline else "scikit-image functions"
 
-    jobs = {"measure_batch": lambda: mm.measure_batch(measured, "uint8"), "render_digit": lambda: render(bases, ts, is_)}
+    jobs = {
+        "measure_batch": lambda: mm.measure_batch(measured, "uint8"),
+        "render_digit": lambda: render(bases, ts, is_),
+    }
     sizes = {"measure_batch": args.measure_n, "render_digit": args.render_n}
     times: dict[tuple[str, str], list[float]] = {}
     outputs: dict[tuple[str, str], object] = {}

@@ -2,8 +2,9 @@
 
 Each configuration runs twice in its own working directory: first with a fresh data root (Morpho-MNIST
 generation and the evaluator's models included), then again on that data root (data and evaluator models
-cached). Reported per run: wall time, CPU time (the job and every process it waited for), peak RSS, and the CPU
-time at each phase train.py prints. Several configurations in one call give same-script ratios against the first:
+cached). Reported per run: wall time, CPU time (the job and every process it waited for), peak RSS, the CPU
+time at each phase train.py prints, and the report's metrics (its metrics.json, kept in the JSON). Several
+configurations in one call give same-script ratios against the first:
 
     python benchmarks/quickstart.py                                  # the defaults only
     python benchmarks/quickstart.py --baseline 9ecda29               # the defaults of that commit, then today's
@@ -40,7 +41,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def run_job(overrides: list[str], work: Path, data_root: Path, root: Path = ROOT) -> dict:
-    """Run `root`/train.py once; return wall/CPU time, peak RSS, phases and the report's path."""
+    """Run `root`/train.py once; return wall/CPU time, peak RSS, phases, the report's path and its metrics."""
     cmd = [
         sys.executable, str(root / "train.py"),
         f"data_root={data_root}", f"run_dir={work / 'run'}", f"evaluate.report_dir={work / 'report'}",
@@ -57,6 +58,7 @@ def run_job(overrides: list[str], work: Path, data_root: Path, root: Path = ROOT
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
     report = next((m.group(1) for ph in phases if (m := re.search(r"evaluation report: (\S+)", ph["line"]))), None)
+    metrics = Path(report).with_name("metrics.json") if report else None
     return {
         "returncode": p.returncode,
         "wall_s": time.perf_counter() - start,
@@ -64,6 +66,7 @@ def run_job(overrides: list[str], work: Path, data_root: Path, root: Path = ROOT
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "phases": phases,
         "report": report,
+        "metrics": json.loads(metrics.read_text())["metrics"] if metrics and metrics.exists() else None,
     }
 
 
