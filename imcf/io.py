@@ -27,6 +27,23 @@ def current_umask() -> int:
     return mask
 
 
+class UnwritableDirError(OSError):
+    """A directory that a setting chose cannot be created or written; the message names the setting."""
+
+
+def ensure_writable(directory: str | Path, what: str, hint: str) -> None:
+    """Create `directory` and check that a file can be written there, before any work is spent; raises
+    `UnwritableDirError` naming `what` is written there, the directory, the reason and `hint` (the setting)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UnwritableDirError(f"cannot write {what} under {directory} ({e.strerror or e}): {hint}") from None
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     """A file object whose content appears at `path` only when the block ends without error.

@@ -217,6 +217,41 @@ def test_evaluate_bad_run_dirs_end_in_one_clear_line(tmp_path):
     assert "cannot read checkpoint" in proc.stderr and "units=[x3]" in proc.stderr
 
 
+def test_unwritable_run_dir_or_data_root_ends_in_one_line_naming_the_setting(tmp_path):
+    """A run_dir that cannot be created ended in a FileNotFoundError traceback; a data root the data cannot be
+    written to printed its message under a traceback. Both are caught before data generation or training."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    blocked = tmp_path / "a_file"  # nothing can be created under a file, whoever runs the tests
+    blocked.write_text("")
+    cases = [
+        (
+            [f"run_dir={blocked / 'run'}", f"data_root={tmp_path / 'data'}"],
+            "cannot write the run's checkpoints",
+            "run_dir=",
+        ),
+        (
+            [f"run_dir={tmp_path / 'run'}", f"data_root={blocked / 'data'}"],
+            "cannot write the Morpho-MNIST cache",
+            "data_root=",
+        ),
+    ]
+    for overrides, message, setting in cases:
+        proc = subprocess.run(
+            [sys.executable, "train.py", *overrides, f"hydra.run.dir={tmp_path / 'hydra'}"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and message in last and str(blocked) in last and setting in last, last
+        assert "rendered" not in proc.stdout + proc.stderr  # nothing generated
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.npz"))
+
+
 def test_user_errors_end_in_one_line_but_let_preemption_exit_143(capsys):
     from imcf.cli import user_errors
     from imcf.config import ConfigError

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from imcf.io import atomic_write_bytes, atomic_write_text, atomic_write_yaml, read_yaml
+from imcf.io import ensure_writable as io_ensure_writable
 
 ARRAY_FILE = "images.npz"
 
@@ -34,17 +35,8 @@ def sha256(path: Path) -> str:
 
 def ensure_writable(directory: Path, what: str) -> None:
     """Create `directory` and check that files can be written there, before minutes of generation are spent;
-    raises OSError naming the directory and the `data_root` setting that chose it."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(
-            f"cannot write the {what} cache under {directory} ({e.strerror or e}): set data_root=... (or the "
-            "dataset's root) to a writable directory"
-        ) from None
+    raises `imcf.io.UnwritableDirError` (an OSError) naming the directory and the `data_root` setting."""
+    io_ensure_writable(directory, f"the {what} cache", "set data_root=... (or the dataset's root) to a writable directory")
 
 
 def _write_meta(path: Path, meta: Mapping[str, Any]) -> None:

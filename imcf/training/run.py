@@ -22,7 +22,7 @@ from torch import nn
 from imcf.config import UNIT_RULES, ConfigError, TrainConfig, check_values, validate
 from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
-from imcf.io import CheckpointError, atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
+from imcf.io import CheckpointError, atomic_torch_save, atomic_write_yaml, ensure_writable, read_yaml, safe_torch_load
 from imcf.mechanisms.base import Mechanism
 from imcf.scm import SCM, unit_name
 from imcf.threads import ThreadPlan, apply, plan_for
@@ -368,6 +368,8 @@ def _train(cfg: DictConfig, guard: SignalGuard, plan: ThreadPlan) -> dict[str, A
     L.seed_everything(cfg.seed, workers=True)
     scm, specs = build_scm(cfg)
     run_dir = Path(cfg.run_dir)
+    if not cfg.prepare_only:  # before data generation and training: a run that cannot be saved is not started
+        ensure_writable(run_dir, "the run's checkpoints", "set run_dir=... to a writable directory")
     pretrained = {n for n, s in specs.items() if s.pretrained}
     # with init_from the units not selected are copied frozen, so every unit is written
     units = plan_units(scm.graph, pretrained, None if cfg.init_from else cfg.units)
