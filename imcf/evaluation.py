@@ -31,7 +31,7 @@ from imcf.evaluators.features import InceptionFeatures, LPIPSDistance
 from imcf.evaluators.minimality_vae import load_or_train_vae
 from imcf.evaluators.predictors import as_dict, load_or_train_predictors
 from imcf.graph import CausalGraph
-from imcf.io import read_yaml
+from imcf.io import ensure_writable, read_yaml
 from imcf.metrics.base import (
     CounterfactualStep,
     EvaluationError,
@@ -156,6 +156,8 @@ def evaluate_scm(
     cfg = validate(OmegaConf.merge({"run_dir": run_dir}, cfg), EvaluateConfig)
     inference = OmegaConf.to_container(cfg.inference) if OmegaConf.is_config(cfg.inference) else dict(cfg.inference)
     started = time.perf_counter()
+    # before minutes of counterfactuals: a report that cannot be written would lose them
+    ensure_writable(report_dir, "the evaluation report", "set report_dir=... (train.py: evaluate.report_dir=...)")
     device = resolve_device(cfg.accelerator)
     with _evaluation_state(scm, inference, bool(cfg.identify.strict), device):
         setting, names, notes = _setting(scm, dataset_name, data_root, dict(dataset_options), cfg, device)

@@ -250,6 +250,23 @@ def test_unwritable_run_dir_or_data_root_ends_in_one_line_naming_the_setting(tmp
         assert last.startswith("error: ") and message in last and str(blocked) in last and setting in last, last
         assert "rendered" not in proc.stdout + proc.stderr  # nothing generated
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.npz"))
+    run = tmp_path / "run"  # the evaluation's report: refused before any counterfactual is drawn
+    g = CausalGraph.from_dict(DEFAULT_GRAPH)
+    SCM.build(g, {n: {"family": "linear_gaussian"} for n in g.nodes}).save(run)
+    (run / "config.yaml").write_text(yaml.safe_dump({"dataset": {"name": "linear_gaussian", "root": str(tmp_path)}}))
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", f"run_dir={run}", f"report_dir={blocked / 'report'}", "num_samples=64"]
+        + [f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert last.startswith("error: cannot write the evaluation report under") and "report_dir=" in last, last
+    assert "evaluating" not in proc.stderr + proc.stdout
 
 
 def test_user_errors_end_in_one_line_but_let_preemption_exit_143(capsys):
