@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import tempfile
@@ -31,15 +32,23 @@ class UnwritableDirError(OSError):
     """A directory that a setting chose cannot be created or written; the message names the setting."""
 
 
-def ensure_writable(directory: str | Path, what: str, hint: str) -> None:
-    """Create `directory` and check that a file can be written there, before any work is spent; raises
-    `UnwritableDirError` naming `what` is written there, the directory, the reason and `hint` (the setting)."""
+def ensure_writable(directory: str | Path, what: str, hint: str, create: bool = True) -> None:
+    """Check that files can be written in `directory` before any work is spent; raises `UnwritableDirError`
+    naming what is written there, the directory, the reason and `hint` (the setting). `create=False` leaves the
+    file system as it was: a missing directory passes if its nearest existing ancestor is a writable directory."""
     directory = Path(directory)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if create or directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")  # unique: DDP ranks probe at once
+            os.close(fd)
+            os.unlink(probe)
+            return
+        base = next(p for p in directory.absolute().parents if p.exists())
+        if not base.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(base))
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(base))
     except OSError as e:
         raise UnwritableDirError(f"cannot write {what} under {directory} ({e.strerror or e}): {hint}") from None
 

@@ -217,9 +217,10 @@ def test_evaluate_bad_run_dirs_end_in_one_clear_line(tmp_path):
     assert "cannot read checkpoint" in proc.stderr and "units=[x3]" in proc.stderr
 
 
-def test_unwritable_run_dir_or_data_root_ends_in_one_line_naming_the_setting(tmp_path):
+def test_unwritable_run_dir_data_root_or_report_dir_ends_in_one_line_naming_the_setting(tmp_path):
     """A run_dir that cannot be created ended in a FileNotFoundError traceback; a data root the data cannot be
-    written to printed its message under a traceback. Both are caught before data generation or training."""
+    written to printed its message under a traceback; a report_dir failed after the whole evaluation. All are
+    caught before data generation, training or counterfactuals."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     blocked = tmp_path / "a_file"  # nothing can be created under a file, whoever runs the tests
     blocked.write_text("")
@@ -233,6 +234,11 @@ def test_unwritable_run_dir_or_data_root_ends_in_one_line_naming_the_setting(tmp
             [f"run_dir={tmp_path / 'run'}", f"data_root={blocked / 'data'}"],
             "cannot write the Morpho-MNIST cache",
             "data_root=",
+        ),
+        (
+            [f"run_dir={tmp_path / 'run2'}", f"data_root={tmp_path / 'data'}", f"evaluate.report_dir={blocked / 'r'}"],
+            "cannot write the evaluation report",
+            "evaluate.report_dir=",
         ),
     ]
     for overrides, message, setting in cases:

@@ -44,3 +44,21 @@ def test_checkpoints_are_fsynced_and_a_failed_write_leaves_the_old_file(tmp_path
         atomic_torch_save({"w": Unpicklable()}, path)
     assert torch.equal(safe_torch_load(path)["w"], torch.zeros(1))
     assert [p.name for p in tmp_path.iterdir()] == ["unit.ckpt"]
+
+
+def test_ensure_writable_names_the_setting_and_creates_nothing_when_asked(tmp_path):
+    from imcf.io import UnwritableDirError, ensure_writable
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    for create in (True, False):
+        with pytest.raises(
+            UnwritableDirError, match=r"cannot write the run under .*a_file/x/y \(Not a directory\): set run_dir"
+        ):
+            ensure_writable(blocked / "x" / "y", "the run", "set run_dir=...", create=create)
+    ensure_writable(tmp_path / "new" / "run", "the run", "set run_dir=...", create=False)
+    assert not (tmp_path / "new").exists()  # checked, not created
+    ensure_writable(tmp_path / "made", "the run", "set run_dir=...")
+    assert (tmp_path / "made").is_dir() and not list((tmp_path / "made").iterdir())  # the probe file is gone
+    ensure_writable(tmp_path / "made", "the run", "set run_dir=...", create=False)
+    assert not list((tmp_path / "made").iterdir())

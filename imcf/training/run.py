@@ -369,7 +369,11 @@ def _train(cfg: DictConfig, guard: SignalGuard, plan: ThreadPlan) -> dict[str, A
     scm, specs = build_scm(cfg)
     run_dir = Path(cfg.run_dir)
     if not cfg.prepare_only:  # before data generation and training: a run that cannot be saved is not started
-        ensure_writable(run_dir, "the run's checkpoints", "set run_dir=... to a writable directory")
+        ensure_writable(run_dir, "the run's checkpoints", "set run_dir=... to a writable directory", create=False)
+        if cfg.evaluate_after and not cfg.trainer.fast_dev_run:  # the report, before training rather than after
+            report = cfg.evaluate.report_dir or Path("reports") / run_dir.name
+            hint = "set evaluate.report_dir=... (or evaluate_after=false)"
+            ensure_writable(report, "the evaluation report", hint, create=False)
     pretrained = {n for n, s in specs.items() if s.pretrained}
     # with init_from the units not selected are copied frozen, so every unit is written
     units = plan_units(scm.graph, pretrained, None if cfg.init_from else cfg.units)
