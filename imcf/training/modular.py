@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from imcf.config import ConfigError
 from imcf.graph import CausalGraph
 from imcf.scm import unit_name
 
@@ -50,7 +51,7 @@ def plan_units(graph: CausalGraph, pretrained: Iterable[str] = (), only: Iterabl
         known = {u.name for u in units} | set(graph.nodes)
         unknown = [o for o in only if o not in known]
         if unknown:
-            raise KeyError(f"units={unknown} unknown; units of this graph: {[u.name for u in units]}")
+            raise ConfigError(f"units={unknown} unknown; units of this graph: {[u.name for u in units]}")
         units = keep
     return units
 

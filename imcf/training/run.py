@@ -31,7 +31,7 @@ from imcf.training.loggers import build_loggers, finish_loggers, wandb_ids
 from imcf.training.modular import Unit, plan_units
 from imcf.training.module import UnitModule
 from imcf.training.preemption import Preempted, SignalGuard, requeue, sigterm_guard
-from imcf.training.rundir import check_stored_config, unit_lock
+from imcf.training.rundir import check_stored_config, has_started, unit_lock
 from imcf.training.specs import mechanism_specs
 
 
@@ -145,7 +145,7 @@ def _write_run_files(run_dir: Path, cfg: DictConfig, scm: SCM) -> None:
     }
     for fname, content in files.items():
         path = run_dir / fname
-        if path.is_file() and read_yaml(path) != content:
+        if path.is_file() and read_yaml(path) != content and has_started(run_dir):
             raise ValueError(
                 f"{path} describes a different model than this config; use a new run_dir "
                 f"(run_dir=runs/<new name>) or delete the old run"

@@ -66,10 +66,16 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
     return [k for k in keys if not any(fnmatchcase(k, pattern) for pattern in MAY_CHANGE)]
 
 
+def has_started(run_dir: Path) -> bool:
+    """Whether any unit of the run has begun training (a checkpoint or a unit's lock file is there); a run
+    directory holding only the files of a configuration that failed before training has nothing to mix with."""
+    return any(run_dir.rglob("*.ckpt")) or any(run_dir.rglob("*.lock"))
+
+
 def check_stored_config(run_dir: Path, current: dict[str, Any]) -> None:
     """Refuse a run directory whose `config.yaml` was written by another configuration (the keys are named)."""
     path = run_dir / "config.yaml"
-    if not path.is_file():
+    if not path.is_file() or not has_started(run_dir):
         return
     diff = config_differences(read_yaml(path) or {}, current)
     if diff:

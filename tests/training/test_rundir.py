@@ -33,6 +33,21 @@ def test_resume_refuses_another_configuration_and_names_the_keys(tmp_path):
     train(_cfg(tmp_path, "units=[x2]", "trainer.max_epochs=2", "evaluate_after=false", "logger=tensorboard"))
 
 
+def test_a_config_that_failed_before_training_does_not_block_its_correction(tmp_path):
+    """A dataset option that fails when the data are built (Morpho-MNIST's `num_samples=-3`, here a negative split
+    size) failed after config.yaml was written; the corrected command was then refused as "another
+    configuration" although nothing had trained."""
+    bad = "dataset.options.sizes={train: -5, val: 200, test: 200}"
+    with pytest.raises(ConfigError, match=r"dataset.options.sizes.train must be a whole number >= 1, got -5"):
+        train(_cfg(tmp_path, *QUICK, bad))
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and not list(run.rglob("*.ckpt"))
+    train(_cfg(tmp_path, *QUICK))  # accepted, and its config replaces the failed one
+    assert (run / "x1.ckpt").is_file()
+    with pytest.raises(ConfigError, match="another configuration"):  # once a unit has trained, the guard holds
+        train(_cfg(tmp_path, *QUICK, "dataset.options.sizes={train: 1000, val: 200, test: 200}"))
+
+
 def test_config_differences_leave_out_keys_that_may_change():
     a = {"seed": 0, "trainer": {"max_epochs": 3, "precision": "32"}, "unit_overrides": {"x": {"trainer": {}}}}
     b = {"seed": 0, "trainer": {"max_epochs": 9, "precision": "16"}, "unit_overrides": {"x": {"trainer": {}}}}

@@ -9,6 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from imcf.cli import train_and_evaluate
+from imcf.config import ConfigError
 from imcf.data.linear import DEFAULT_MECHANISMS
 from imcf.graph import CausalGraph
 from imcf.io import CheckpointError
@@ -53,7 +54,7 @@ def test_plan_units_with_and_without_confounders():
     assert [(u.name, u.inputs) for u in units] == [("a+c", ("b",)), ("b", ("a",)), ("d", ("c",))]
     assert units[0].confounded
     assert [u.name for u in plan_units(gc, only=["d", "b"])] == ["b", "d"]
-    with pytest.raises(KeyError, match=r"units=\['zz'\] unknown"):
+    with pytest.raises(ConfigError, match=r"units=\['zz'\] unknown"):
         plan_units(gc, only=["zz"])
     with pytest.raises(ValueError, match="all of \\['a', 'c'\\] pretrained or none"):
         plan_units(gc, pretrained=["a"])
