@@ -27,6 +27,20 @@ def test_an_unwritable_data_root_fails_before_generating(tmp_path):
         FacesDataset(str(blocked), "train", sizes={"train": 8, "val": 4, "test": 4})
 
 
+def test_dataset_sizes_below_one_are_config_errors_naming_the_option(tmp_path):
+    from imcf.config import ConfigError
+    from imcf.data.faces import FacesDataset
+    from imcf.data.linear import LinearGaussianDataset
+    from imcf.data.morphomnist.dataset import MorphoMNIST
+
+    with pytest.raises(ConfigError, match=r"dataset.options.num_samples must be at least 3 .* got -3"):
+        MorphoMNIST(str(tmp_path), "train", num_samples=-3, workers=1)
+    with pytest.raises(ConfigError, match=r"faces: dataset.options.sizes.val must be a whole number >= 1, got 0"):
+        FacesDataset(str(tmp_path), "val", sizes={"train": 8, "val": 0, "test": 4})
+    with pytest.raises(ConfigError, match=r"dataset.options.sizes.test must be a whole number >= 1, got None"):
+        LinearGaussianDataset(str(tmp_path), "test", sizes={"train": 8, "val": 4})
+
+
 def test_a_graph_whose_nodes_the_dataset_lacks_is_named_when_the_data_are_built(tmp_path):
     """`dataset=faces` with the Morpho-MNIST graph failed inside training as `KeyError: 'thickness'`."""
     from imcf.config import ConfigError

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from imcf.config import ConfigError
 from imcf.data.base import SPLITS, CausalDataset
 from imcf.data.cache import CacheError, ensure_writable, load_set, save_set
 from imcf.data.idx import read_idx
@@ -111,7 +112,7 @@ def generate(options: Mapping[str, Any], workers: int | None = None) -> tuple[di
     rng = np.random.default_rng(options["seed"])
     n = int(options["num_samples"]) if options["num_samples"] is not None else digits.shape[0]
     if n < 3:
-        raise ValueError(f"num_samples must be at least 3 (one per split), got {n}")
+        raise ConfigError(f"dataset.options.num_samples must be at least 3 (one per split), got {n}")
     reps = -(-n // digits.shape[0])
     base_index = np.concatenate([rng.permutation(digits.shape[0]) for _ in range(reps)])[:n]
     noise = sample_noise(n, rng)
