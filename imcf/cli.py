@@ -10,10 +10,10 @@ from typing import Any
 from imcf.config import ConfigError
 from imcf.evaluation import EvaluationError, evaluate
 from imcf.graph import GraphError
-from imcf.io import CheckpointError, UnwritableDirError
+from imcf.io import CheckpointError, MissingFileError, UnwritableDirError
 
 # errors whose message already says what is wrong and what to do; anything else is a bug and keeps its traceback
-USER_ERRORS = (ConfigError, GraphError, CheckpointError, EvaluationError, UnwritableDirError)
+USER_ERRORS = (ConfigError, GraphError, CheckpointError, EvaluationError, MissingFileError, UnwritableDirError)
 
 
 @contextmanager

@@ -28,6 +28,11 @@ def current_umask() -> int:
     return mask
 
 
+class MissingFileError(FileNotFoundError):
+    """A file that a setting or a dataset release should provide is missing; the message names it (and the
+    setting). A user error: the entry points print it as one line."""
+
+
 class UnwritableDirError(OSError):
     """A directory that a setting chose cannot be created or written; the message names the setting."""
 
@@ -127,7 +132,7 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device | None = 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # truncated, overwritten, not torch's
@@ -142,5 +147,5 @@ def read_yaml(path: str | Path) -> Any:
     """Load a YAML file with a clear error when it is missing."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"expected YAML file not found: {path}")
+        raise MissingFileError(f"expected YAML file not found: {path}")
     return yaml.safe_load(path.read_text())

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from imcf.graph import CausalGraph, NodeKind
-from imcf.io import CheckpointError, atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
+from imcf.io import CheckpointError, MissingFileError, atomic_torch_save, atomic_write_yaml, read_yaml, safe_torch_load
 from imcf.mechanisms.base import Mechanism
 from imcf.mechanisms.component import ConfoundedComponent
 from imcf.registry import MECHANISMS
@@ -333,7 +333,7 @@ class SCM(nn.Module):
         """Rebuild an SCM saved by `save` (or by training) from its directory, in eval mode; weights load safely."""
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"SCM directory not found: {directory}")
+            raise MissingFileError(f"SCM directory not found: {directory}")
         graph = CausalGraph.from_dict(read_yaml(directory / "graph.yaml"))
         scm = cls.build(graph, read_yaml(directory / "mechanisms.yaml"))
         cfg = directory / "config.yaml"
@@ -342,7 +342,7 @@ class SCM(nn.Module):
             name = unit_name(comp)
             path = directory / f"{name}.ckpt"
             if not path.is_file():
-                raise FileNotFoundError(f"checkpoint for unit {name!r} missing: {path} (was the unit trained?)")
+                raise MissingFileError(f"checkpoint for unit {name!r} missing: {path} (was the unit trained?)")
             scm.load_unit(path, comp, recover=_retrain_hint(directory, name))
         return scm.to(map_location).eval()
 

@@ -283,6 +283,17 @@ def test_user_errors_end_in_one_line_but_let_preemption_exit_143(capsys):
     with pytest.raises(SystemExit) as stop, user_errors():
         raise ConfigError("runs/x holds a run of another configuration")
     assert stop.value.code == 1 and capsys.readouterr().err == "error: runs/x holds a run of another configuration\n"
+    from imcf.training.run import build_scm
+    from tests.training.test_train import _cfg
+
+    with (
+        pytest.raises(SystemExit) as stop,
+        user_errors(),
+    ):  # a missing input file: one line, and still a FileNotFoundError
+        build_scm(_cfg(Path("/tmp/imcf-test-none"), "init_from=/nonexistent/run"))
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and err.startswith("error: init_from=/nonexistent/run: no checkpoint of unit"), err
+    assert err.count("\n") == 1
     with pytest.raises(Preempted) as stop, user_errors():  # a SystemExit, not a user error: requeue needs 143
         raise Preempted("unit 'x4' stopped by SIGTERM")
     assert stop.value.code == 143 and capsys.readouterr().err == ""

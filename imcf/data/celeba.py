@@ -30,6 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 from imcf.data.base import CausalDataset
 from imcf.graph import CausalGraph
 from imcf.registry import DATASETS
+from imcf.io import MissingFileError
 
 IMAGE_DIR = "img_align_celeba"
 ATTRIBUTE_FILE = "list_attr_celeba.txt"
@@ -62,7 +63,7 @@ class CelebAFormatError(ValueError):
 def read_attributes(path: Path) -> pd.DataFrame:
     """Parse list_attr_celeba.txt into a DataFrame indexed by file name with {0, 1} int8 columns."""
     if not path.is_file():
-        raise FileNotFoundError(f"missing attribute file {path} (expected {ATTRIBUTE_FORMAT})")
+        raise MissingFileError(f"missing attribute file {path} (expected {ATTRIBUTE_FORMAT})")
     with open(path) as f:
         first, second = f.readline(), f.readline()
     try:
@@ -105,7 +106,7 @@ def read_attributes(path: Path) -> pd.DataFrame:
 def read_partition(path: Path) -> pd.Series:
     """Parse list_eval_partition.txt into a Series file name -> partition code (0, 1, 2)."""
     if not path.is_file():
-        raise FileNotFoundError(f"missing partition file {path} (expected {PARTITION_FORMAT})")
+        raise MissingFileError(f"missing partition file {path} (expected {PARTITION_FORMAT})")
     try:
         table = pd.read_csv(path, sep=r"\s+", header=None, dtype=str, engine="c")
     except pd.errors.EmptyDataError:
@@ -169,11 +170,11 @@ class CelebADataset(CausalDataset):
             )
         self.image_dir = self.dir / IMAGE_DIR
         if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"missing image folder {self.image_dir} (expected {IMAGE_DIR}/<file>.jpg)")
+            raise MissingFileError(f"missing image folder {self.image_dir} (expected {IMAGE_DIR}/<file>.jpg)")
         present = {e.name for e in os.scandir(self.image_dir)}
         absent = [f for f in files if f not in present]
         if absent:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"missing image {self.image_dir / absent[0]}: {len(absent):,} of the {len(files):,} {split} images "
                 f"listed in {self.dir / PARTITION_FILE} are not in {self.image_dir} (a partial release?)"
             )
@@ -212,7 +213,7 @@ class CelebADataset(CausalDataset):
             with Image.open(path) as im:
                 im = im.convert("RGB")
         except FileNotFoundError:
-            raise FileNotFoundError(f"missing image {path} (listed in {self.dir / PARTITION_FILE})") from None
+            raise MissingFileError(f"missing image {path} (listed in {self.dir / PARTITION_FILE})") from None
         except UnidentifiedImageError:
             raise CelebAFormatError(f"{path} is not a readable image (expected a JPEG)") from None
         if self.crop is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imcf.io import atomic_write_bytes
+from imcf.io import MissingFileError, atomic_write_bytes
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
@@ -18,7 +18,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Load an IDX array (`*-ubyte` or `*-ubyte.gz`); clear errors for a missing or malformed file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"IDX file not found: {path}")
+        raise MissingFileError(f"IDX file not found: {path}")
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from imcf.data.base import stack_batch
-from imcf.io import atomic_torch_save, safe_torch_load
+from imcf.io import MissingFileError, atomic_torch_save, safe_torch_load
 
 
 class CacheMismatchError(ValueError):
@@ -113,7 +113,7 @@ def load_or_fit(
     """
     file = Path(path) if path else cache_path(data_root, f"{spec['what']}-{spec['image_node']}", spec)
     if path and not file.is_file():
-        raise FileNotFoundError(f"{what}.path={path}: no such file")
+        raise MissingFileError(f"{what}.path={path}: no such file")
     if file.is_file():
         ckpt = load_cached(file, spec, what)
         model.load_state_dict(ckpt["state_dict"])

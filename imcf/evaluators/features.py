@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from imcf.io import MissingFileError
+
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
 
@@ -24,7 +26,7 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         path = inception_weights_path(weights)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Inception features need the FID Inception-v3 weights at {path} and nothing is downloaded at "
                 f"run time; copy {INCEPTION_WEIGHTS} there (or set realism.inception_weights=<file>), or use "
                 "realism.features=predictors (the default domain features)"
@@ -65,7 +67,7 @@ class LPIPSDistance(nn.Module):
     def __init__(self, net: str = "alex") -> None:
         super().__init__()
         if not lpips_weights_available(net):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"LPIPS needs torchvision's {net} weights in {Path(torch.hub.get_dir()) / 'checkpoints'}; "
                 "they are not there and nothing is downloaded at run time. Copy them there or set "
                 "composition.lpips=false"

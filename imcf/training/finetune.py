@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from imcf.config import ConfigError, PredictorConfig
 from imcf.evaluators.cache import dataset_fingerprint
 from imcf.evaluators.predictors import FrozenPredictor, load_or_train_predictors
+from imcf.io import MissingFileError
 from imcf.mechanisms.base import Mechanism
 from imcf.scm import SCM
 
@@ -202,7 +203,7 @@ def finetune_objectives(
     pcfg = OmegaConf.merge(OmegaConf.structured(PredictorConfig), cfg.evaluate.predictors)
     pcfg.path = cfg.finetune_predictors.path
     if pcfg.path and not Path(pcfg.path).is_file():
-        raise FileNotFoundError(f"finetune_predictors.path={pcfg.path}: no such file")
+        raise MissingFileError(f"finetune_predictors.path={pcfg.path}: no such file")
     fingerprint = dataset_fingerprint(build_dataset(cfg.dataset.name, cfg.dataset.root, "test", **options))
     files, objectives = {}, {}
     for node in nodes:

@@ -22,7 +22,15 @@ from torch import nn
 from imcf.config import UNIT_RULES, ConfigError, TrainConfig, check_values, validate
 from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
-from imcf.io import CheckpointError, atomic_torch_save, atomic_write_yaml, ensure_writable, read_yaml, safe_torch_load
+from imcf.io import (
+    CheckpointError,
+    MissingFileError,
+    atomic_torch_save,
+    atomic_write_yaml,
+    ensure_writable,
+    read_yaml,
+    safe_torch_load,
+)
 from imcf.mechanisms.base import Mechanism
 from imcf.scm import SCM, unit_name
 from imcf.threads import ThreadPlan, apply, plan_for
@@ -99,7 +107,7 @@ def specs_from_run(specs: dict[str, Any], graph: CausalGraph, run_dir: str, unit
         if all(specs[n].pretrained or specs[n].init for n in comp):
             continue
         if not path.is_file():
-            raise FileNotFoundError(f"init_from={run_dir}: no checkpoint of unit {name!r} ({path})")
+            raise MissingFileError(f"init_from={run_dir}: no checkpoint of unit {name!r} ({path})")
         for n in comp:
             if specs[n].pretrained or specs[n].init:
                 continue
@@ -113,7 +121,7 @@ def load_pretrained(scm: SCM, node: str, path: str, freeze: bool = True) -> None
     """Load `node`'s weights from a unit checkpoint of another run; freeze them unless `freeze=False`."""
     key = f"mechanism.{node}.{'pretrained' if freeze else 'init'}={path}"
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{key}: no such file")
+        raise MissingFileError(f"{key}: no such file")
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or node not in ckpt["state_dict"]:
         held = list(ckpt.get("state_dict", {})) if isinstance(ckpt, dict) else []

@@ -29,6 +29,7 @@ from imcf.data.idx import read_idx
 from imcf.data.morphomnist.measure import DEFAULT_UPSCALE, MEASURE_SCALE, measure_batch
 from imcf.data.morphomnist.scm import intensity_mechanism, pad_to, render_batch, sample_noise, thickness_mechanism
 from imcf.registry import DATASETS
+from imcf.io import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def load_source_digits(mnist_dir: str | Path | None = None) -> tuple[np.ndarray,
     found = {n: _find(d, n) for n in wanted}
     missing = [n for n, p in found.items() if p is None]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"MNIST directory {d} lacks {missing}; expected {[n + '.gz' for n in wanted]} (gzip or raw)"
         )
     images, labels = [], []

@@ -21,6 +21,7 @@ from imcf.data.morphomnist.dataset import Morphometrics
 from imcf.data.morphomnist.measure import intensity as stroke_intensity
 from imcf.data.morphomnist.scm import pad_to
 from imcf.registry import DATASETS
+from imcf.io import MissingFileError
 
 PREFIX = {"train": "train", "val": "train", "test": "t10k"}
 
@@ -42,7 +43,7 @@ def load_morphomnist_files(data_dir: str | Path, prefix: str) -> tuple[np.ndarra
         paths.append(p)
     missing = [n for n, p in zip(names, paths) if not p.is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Morpho-MNIST directory {d} lacks {missing}; it must hold {names} (see datasets/morphomnist/README.md)"
         )
     images, labels = read_idx(paths[0]), read_idx(paths[1])
