@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -209,6 +210,11 @@ class MechanismSpec:
     config: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None  # a unit checkpoint: weights loaded and frozen (not trained)
     init: str | None = None  # a unit checkpoint: weights loaded, then trained on (fine-tuning)
+
+
+def report_dir_of(report_dir: str | None, run_dir: str | Path) -> Path:
+    """Where an evaluation of `run_dir` writes its report: `report_dir`, or by default reports/<run name>."""
+    return Path(report_dir) if report_dir else Path("reports") / Path(run_dir).name
 
 
 def _number(v: Any) -> bool:

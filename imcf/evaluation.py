@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 import imcf.metrics  # noqa: F401  (registers the metrics)
 from imcf import threads
-from imcf.config import EvaluateConfig, FinetunePredictorsConfig, LoggerConfig, validate
+from imcf.config import EvaluateConfig, FinetunePredictorsConfig, LoggerConfig, report_dir_of, validate
 from imcf.data.base import CausalDataset, stack_batch
 from imcf.data.datamodule import build_dataset
 from imcf.evaluators.cache import dataset_fingerprint
@@ -130,7 +130,7 @@ def evaluate(cfg: Any) -> str:
         cfg.logger = OmegaConf.merge(OmegaConf.structured(LoggerConfig), run_cfg.get("logger") or {})
     ds = run_cfg["dataset"]
     root = cfg.data_root or ds.get("root") or "data"
-    report_dir = cfg.report_dir or str(Path("reports") / Path(cfg.run_dir).name)
+    report_dir = report_dir_of(cfg.report_dir, cfg.run_dir)
     seed = int((run_cfg.get("finetune_predictors") or {}).get("seed", FinetunePredictorsConfig.seed))
     tuned = {n: seed for n, m in scm.mechanisms.items() if finetunes(m)}
     options = dict(ds.get("options") or {})

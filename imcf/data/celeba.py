@@ -29,8 +29,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from imcf.data.base import CausalDataset
 from imcf.graph import CausalGraph
-from imcf.registry import DATASETS
 from imcf.io import MissingFileError
+from imcf.registry import DATASETS
 
 IMAGE_DIR = "img_align_celeba"
 ATTRIBUTE_FILE = "list_attr_celeba.txt"

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from imcf.config import ConfigError
-from imcf.data.base import SPLITS, CausalDataset
+from imcf.data.base import SPLITS, CausalDataset, split_size
 from imcf.data.cache import CacheError, ensure_writable, load_set, save_set
 from imcf.data.face_drawing import STYLE_FACTORS, render_face
 from imcf.data.parallel import map_chunks
@@ -179,10 +179,7 @@ class FacesDataset(CausalDataset):
         sizes = dict(sizes or {"train": 20000, "val": 2000, "test": 2000})
         if split not in sizes:
             raise KeyError(f"faces: sizes has no entry for split {split!r}: {sizes}")
-        n = sizes[split]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"faces: dataset.options.sizes.{split} must be a whole number >= 1, got {n!r}")
-        self.n, self.seed, self.size = n, int(seed), int(size)
+        self.n, self.seed, self.size = split_size("faces", sizes, split), int(seed), int(size)
         if self.size < 16:
             raise ValueError(f"faces: size must be >= 16, got {size}")
         self.fixed = {str(k): int(v) for k, v in (fixed or {}).items()}

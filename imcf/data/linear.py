@@ -8,8 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from imcf.config import ConfigError
-from imcf.data.base import SPLITS, CausalDataset
+from imcf.data.base import SPLITS, CausalDataset, split_size
 from imcf.graph import CausalGraph
 from imcf.mechanisms.linear_gaussian import LinearGaussian
 from imcf.registry import DATASETS
@@ -60,9 +59,7 @@ class LinearGaussianDataset(CausalDataset):
         super().__init__(root, split)
         self.scm = true_linear_scm(graph or DEFAULT_GRAPH, mechanisms or DEFAULT_MECHANISMS)
         sizes = dict(sizes or {"train": 4000, "val": 500, "test": 1000})
-        n = sizes.get(split)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"linear_gaussian: dataset.options.sizes.{split} must be a whole number >= 1, got {n!r}")
+        n = split_size("linear_gaussian", sizes, split)
         gen = torch.Generator().manual_seed(seed * 1000 + SPLITS.index(split))
         self.noise = {v: torch.randn(n, 1, generator=gen) for v in self.scm.graph.nodes}
         self.values = self._render(self.noise, {})

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from imcf.config import UNIT_RULES, ConfigError, TrainConfig, check_values, validate
+from imcf.config import UNIT_RULES, ConfigError, TrainConfig, check_values, report_dir_of, validate
 from imcf.data.datamodule import CausalDataModule
 from imcf.graph import CausalGraph
 from imcf.io import (
@@ -379,7 +379,7 @@ def _train(cfg: DictConfig, guard: SignalGuard, plan: ThreadPlan) -> dict[str, A
     if not cfg.prepare_only:  # before data generation and training: a run that cannot be saved is not started
         ensure_writable(run_dir, "the run's checkpoints", "set run_dir=... to a writable directory", create=False)
         if cfg.evaluate_after and not cfg.trainer.fast_dev_run:  # the report, before training rather than after
-            report = cfg.evaluate.report_dir or Path("reports") / run_dir.name
+            report = report_dir_of(cfg.evaluate.report_dir, run_dir)
             hint = "set evaluate.report_dir=... (or evaluate_after=false)"
             ensure_writable(report, "the evaluation report", hint, create=False)
     pretrained = {n for n, s in specs.items() if s.pretrained}

@@ -69,7 +69,7 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
 def has_started(run_dir: Path) -> bool:
     """Whether any unit of the run has begun training (a checkpoint or a unit's lock file is there); a run
     directory holding only the files of a configuration that failed before training has nothing to mix with."""
-    return any(run_dir.rglob("*.ckpt")) or any(run_dir.rglob("*.lock"))
+    return any(p.suffix in (".ckpt", ".lock") for p in run_dir.rglob("*"))
 
 
 def check_stored_config(run_dir: Path, current: dict[str, Any]) -> None:

@@ -28,8 +28,8 @@ from imcf.data.cache import CacheError, ensure_writable, load_set, save_set
 from imcf.data.idx import read_idx
 from imcf.data.morphomnist.measure import DEFAULT_UPSCALE, MEASURE_SCALE, measure_batch
 from imcf.data.morphomnist.scm import intensity_mechanism, pad_to, render_batch, sample_noise, thickness_mechanism
-from imcf.registry import DATASETS
 from imcf.io import MissingFileError
+from imcf.registry import DATASETS
 
 log = logging.getLogger(__name__)
 

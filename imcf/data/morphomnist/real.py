@@ -20,8 +20,8 @@ from imcf.data.idx import read_idx
 from imcf.data.morphomnist.dataset import Morphometrics
 from imcf.data.morphomnist.measure import intensity as stroke_intensity
 from imcf.data.morphomnist.scm import pad_to
-from imcf.registry import DATASETS
 from imcf.io import MissingFileError
+from imcf.registry import DATASETS
 
 PREFIX = {"train": "train", "val": "train", "test": "t10k"}
 
