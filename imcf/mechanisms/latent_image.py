@@ -21,7 +21,15 @@ from imcf.nn.gain import from_shape, to_shape
 from imcf.nn.independence import dependence
 from imcf.nn.parents import ParentEncoder
 
-ABDUCTION_KEYS = {"keep_residual", "sample", "latents", "withhold_residual_on", "residual", "withheld_latent_scale"}
+ABDUCTION_KEYS = {
+    "keep_residual",
+    "sample",
+    "latents",
+    "withhold_residual_on",
+    "residual",
+    "withheld_latent_scale",
+    "withheld_residual_tolerance",
+}
 #: `abduction.residual: relative`: where both decodes are lit (value + 1 > ON) the residual is scaled by
 #: (decode' + 1 + eps) / (decode + 1 + eps), clipped to [0, MAX]; elsewhere it is added as abducted
 RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON = 0.1, 4.0, 0.5
@@ -135,6 +143,7 @@ class LatentImageMechanism(Mechanism):
                 "withhold_residual_on": "discrete",
                 "residual": "additive",
                 "withheld_latent_scale": 1.0,
+                "withheld_residual_tolerance": None,
             },
             f"{node}: abduction",
         )
@@ -150,6 +159,10 @@ class LatentImageMechanism(Mechanism):
         self.withheld_latent_scale = scale = float(opts["withheld_latent_scale"])
         if not 0.0 <= scale <= 1.0:
             raise ValueError(f"{node}: abduction.withheld_latent_scale must be in [0, 1], got {scale}")
+        tol = opts["withheld_residual_tolerance"]
+        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0):
+            raise ValueError(f"{node}: abduction.withheld_residual_tolerance must be null or > 0, got {tol!r}")
+        self.withheld_residual_tolerance = None if tol is None else float(tol)
         self.independence_weight = float(independence_weight)
         self.independence_warmup = int(independence_warmup)
         if self.independence_warmup > 0:  # steps seen, checkpointed: a resumed run continues the warm-up
@@ -289,6 +302,8 @@ class LatentImageMechanism(Mechanism):
             noise.residual = shape - decoded
             if self.residual_mode == "relative":
                 noise.extras["decoded"] = decoded
+            if self.withheld_residual_tolerance is not None and self.withhold_residual_on:
+                noise.extras["shape"] = shape  # what `_local_residual` re-anchors the residual to
         return noise
 
     def _decode_shape(self, noise: LatentNoise, cond: Tensor, gained: bool) -> Tensor:
@@ -308,12 +323,15 @@ class LatentImageMechanism(Mechanism):
         if "tone" in noise.extras:
             out = apply_tone(out, *noise.extras["tone"])
         if noise.residual is not None:
-            residual = noise.residual * (1.0 - self._changed_rows(noise, parents, self.withhold_residual_on))
+            withheld = self._changed_rows(noise, parents, self.withhold_residual_on)
+            residual = noise.residual * (1.0 - withheld)
             if "decoded" in noise.extras:  # relative: the detail follows the counterfactual's brightness
                 before = noise.extras["decoded"]
                 ratio = ((out + 1 + RELATIVE_EPS) / (before + 1 + RELATIVE_EPS)).clamp(0.0, RELATIVE_MAX)
                 lit = (torch.minimum(out, before) + 1) > RELATIVE_ON  # stroke in both: scale; edges: add
                 residual = torch.where(lit, residual * ratio, residual)
+            if "shape" in noise.extras and bool(withheld.any()):
+                residual = residual + withheld * self._local_residual(noise, out, gain is not None)
             if gain is not None:
                 # rows whose shape parents are kept: the residual follows the new gain (x' = g'/g (x + 1) - 1
                 # under a pure gain change); rows with a new shape: it is added in the factual's image units
@@ -321,6 +339,20 @@ class LatentImageMechanism(Mechanism):
                 residual = residual * (kept * gain + (1 - kept) * self.gain(noise.extras["parents"])) / gain
             out = out + residual
         return self.from_shape(out, gain).clamp(-1.0, 1.0)
+
+    def _local_residual(self, noise: LatentNoise, out: Tensor, gained: bool) -> Tensor:
+        """`withheld_residual_tolerance` t: the residual of rows whose withheld parents change, re-taken against the
+        decode of the same (possibly shrunk) latents under the factual parents, r = x - d(z, pa), and kept only where
+        the counterfactual decode d(z, pa') stays close to it: weight max(0, 1 - |d' - d| / t), |d' - d| the largest
+        change over channels in each pixel's 3x3 neighbourhood. Where the parent change redraws the image the
+        decode shows; elsewhere the factual's pixels stay."""
+        reference = self._decode_shape(noise, self.condition(noise.extras["parents"], noise.batch_size), gained)
+        if "tone" in noise.extras:
+            reference = apply_tone(reference, *noise.extras["tone"])
+        moved = (out - reference).abs().amax(1, keepdim=True)
+        moved = nn.functional.max_pool2d(moved, kernel_size=3, stride=1, padding=1)
+        keep = (1.0 - moved / self.withheld_residual_tolerance).clamp(min=0.0)
+        return keep * (noise.extras["shape"] - reference)
 
     def _shrink_withheld(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> LatentNoise:
         """Rows whose withheld parents change get their latents scaled by `withheld_latent_scale` toward 0, the

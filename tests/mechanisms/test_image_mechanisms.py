@@ -512,6 +512,46 @@ def test_withheld_latent_scale_shrinks_only_rows_whose_digit_changes() -> None:
         fixed.predict(fixed.abduct(x, pa), new)
 
 
+def test_withheld_residual_tolerance_keeps_the_factual_where_the_decode_does_not_move() -> None:
+    """abduction.withheld_residual_tolerance t: on rows whose digit changes, x' = d' + w (x - d), d the decode of the
+    same (halved) latent under the factual parents, w = max(0, 1 - |d' - d| / t) over a 3x3 neighbourhood. With a
+    decoder whose digit parent paints only the top-left 8x8 block, the counterfactual is the factual image
+    exactly outside the block and its 1-pixel border, and the decode inside; null rows stay exact."""
+    torch.manual_seed(3)
+    opts = {"withheld_latent_scale": 0.5, "withheld_residual_tolerance": 0.1}
+    mech = ConditionalVAE.from_graph(GRAPH, "image", abduction=opts, **TINY_VAE).eval()
+
+    def decode_loc(noise: LatentNoise, cond: torch.Tensor) -> torch.Tensor:
+        z = noise.latents[0]
+        base = torch.tanh(z[:, :1, None, None] + torch.linspace(-1, 1, 32)[None, None, :, None] * z[:, 1:2, None, None])
+        paint = torch.zeros_like(base.expand(-1, 1, 32, 32)).clone()
+        paint[:, :, :8, :8] = 0.05 * (cond * torch.arange(cond.shape[1])).sum(1)[:, None, None, None]
+        return (base + paint).clamp(-1, 1)
+
+    mech.decode_loc = decode_loc
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.full((4, 1), 0.3), "digit": F.one_hot(torch.arange(4), 10).float()}
+    new = {**pa, "digit": F.one_hot(torch.tensor([0, 5, 2, 9]), 10).float()}  # rows 1 and 3 change
+    with torch.no_grad():
+        noise = mech.abduct(x, pa)
+        out = mech.predict(noise, new)
+        decoded = mech.decode(LatentNoise([noise.latents[0] * 0.5]), mech.condition(new, 4))
+    changed = [1, 3]
+    torch.testing.assert_close(out[[0, 2]], x[[0, 2]], atol=1e-5, rtol=0)  # digit kept: the residual, exact
+    torch.testing.assert_close(out[changed, :, 9:], x[changed, :, 9:], atol=1e-5, rtol=0)  # below the border
+    torch.testing.assert_close(out[changed, :, :, 9:], x[changed, :, :, 9:], atol=1e-5, rtol=0)  # right of it
+    torch.testing.assert_close(out[changed, :, :9, :9], decoded[changed, :, :9, :9], atol=1e-5, rtol=0)
+    assert (out[changed, :, :8, :8] - x[changed, :, :8, :8]).abs().mean() > 0.1  # the block was redrawn
+    whole = ConditionalVAE.from_graph(GRAPH, "image", abduction={"withheld_latent_scale": 0.5}, **TINY_VAE).eval()
+    whole.load_state_dict(mech.state_dict())
+    whole.decode_loc = decode_loc
+    with torch.no_grad():
+        torch.testing.assert_close(whole.predict(whole.abduct(x, pa), new)[changed], decoded[changed])
+    for bad in (0, -0.5, "wide", True):
+        with pytest.raises(ValueError, match="abduction.withheld_residual_tolerance must be null or > 0"):
+            ConditionalVAE.from_graph(GRAPH, "image", abduction={"withheld_residual_tolerance": bad}, **TINY_VAE)
+
+
 def test_a_checkpoint_loads_under_other_abduction_settings(tmp_path) -> None:
     """Abduction settings say how queries are answered, not what the weights mean (`inference_options`): a unit
     trained with one loads under another; a different architecture is still refused, naming the config."""
