@@ -9,7 +9,11 @@ model trains against). A run whose image.ckpt exists is not trained again; a rep
 recomputed.
 
     python benchmarks/faces.py [--graphs faces_simple faces] [--families hvae vae gan] [--num-samples 1000]
-        [--runs runs] [--reports reports] [train overrides]
+        [--runs runs] [--reports reports] [--eval KEY=VALUE ...] [--tag NAME] [train overrides]
+
+`--eval` passes overrides to evaluate.py only (e.g. `+inference.image.abduction.withheld_residual_tolerance=0.1`
+answers the queries of the same trained weights another way); `--tag` names such an evaluation (its report is
+`<reports>/faces-<graph>-<family>-<tag>`, its rows' family `<family>-<tag>`).
 
 Prints per graph: F1 of every attribute under every intervention (rows: do(attribute), family; columns: the
 attributes), beside the published CelebA F1 of the intervened attribute (different data: real photos); then
@@ -81,12 +85,13 @@ def agreement_ceiling(ds: FacesDataset, n: int, intervened: str, child: str) -> 
     return float(np.mean(p1**2 + (1 - p1) ** 2))
 
 
-def rows_for(graph: str, family: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def rows_for(graph: str, family: str, metrics: dict[str, Any], name: str = "") -> list[dict[str, Any]]:
     """One row per intervention: F1 of every attribute, the quality columns, and the agreement of every
-    attribute with the true counterfactual's (1 - its error; descendants must follow the SCM)."""
+    attribute with the true counterfactual's (1 - its error; descendants must follow the SCM). `name` names
+    the rows' evaluation (default: the family)."""
     attrs, out = ATTRIBUTES[graph], []
     for a in attrs:
-        row: dict[str, Any] = {"graph": graph, "family": family, "do": a}
+        row: dict[str, Any] = {"graph": graph, "family": name or family, "do": a}
         for b in attrs:
             row[f"F1 {b}"] = mean(metrics, f"effectiveness/do({a})/{b}:f1")
             err = mean(metrics, f"truth/do({a})/{b}:error")
@@ -117,28 +122,31 @@ def main() -> None:
     parser.add_argument("--reports", default="reports")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--data-root", default="data", help="where the faces cache is (train.py's data_root)")
+    parser.add_argument("--eval", nargs="*", default=[], help="overrides for evaluate.py only")
+    parser.add_argument("--tag", default="", help="names the evaluation (report directory and family label)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faces.json"))
     args, extra = parser.parse_known_args()
     rows, cost = [], {}
     for graph in args.graphs:
         for fam in args.families:
             name = f"faces-{graph}-{fam}"
-            run_dir, report = Path(args.runs) / name, Path(args.reports) / name
-            cost[name] = {}
+            label = f"{fam}-{args.tag}" if args.tag else fam
+            run_dir, report = Path(args.runs) / name, Path(args.reports) / f"faces-{graph}-{label}"
+            cost[report.name] = cost.get(report.name, {})
             if not (run_dir / "image.ckpt").is_file():
-                cost[name]["train"] = run(
+                cost[report.name]["train"] = run(
                     "train.py",
                     [f"experiment={graph}", f"mechanism/image={fam}", f"run_dir={run_dir}", "evaluate_after=false",
                      "trainer.enable_progress_bar=false", *extra],
                 )  # fmt: skip
             if not (report / "metrics.json").is_file():
-                cost[name]["evaluate"] = run(
+                cost[report.name]["evaluate"] = run(
                     "evaluate.py",
                     [f"run_dir={run_dir}", f"report_dir={report}", "metrics/protocol=benchmark",
-                     f"num_samples={args.num_samples}", "progress=false"],
+                     f"num_samples={args.num_samples}", "progress=false", *args.eval],
                 )  # fmt: skip
             metrics = json.loads((report / "metrics.json").read_text())["metrics"]
-            rows += rows_for(graph, fam, metrics)
+            rows += rows_for(graph, fam, metrics, label)
     ceiling = {}
     if "faces" in args.graphs:
         test = FacesDataset(args.data_root, "test")
@@ -154,7 +162,14 @@ def main() -> None:
         print(table(mine, ["do", "family", *[f"agree {b}" for b in attrs]]))
         print(f"\n## {graph}: composition, reversibility, realism, minimality, true counterfactual")
         print(table(mine, ["do", "family", *[label for label, _ in QUALITY]]))
-    meta = {"extra": extra, "num_samples": args.num_samples, "cost": cost, "agreement_ceiling": ceiling}
+    meta = {
+        "extra": extra,
+        "eval": args.eval,
+        "tag": args.tag,
+        "num_samples": args.num_samples,
+        "cost": cost,
+        "agreement_ceiling": ceiling,
+    }
     write_json(args.out, meta, rows)
 
 
