@@ -188,6 +188,23 @@ def test_paper_perturbations(digits: np.ndarray) -> None:
     assert mm.measure_image(fractured, "uint8")["area"] < base["area"]
 
 
+def test_one_process_renders_in_bounded_chunks(digits: np.ndarray, monkeypatch) -> None:
+    """Without a pool the batch is still rendered and measured MAX_CHUNK digits at a time (one chunk of a whole
+    split held 2.8 GB at the default job's size), with the same images as a single call."""
+    from imcf.data.morphomnist import scm
+
+    monkeypatch.setattr(scm, "MAX_CHUNK", 8)
+    seen: list[int] = []
+    real = scm._render_chunk
+    monkeypatch.setattr(scm, "_render_chunk", lambda args: seen.append(len(args[0])) or real(args))
+    bases, t, i = digits[:20], np.linspace(1.5, 4.0, 20), np.linspace(80.0, 250.0, 20)
+    out = scm.render_batch(bases, t, i, workers=1)
+    assert sum(seen) == 20 and max(seen) <= 8 and len(seen) == 3
+    whole = real((bases, None, t, i, scm.DEFAULT_UPSCALE))
+    for key in ("image", "thick_image", "measured_thickness", "measured_intensity"):
+        np.testing.assert_array_equal(out[key], whole[key])
+
+
 def test_scm_mechanisms_closed_form() -> None:
     rng = np.random.default_rng(0)
     u = mm.sample_noise(200_000, rng)
