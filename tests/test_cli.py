@@ -294,6 +294,11 @@ def test_user_errors_end_in_one_line_but_let_preemption_exit_143(capsys):
     err = capsys.readouterr().err
     assert stop.value.code == 1 and err.startswith("error: init_from=/nonexistent/run: no checkpoint of unit"), err
     assert err.count("\n") == 1
+    with pytest.raises(SystemExit) as stop, user_errors():  # a family refusing an option: one line naming it
+        build_scm(_cfg(Path("/tmp/imcf-test-none"), "+mechanism.x2.config.nosuch=1"))
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and err.startswith("error: mechanism.x2.config (linear_gaussian): "), err
+    assert "nosuch" in err and err.count("\n") == 1
     with pytest.raises(Preempted) as stop, user_errors():  # a SystemExit, not a user error: requeue needs 143
         raise Preempted("unit 'x4' stopped by SIGTERM")
     assert stop.value.code == 143 and capsys.readouterr().err == ""

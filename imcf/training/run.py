@@ -80,7 +80,12 @@ def build_scm(cfg: DictConfig) -> tuple[SCM, dict[str, Any]]:
     specs = mechanism_specs(graph, cfg.mechanism, cfg.dataset.get("image_gain") or (), implied)
     build_specs: dict[str, Any] = {n: {"family": s.family, "config": s.config} for n, s in specs.items()}
     build_specs["_components"] = {"*": OmegaConf.to_container(cfg.mechanism.get("confounder") or {}, resolve=True)}
-    scm = SCM.build(graph, build_specs)
+    try:
+        scm = SCM.build(graph, build_specs)
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:  # a family refusing its options: the user's config, one line
+        raise ConfigError(str(e.args[0]) if e.args else repr(e)) from None
     if cfg.get("init_from"):
         specs_from_run(specs, graph, cfg.init_from, cfg.units)
     for node, spec in specs.items():

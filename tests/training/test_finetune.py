@@ -123,5 +123,5 @@ def test_init_from_names_a_missing_unit(tmp_path):
 
 def test_finetune_refuses_a_mechanism_that_cannot(tmp_path):
     cfg = _cfg(tmp_path, "run", "+mechanism.x2.config.counterfactual_finetune={enabled: true}", experiment="linear4")
-    with pytest.raises(TypeError, match=r"mechanism.x2.config \(linear_gaussian\): .*counterfactual_finetune"):
+    with pytest.raises(ConfigError, match=r"mechanism.x2.config \(linear_gaussian\): .*counterfactual_finetune"):
         train(cfg)
