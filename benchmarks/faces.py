@@ -132,7 +132,7 @@ def main() -> None:
             name = f"faces-{graph}-{fam}"
             label = f"{fam}-{args.tag}" if args.tag else fam
             run_dir, report = Path(args.runs) / name, Path(args.reports) / f"faces-{graph}-{label}"
-            cost[report.name] = cost.get(report.name, {})
+            cost[report.name] = {}
             if not (run_dir / "image.ckpt").is_file():
                 cost[report.name]["train"] = run(
                     "train.py",

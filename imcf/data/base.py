@@ -15,7 +15,6 @@ from imcf.config import ConfigError
 SPLITS = ("train", "val", "test")
 
 
-
 def split_size(dataset: str, sizes: Mapping[str, Any], split: str) -> int:
     """The number of rows `sizes` (the dataset's `sizes` option) gives `split`: a whole number >= 1, or a
     ConfigError naming `dataset.options.sizes.<split>`."""
@@ -23,6 +22,7 @@ def split_size(dataset: str, sizes: Mapping[str, Any], split: str) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"{dataset}: dataset.options.sizes.{split} must be a whole number >= 1, got {n!r}")
     return n
+
 
 class CausalDataset(Dataset):
     """A dataset of one split. `__getitem__` returns {node: tensor without batch dim, "_index": long, ...}.

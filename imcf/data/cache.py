@@ -36,7 +36,9 @@ def sha256(path: Path) -> str:
 def ensure_writable(directory: Path, what: str) -> None:
     """Create `directory` and check that files can be written there, before minutes of generation are spent;
     raises `imcf.io.UnwritableDirError` (an OSError) naming the directory and the `data_root` setting."""
-    io_ensure_writable(directory, f"the {what} cache", "set data_root=... (or the dataset's root) to a writable directory")
+    io_ensure_writable(
+        directory, f"the {what} cache", "set data_root=... (or the dataset's root) to a writable directory"
+    )
 
 
 def _write_meta(path: Path, meta: Mapping[str, Any]) -> None:

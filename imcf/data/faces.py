@@ -28,7 +28,6 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from imcf.config import ConfigError
 from imcf.data.base import SPLITS, CausalDataset, split_size
 from imcf.data.cache import CacheError, ensure_writable, load_set, save_set
 from imcf.data.face_drawing import STYLE_FACTORS, render_face

@@ -21,15 +21,6 @@ from imcf.nn.gain import from_shape, to_shape
 from imcf.nn.independence import dependence
 from imcf.nn.parents import ParentEncoder
 
-ABDUCTION_KEYS = {
-    "keep_residual",
-    "sample",
-    "latents",
-    "withhold_residual_on",
-    "residual",
-    "withheld_latent_scale",
-    "withheld_residual_tolerance",
-}
 #: `abduction.residual: relative`: where both decodes are lit (value + 1 > ON) the residual is scaled by
 #: (decode' + 1 + eps) / (decode + 1 + eps), clipped to [0, MAX]; elsewhere it is added as abducted
 RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON = 0.1, 4.0, 0.5
