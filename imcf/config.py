@@ -240,6 +240,24 @@ def _range(lo: float, hi: float | None = None, *, open_lo: bool = False, open_hi
     return ok, text + (" (or null)" if null else "")
 
 
+def _devices_ok(v: Any) -> bool:
+    """What Lightning's `Trainer(devices=...)` accepts: "auto", -1, a count >= 1 (also as text), or a non-empty
+    list of device indices (also as text "0,1")."""
+    if isinstance(v, str):
+        v = v.strip()
+        if v == "auto":
+            return True
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        if "," not in v:
+            return v.lstrip("-").isdigit() and _devices_ok(int(v))
+        return bool(parts) and all(p.isdigit() for p in parts)
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return v == -1 or v >= 1
+    return isinstance(v, list) and bool(v) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+
+
 POSITIVE = _range(0, open_lo=True)
 AT_LEAST_1 = _range(1)
 NON_NEGATIVE = _range(0)
@@ -255,6 +273,10 @@ UNIT_RULES: dict[str, tuple[Any, str]] = {
         "two numbers in [0, 1)",
     ),  # fmt: skip
     "trainer.max_epochs": _range(-1),  # -1: no limit (Lightning)
+    "trainer.devices": (
+        lambda v: _devices_ok(v),
+        "'auto', -1 (all), a count >= 1 or a non-empty list of device indices >= 0",
+    ),  # fmt: skip
     "trainer.num_nodes": AT_LEAST_1,
     "trainer.check_val_every_n_epoch": AT_LEAST_1,
     "trainer.log_every_n_steps": AT_LEAST_1,

@@ -61,6 +61,9 @@ def test_validate_names_unknown_and_mistyped_keys():
         ("optim.warmup_steps=-5", "optim.warmup_steps must be >= 0"),
         ("dataset.batch_size=0", "dataset.batch_size must be >= 1, got 0"),
         ("trainer.max_epochs=-2", "trainer.max_epochs must be >= -1"),
+        ("trainer.devices=0", r"trainer.devices must be 'auto', -1 \(all\), a count >= 1 .*, got 0"),
+        ("trainer.devices=[]", r"trainer.devices must be .*, got \[\]"),
+        ("trainer.devices=two", r"trainer.devices must be .*, got 'two'"),
         ("logger.wandb_mode=onlin", "logger.wandb_mode must be one of online, offline, disabled, got 'onlin'"),
         ("seed=-1", r"seed must be in \[0, 4294967295\], got -1"),
         ("evaluate.seed=99999999999", r"evaluate.seed must be in \[0, "),
@@ -76,6 +79,21 @@ def test_values_out_of_range_are_named_before_anything_runs(override, message):
     ran silently (evaluate.num_samples=-5)."""
     with pytest.raises(ConfigError, match=message):
         validate(_compose([override]), TrainConfig)
+
+
+@pytest.mark.parametrize("devices", ["auto", -1, 1, 4, [0], [0, 1], "2", "0,1", "1,"])
+def test_device_settings_lightning_takes_pass(devices):
+    from imcf.config import _devices_ok
+
+    assert _devices_ok(devices)
+
+
+@pytest.mark.parametrize("devices", [0, -2, [], [-1], "", "0", "x", True, 1.5])
+def test_device_settings_lightning_refuses_are_caught(devices):
+    """`trainer.devices=0` ended in Lightning's MisconfigurationException traceback after the data were built."""
+    from imcf.config import _devices_ok
+
+    assert not _devices_ok(devices)
 
 
 def test_unit_overrides_values_are_checked_under_their_own_name():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -51,10 +51,12 @@ class CausalDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         shuffle_seed: int = 0,
         nodes: Sequence[str] | None = None,
+        shapes: Mapping[str, Sequence[int]] | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
         self.nodes = list(nodes) if nodes is not None else None  # the graph's: each split must provide them
+        self.shapes = {n: tuple(int(d) for d in s) for n, s in (shapes or {}).items()}  # ... with these shapes
         self.shuffle_seed = shuffle_seed
         self.name, self.root, self.options = name, root, options
         self.batch_size = batch_size
@@ -74,6 +76,13 @@ class CausalDataModule(L.LightningDataModule):
                     raise ConfigError(
                         f"graph node(s) {missing} are not variables of dataset {self.name!r}, which provides "
                         f"{have}: pick a graph that matches the dataset{hint}"
+                    )
+            for node, want in self.shapes.items() if len(data) else ():
+                got = tuple(data[0][node].shape) if node in data[0] else want
+                if got != want:
+                    raise ConfigError(
+                        f"graph node {node!r} has shape {list(want)} but dataset {self.name!r} gives {list(got)} "
+                        f"per sample: make graph.nodes.{node} and the dataset's options agree"
                     )
             self._splits[split] = data
         return self._splits[split]

@@ -403,6 +403,7 @@ def _train(cfg: DictConfig, guard: SignalGuard, plan: ThreadPlan) -> dict[str, A
         num_workers=plan.loader_workers,
         shuffle_seed=cfg.seed,
         nodes=list(scm.graph.nodes),
+        shapes={n: scm.graph.kinds[n].tensor_shape for n in scm.graph.nodes},
         **OmegaConf.to_container(cfg.dataset.options, resolve=True),
     )
     if cfg.prepare_only:  # one job before an array of unit jobs: they then find the caches, not build them at once

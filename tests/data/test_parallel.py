@@ -51,3 +51,21 @@ def test_a_graph_whose_nodes_the_dataset_lacks_is_named_when_the_data_are_built(
                        r"'linear_gaussian', which provides \['x1', 'x2', 'x3', 'x4'\].*graph=linear4"):  # fmt: skip
         dm.dataset("train")
     assert len(CausalDataModule("linear_gaussian", root=str(tmp_path), nodes=["x1", "x4"]).dataset("val")) > 0
+
+
+def test_an_image_size_the_graph_does_not_declare_is_named_when_the_data_are_built(tmp_path):
+    """`experiment=faces dataset.options.size=48` rendered 48x48 faces for a 64x64 graph and then failed inside the
+    first training step with a ValueError traceback (`expects images (B, 3, 64, 64), got (32, 3, 48, 48)`)."""
+    from imcf.config import ConfigError
+    from imcf.data.datamodule import CausalDataModule
+
+    sizes = {"train": 4, "val": 2, "test": 2}
+    nodes = ["smiling", "image"]
+    dm = CausalDataModule("faces", root=str(tmp_path), nodes=nodes, shapes={"smiling": (1,), "image": (3, 64, 64)},
+                          sizes=sizes, size=32, workers=1)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"graph node 'image' has shape \[3, 64, 64\] but dataset 'faces' gives "
+                       r"\[3, 32, 32\] per sample: make graph.nodes.image"):  # fmt: skip
+        dm.dataset("val")
+    ok = CausalDataModule("faces", root=str(tmp_path), nodes=nodes, shapes={"smiling": (1,), "image": (3, 32, 32)},
+                          sizes=sizes, size=32, workers=1)  # fmt: skip
+    assert tuple(ok.dataset("val")[0]["image"].shape) == (3, 32, 32)
