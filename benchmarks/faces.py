@@ -9,7 +9,10 @@ model trains against). A run whose image.ckpt exists is not trained again; a rep
 recomputed.
 
     python benchmarks/faces.py [--graphs faces_simple faces] [--families hvae vae gan] [--num-samples 1000]
-        [--runs runs] [--reports reports] [--eval KEY=VALUE ...] [--tag NAME] [train overrides]
+        [--runs runs] [--reports reports] [--eval KEY=VALUE ...] [--tag NAME] [--finetune] [train overrides]
+
+`--finetune` adds stage 2, counterfactual fine-tuning (`experiment=faces_cft init_from=<stage 1>`, into
+`<runs>/faces-<graph>-<family>-cft`), and evaluates that run instead (rows' family `<family>-cft`).
 
 `--eval` passes overrides to evaluate.py only (e.g. `+inference.image.abduction.withheld_residual_tolerance=0.1`
 answers the queries of the same trained weights another way); `--tag` names such an evaluation (its report is
@@ -49,6 +52,9 @@ ATTRIBUTES = {
     "faces_simple": ["smiling", "eyeglasses"],
     "faces": ["young", "male", "beard", "bald", "smiling", "eyeglasses"],
 }
+
+#: the graph config of each experiment
+GRAPH = {"faces_simple": "faces_simple", "faces": "faces_complex"}
 
 #: (column, metrics.json key with {a} the intervened attribute), one row per intervention
 QUALITY = [
@@ -124,21 +130,27 @@ def main() -> None:
     parser.add_argument("--data-root", default="data", help="where the faces cache is (train.py's data_root)")
     parser.add_argument("--eval", nargs="*", default=[], help="overrides for evaluate.py only")
     parser.add_argument("--tag", default="", help="names the evaluation (report directory and family label)")
+    parser.add_argument("--finetune", action="store_true", help="add stage 2: experiment=faces_cft")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faces.json"))
     args, extra = parser.parse_known_args()
     rows, cost = [], {}
     for graph in args.graphs:
         for fam in args.families:
             name = f"faces-{graph}-{fam}"
-            label = f"{fam}-{args.tag}" if args.tag else fam
+            label = "-".join([fam] + ["cft"] * args.finetune + [args.tag] * bool(args.tag))
             run_dir, report = Path(args.runs) / name, Path(args.reports) / f"faces-{graph}-{label}"
             cost[report.name] = {}
+            common = [f"mechanism/image={fam}", "evaluate_after=false", "trainer.enable_progress_bar=false", *extra]
             if not (run_dir / "image.ckpt").is_file():
-                cost[report.name]["train"] = run(
-                    "train.py",
-                    [f"experiment={graph}", f"mechanism/image={fam}", f"run_dir={run_dir}", "evaluate_after=false",
-                     "trainer.enable_progress_bar=false", *extra],
-                )  # fmt: skip
+                cost[report.name]["train"] = run("train.py", [f"experiment={graph}", f"run_dir={run_dir}", *common])
+            if args.finetune:
+                stage1, run_dir = run_dir, Path(args.runs) / f"{name}-cft"
+                if not (run_dir / "image.ckpt").is_file():
+                    cost[report.name]["finetune"] = run(
+                        "train.py",
+                        ["experiment=faces_cft", f"graph={GRAPH[graph]}", f"init_from={stage1}", f"run_dir={run_dir}",
+                         *common],
+                    )  # fmt: skip
             if not (report / "metrics.json").is_file():
                 cost[report.name]["evaluate"] = run(
                     "evaluate.py",
@@ -166,6 +178,7 @@ def main() -> None:
         "extra": extra,
         "eval": args.eval,
         "tag": args.tag,
+        "finetune": args.finetune,
         "num_samples": args.num_samples,
         "cost": cost,
         "agreement_ceiling": ceiling,

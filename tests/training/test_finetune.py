@@ -109,8 +109,10 @@ def test_finetune_stage_trains_against_separately_seeded_predictors(tmp_path):
     assert any(k.startswith("decoder") for k in moved), moved
 
 
-def test_finetune_from_an_untrained_model_is_refused_before_anything_is_written(tmp_path):
-    cfg = _cfg(tmp_path, "run", experiment="morphomnist_cft")  # the preset without its stage-1 run
+@pytest.mark.parametrize("experiment", ["morphomnist_cft", "faces_cft"])
+def test_finetune_from_an_untrained_model_is_refused_before_anything_is_written(tmp_path, experiment):
+    cfg = _cfg(tmp_path, "run", experiment=experiment)  # the preset without its stage-1 run
+    assert list(cfg.units) == ["image"] and cfg.mechanism.image.config.counterfactual_finetune.enabled
     with pytest.raises(ConfigError, match="counterfactual_finetune is enabled but 'image' starts untrained"):
         train(cfg)
     assert not (tmp_path / "run").exists()
