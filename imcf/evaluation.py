@@ -234,15 +234,15 @@ def _setting(
 ) -> tuple[Setting, list[str], list[str]]:
     """The evaluation's fixed facts, the metrics to compute and the notes on skipped ones."""
     graph = scm.graph
+    attrs = [v for v in graph.nodes if not graph.kinds[v].is_image]
+    intervened = list(cfg.interventions.nodes) if cfg.interventions.nodes is not None else attrs
+    bad = [t for t in intervened if t not in attrs]
+    if bad:  # before the dataset is built: on a fresh data root that renders it first
+        raise EvaluationError(f"interventions.nodes: {bad} are not attribute nodes of graph {graph.name!r} ({attrs})")
     dataset = build_dataset(dataset_name, data_root, cfg.split, **options)
     _check_dataset(graph, dataset, dataset_name)
     names, notes = choose_metrics(None if cfg.compute is None else list(cfg.compute), support(graph, dataset))
     n = len(dataset) if cfg.num_samples is None else min(int(cfg.num_samples), len(dataset))
-    attrs = [v for v in graph.nodes if not graph.kinds[v].is_image]
-    intervened = list(cfg.interventions.nodes) if cfg.interventions.nodes is not None else attrs
-    bad = [t for t in intervened if t not in attrs]
-    if bad:
-        raise EvaluationError(f"interventions.nodes: {bad} are not attribute nodes of graph {graph.name!r} ({attrs})")
     if cfg.interventions.kind not in ("binned", "marginal"):
         raise EvaluationError(f"interventions.kind must be binned or marginal, got {cfg.interventions.kind!r}")
     # pools of attribute values over the evaluation split, and the benchmark's bins
