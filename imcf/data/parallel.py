@@ -19,10 +19,17 @@ def report(label: str | None, done: int, total: int, unit: str) -> None:
         print(f"[imcf] {label}: rendered {done:,}/{total:,} {unit}", flush=True)
 
 
+#: POSIX: workers start with SIGTERM blocked (the mask survives fork and exec) and ignore it before unblocking, so
+#: a SIGTERM to the process group that arrives while a worker is still starting cannot kill it either
+_CAN_MASK = hasattr(signal, "pthread_sigmask")
+
+
 def _ignore_sigterm() -> None:
     """Pool worker initializer: SIGTERM is the parent's to handle (a SIGTERM sent to the whole process group, as
     `timeout` and job schedulers do, must not kill a worker in the middle of its chunk)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _CAN_MASK:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def map_chunks(
@@ -47,8 +54,16 @@ def map_chunks(
         pool = None
     else:
         context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigterm)
-        results = pool.map(fn, chunks)  # in order, as they finish
+        # the workers are spawned inside map(): block SIGTERM meanwhile so they inherit the block (a group SIGTERM
+        # while a worker was still importing killed it before its initializer ran: the pool broke, and the
+        # survivor, which ignores SIGTERM, outlived the pool's terminate() and hung the parent at exit)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if _CAN_MASK else None
+        try:
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigterm)
+            results = pool.map(fn, chunks)  # in order, as they finish
+        finally:
+            if mask is not None:  # a SIGTERM that came meanwhile is delivered to the parent now
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     finished = False
     try:
         for i, r in enumerate(results):
@@ -58,6 +73,8 @@ def map_chunks(
                 report(progress, done, total, unit)
         finished = True
     except BrokenProcessPool as e:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):  # survivors ignore terminate()
+            proc.kill()
         what = f"{progress}: " if progress else ""
         raise RuntimeError(
             f"{what}a worker of the {workers}-process rendering pool died after {done:,}/{total:,} {unit} "
