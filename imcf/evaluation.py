@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 import imcf.metrics  # noqa: F401  (registers the metrics)
 from imcf import threads
 from imcf.config import EvaluateConfig, FinetunePredictorsConfig, LoggerConfig, report_dir_of, validate
-from imcf.data.base import CausalDataset, stack_batch
+from imcf.data.base import CausalDataset, sample_mismatch, stack_batch
 from imcf.data.datamodule import build_dataset
 from imcf.evaluators.cache import dataset_fingerprint
 from imcf.evaluators.features import InceptionFeatures, LPIPSDistance
@@ -464,15 +464,13 @@ def _check_dataset(graph: CausalGraph, dataset: CausalDataset, name: str) -> Non
     """The dataset must provide every node of the graph with the graph's shapes."""
     if len(dataset) == 0:
         raise EvaluationError(f"dataset {name!r} split {dataset.split!r} is empty")
-    item = dataset[0]
-    for v in graph.nodes:
-        if v not in item:
-            raise EvaluationError(f"dataset {name!r} has no node {v!r} of graph {graph.name!r}; it has {sorted(item)}")
-        if tuple(item[v].shape) != graph.kinds[v].tensor_shape:
-            raise EvaluationError(
-                f"dataset {name!r} node {v!r} has shape {tuple(item[v].shape)}, "
-                f"graph says {graph.kinds[v].tensor_shape}"
-            )
+    missing, wrong = sample_mismatch(dataset[0], {v: graph.kinds[v].tensor_shape for v in graph.nodes})
+    if missing:
+        have = sorted(k for k in dataset[0] if not k.startswith("_"))
+        raise EvaluationError(f"dataset {name!r} has no node {missing[0]!r} of graph {graph.name!r}; it has {have}")
+    if wrong:
+        v, got = next(iter(wrong.items()))
+        raise EvaluationError(f"dataset {name!r} node {v!r} has shape {got}, graph says {graph.kinds[v].tensor_shape}")
 
 
 def _order(key: str, metric_order: list[str], intervened: list[str], graph: CausalGraph) -> tuple:

@@ -125,6 +125,20 @@ def test_intervening_on_a_node_the_graph_lacks_is_refused_before_the_data_are_bu
     assert not (tmp_path / "data").exists()
 
 
+def test_a_dataset_that_does_not_match_the_graph_is_named(tmp_path):
+    """A graph node the dataset lacks, or one it gives in another shape, is named."""
+    extra = {**DEFAULT_GRAPH, "nodes": {**DEFAULT_GRAPH["nodes"], "x5": {"kind": "continuous", "parents": ["x4"]}}}
+    wide = {**DEFAULT_GRAPH, "nodes": {**DEFAULT_GRAPH["nodes"], "x4": {"kind": "categorical", "parents": ["x2"],
+                                                                        "num_classes": 3}}}  # fmt: skip
+    for spec, error in (
+        (extra, r"dataset 'linear_gaussian' has no node 'x5' of graph 'linear4'; it has \['x1', 'x2', 'x3', 'x4'\]"),
+        (wide, r"dataset 'linear_gaussian' node 'x4' has shape \(1,\), graph says \(3,\)"),
+    ):
+        graph = CausalGraph.from_dict(spec)
+        with pytest.raises(EvaluationError, match=error):
+            evaluate_scm(identity_scm(graph), "linear_gaussian", str(tmp_path / "data"), OPTIONS, CFG, tmp_path / "r")
+
+
 def test_run_dir_without_checkpoints(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -65,6 +65,20 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return split
+
+
+def sample_mismatch(
+    item: Mapping[str, Tensor], shapes: Mapping[str, Sequence[int] | None]
+) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+    """What one sample lacks against `shapes` ({node: per-sample shape, or None for any}, a graph's): the
+    nodes it does not provide, and {node: the shape it gives} for those it gives in another shape."""
+    missing = [v for v in shapes if v not in item]
+    wrong = {
+        v: tuple(item[v].shape)
+        for v, want in shapes.items()
+        if v in item and want is not None and tuple(item[v].shape) != tuple(want)
+    }
+    return missing, wrong
 
 
 def stack_batch(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:

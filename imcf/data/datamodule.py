@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from imcf.config import ConfigError
-from imcf.data.base import CausalDataset
+from imcf.data.base import CausalDataset, sample_mismatch
 from imcf.registry import DATASETS
 
 
@@ -68,21 +68,20 @@ class CausalDataModule(L.LightningDataModule):
         """The dataset of one split (built once)."""
         if split not in self._splits:
             data = build_dataset(self.name, self.root, split, **self.options)
-            if self.nodes is not None and len(data):
-                have = [k for k in data[0] if not k.startswith("_")]
-                missing = [n for n in self.nodes if n not in have]
+            if len(data):
+                missing, wrong = sample_mismatch(data[0], {**dict.fromkeys(self.nodes or ()), **self.shapes})
                 if missing:
+                    have = [k for k in data[0] if not k.startswith("_")]
                     hint = f" (its own graph: graph={data.default_graph})" if data.default_graph else ""
                     raise ConfigError(
                         f"graph node(s) {missing} are not variables of dataset {self.name!r}, which provides "
                         f"{have}: pick a graph that matches the dataset{hint}"
                     )
-            for node, want in self.shapes.items() if len(data) else ():
-                got = tuple(data[0][node].shape) if node in data[0] else want
-                if got != want:
+                if wrong:
+                    node, got = next(iter(wrong.items()))
                     raise ConfigError(
-                        f"graph node {node!r} has shape {list(want)} but dataset {self.name!r} gives {list(got)} "
-                        f"per sample: make graph.nodes.{node} and the dataset's options agree"
+                        f"graph node {node!r} has shape {list(self.shapes[node])} but dataset {self.name!r} gives "
+                        f"{list(got)} per sample: make graph.nodes.{node} and the dataset's options agree"
                     )
             self._splits[split] = data
         return self._splits[split]
