@@ -247,9 +247,9 @@ def _devices_ok(v: Any) -> bool:
         v = v.strip()
         if v == "auto":
             return True
-        parts = [p.strip() for p in v.split(",") if p.strip()]
         if "," not in v:
             return v.lstrip("-").isdigit() and _devices_ok(int(v))
+        parts = [p.strip() for p in v.split(",") if p.strip()]
         return bool(parts) and all(p.isdigit() for p in parts)
     if isinstance(v, bool):
         return False
@@ -273,10 +273,7 @@ UNIT_RULES: dict[str, tuple[Any, str]] = {
         "two numbers in [0, 1)",
     ),  # fmt: skip
     "trainer.max_epochs": _range(-1),  # -1: no limit (Lightning)
-    "trainer.devices": (
-        lambda v: _devices_ok(v),
-        "'auto', -1 (all), a count >= 1 or a non-empty list of device indices >= 0",
-    ),  # fmt: skip
+    "trainer.devices": (_devices_ok, "'auto', -1 (all), a count >= 1 or a non-empty list of device indices >= 0"),
     "trainer.num_nodes": AT_LEAST_1,
     "trainer.check_val_every_n_epoch": AT_LEAST_1,
     "trainer.log_every_n_steps": AT_LEAST_1,
