@@ -26,7 +26,11 @@ from imcf.nn.parents import ParentEncoder
 RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON = 0.1, 4.0, 0.5
 #: additive: x' = d' + (x - d); relative: the residual scaled with the brightness; tone: the factual's tone curve
 #: (its decoded values mapped, by rank, onto its own pixel values) applied to every decode, x' = T(d') + (x - T(d))
-RESIDUAL_MODES = ("additive", "relative", "tone")
+#: transported: the residual moved with the decode, along the displacement that turns d into d' (`transport`)
+RESIDUAL_MODES = ("additive", "relative", "tone", "transported")
+#: `transport`: gradient floor (squared, image units per pixel), largest displacement (pixels), the window its
+#: estimate is averaged over, and the number of estimate-and-warp steps (docs/mechanisms_images.md)
+TRANSPORT_EPS, TRANSPORT_MAX, TRANSPORT_POOL, TRANSPORT_STEPS = 1e-2, 3.0, 3, 2
 
 
 @dataclass
@@ -64,6 +68,35 @@ def apply_tone(x: Tensor, source: Tensor, target: Tensor) -> Tensor:
     y0, y1 = target.gather(-1, idx - 1), target.gather(-1, idx)
     w = ((flat - x0) / (x1 - x0).clamp(min=1e-6)).clamp(0.0, 1.0)
     return (y0 + w * (y1 - y0)).reshape(x.shape)
+
+
+def _warp(x: Tensor, u: Tensor) -> Tensor:
+    """x read at p - u(p) (bilinear; u (B, 2, H, W) in pixels, x then y), borders repeated."""
+    _, _, h, w = x.shape
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=x.dtype, device=x.device), torch.arange(w, dtype=x.dtype, device=x.device), indexing="ij"
+    )
+    grid = torch.stack([(xs - u[:, 0]) * (2 / max(w - 1, 1)) - 1, (ys - u[:, 1]) * (2 / max(h - 1, 1)) - 1], -1)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def transport(residual: Tensor, before: Tensor, after: Tensor) -> Tensor:
+    """The residual moved with the decode. The displacement u that turns `before` into `after` is solved to first
+    order along the local gradient, after - before = -grad . u, so u = -(after - before) grad / (|grad|^2 + eps),
+    averaged over a TRANSPORT_POOL window, capped at TRANSPORT_MAX pixels, and refined TRANSPORT_STEPS times
+    against `before` warped by the estimate so far; the residual is then read at p - u. Where the decode is flat
+    (no gradient) or does not change, the residual stays where it was."""
+    u = torch.zeros(before.shape[0], 2, *before.shape[2:], dtype=before.dtype, device=before.device)
+    for step in range(TRANSPORT_STEPS):
+        moved = _warp(before, u) if step else before
+        ref = nn.functional.pad(moved.mean(1, keepdim=True), (1, 1, 1, 1), mode="replicate")
+        gx = (ref[..., 1:-1, 2:] - ref[..., 1:-1, :-2]) / 2
+        gy = (ref[..., 2:, 1:-1] - ref[..., :-2, 1:-1]) / 2
+        scale = -(after - moved).mean(1, keepdim=True) / (gx * gx + gy * gy + TRANSPORT_EPS)
+        du = torch.cat([scale * gx, scale * gy], 1)
+        u = u + nn.functional.avg_pool2d(du, TRANSPORT_POOL, 1, TRANSPORT_POOL // 2, count_include_pad=False)
+        u = u * (TRANSPORT_MAX / u.norm(dim=1, keepdim=True).clamp(min=TRANSPORT_MAX))
+    return _warp(residual, u)
 
 
 def parse_options(given: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -321,8 +354,16 @@ class LatentImageMechanism(Mechanism):
                 ratio = ((out + 1 + RELATIVE_EPS) / (before + 1 + RELATIVE_EPS)).clamp(0.0, RELATIVE_MAX)
                 lit = (torch.minimum(out, before) + 1) > RELATIVE_ON  # stroke in both: scale; edges: add
                 residual = torch.where(lit, residual * ratio, residual)
-            if "shape" in noise.extras and bool(withheld.any()):
-                residual = residual + withheld * self._local_residual(noise, out, gain is not None)
+            moved = torch.zeros_like(withheld)  # transported: rows with a new shape whose residual is kept
+            if self.residual_mode == "transported":
+                moved = self._changed_rows(noise, parents, self.shape_parents) * (1.0 - withheld)
+            local = "shape" in noise.extras and bool(withheld.any())
+            if local or bool(moved.any()):
+                reference = self._factual_decode(noise, gain is not None)
+                if bool(moved.any()):
+                    residual = torch.where(moved.bool(), transport(residual, reference, out), residual)
+                if local:
+                    residual = residual + withheld * self._local_residual(noise, out, reference)
             if gain is not None:
                 # rows whose shape parents are kept: the residual follows the new gain (x' = g'/g (x + 1) - 1
                 # under a pure gain change); rows with a new shape: it is added in the factual's image units
@@ -331,15 +372,17 @@ class LatentImageMechanism(Mechanism):
             out = out + residual
         return self.from_shape(out, gain).clamp(-1.0, 1.0)
 
-    def _local_residual(self, noise: LatentNoise, out: Tensor, gained: bool) -> Tensor:
+    def _factual_decode(self, noise: LatentNoise, gained: bool) -> Tensor:
+        """The decode of the (possibly shrunk) latents under the factual parents, through the tone curve if any."""
+        reference = self._decode_shape(noise, self.condition(noise.extras["parents"], noise.batch_size), gained)
+        return apply_tone(reference, *noise.extras["tone"]) if "tone" in noise.extras else reference
+
+    def _local_residual(self, noise: LatentNoise, out: Tensor, reference: Tensor) -> Tensor:
         """`withheld_residual_tolerance` t: the residual of rows whose withheld parents change, re-taken against the
         decode of the same (possibly shrunk) latents under the factual parents, r = x - d(z, pa), and kept only where
         the counterfactual decode d(z, pa') stays close to it: weight max(0, 1 - |d' - d| / t), |d' - d| the largest
         change over channels in each pixel's 3x3 neighbourhood. Where the parent change redraws the image the
-        decode shows; elsewhere the factual's pixels stay."""
-        reference = self._decode_shape(noise, self.condition(noise.extras["parents"], noise.batch_size), gained)
-        if "tone" in noise.extras:
-            reference = apply_tone(reference, *noise.extras["tone"])
+        decode shows; elsewhere the factual's pixels stay. `reference` is `_factual_decode`."""
         moved = (out - reference).abs().amax(1, keepdim=True)
         moved = nn.functional.max_pool2d(moved, kernel_size=3, stride=1, padding=1)
         keep = (1.0 - moved / self.withheld_residual_tolerance).clamp(min=0.0)

@@ -351,8 +351,49 @@ def test_relative_residual_follows_the_counterfactual_brightness() -> None:
         lit = (torch.minimum(after, before) + 1) > RELATIVE_ON
         expected = (after + torch.where(lit, noise.residual * ratio, noise.residual)).clamp(-1, 1)
         assert torch.allclose(mech.predict(noise, new), expected, atol=1e-6)
-    with pytest.raises(ValueError, match=r"one of \('additive', 'relative', 'tone'\), got 'scaled'"):
+    with pytest.raises(ValueError, match=r"one of \('additive', 'relative', 'tone', 'transported'\), got 'scaled'"):
         ConditionalVAE.from_graph(GRAPH, "image", abduction={"residual": "scaled"}, **TINY_VAE)
+
+
+def test_transport_moves_the_residual_with_a_moving_edge() -> None:
+    """`transport`: a decoded edge tanh((x - 12) / 2) that moves to 13 (or 14) carries a residual bump sitting on it,
+    exp(-(x - 12)^2 / 2), to the new edge: within 0.03 of exp(-(x - 13)^2 / 2) (0.10 for the 2-pixel move) where the
+    residual left in place is 0.47 (0.86) off; an unchanged decode leaves the residual where it was."""
+    from imcf.mechanisms.latent_image import transport
+
+    x = torch.arange(32.0).expand(2, 1, 16, 32)
+    before, bump = torch.tanh((x - 12) / 2), torch.exp(-((x - 12) ** 2) / 2)
+    for shift, tol, unmoved in ((1, 0.03, 0.47), (2, 0.10, 0.86)):
+        want = torch.exp(-((x - 12 - shift) ** 2) / 2)
+        assert (transport(bump, before, torch.tanh((x - 12 - shift) / 2)) - want).abs().max() < tol
+        assert (bump - want).abs().max() > unmoved
+    assert torch.allclose(transport(bump, before, before), bump, atol=1e-6)
+    left = torch.tanh((12 - x.transpose(-1, -2)) / 2)  # vertical edges, moving the other way: same answer, turned
+    moved = transport(bump.transpose(-1, -2), left, torch.tanh((11 - x.transpose(-1, -2)) / 2))
+    assert (moved - torch.exp(-((x.transpose(-1, -2) - 11) ** 2) / 2)).abs().max() < 0.03
+
+
+def test_transported_residual_follows_the_decode_of_a_new_shape_parent() -> None:
+    """abduction.residual=transported: exact at a null intervention; a changed (non-withheld) parent gives
+    decode' + transport(residual, decode, decode'); a changed digit (withheld) is the decode alone."""
+    from imcf.mechanisms.latent_image import transport
+
+    torch.manual_seed(1)
+    mech = ConditionalVAE.from_graph(GRAPH, "image", abduction={"residual": "transported"}, **TINY_VAE).eval()
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
+    with torch.no_grad():
+        noise = mech.abduct(x, pa)
+        assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)
+        before = mech.decode(noise, mech.condition(pa, 4))
+        new = {**pa, "ink": pa["ink"] * 3}
+        after = mech.decode(noise, mech.condition(new, 4))
+        expected = (after + transport(noise.residual, before, after)).clamp(-1, 1)
+        assert torch.allclose(mech.predict(noise, new), expected, atol=1e-5)
+        assert not torch.allclose(expected, (after + noise.residual).clamp(-1, 1), atol=1e-3)
+        other = {**pa, "digit": pa["digit"].roll(1, 0)}
+        decoded = mech.decode(noise, mech.condition(other, 4))
+        assert torch.allclose(mech.predict(noise, other), decoded, atol=1e-5)
 
 
 def test_tone_residual_maps_every_decode_through_the_factual_tone_curve() -> None:
