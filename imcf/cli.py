@@ -9,11 +9,21 @@ from typing import Any
 
 from imcf.config import ConfigError
 from imcf.evaluation import EvaluationError, evaluate
+from imcf.evaluators.cache import CacheMismatchError
 from imcf.graph import GraphError
-from imcf.io import CheckpointError, MissingFileError, UnwritableDirError
+from imcf.io import CheckpointError, MalformedFileError, MissingFileError, UnwritableDirError
 
 # errors whose message already says what is wrong and what to do; anything else is a bug and keeps its traceback
-USER_ERRORS = (ConfigError, GraphError, CheckpointError, EvaluationError, MissingFileError, UnwritableDirError)
+USER_ERRORS = (
+    ConfigError,
+    GraphError,
+    CheckpointError,
+    EvaluationError,
+    MissingFileError,
+    MalformedFileError,
+    UnwritableDirError,
+    CacheMismatchError,
+)
 
 
 @contextmanager

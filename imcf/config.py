@@ -258,6 +258,21 @@ def _devices_ok(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
 
 
+def _one_of(*choices: Any) -> tuple[Any, str]:
+    """A check that the value is one of `choices` (None allowed where listed)."""
+    return (lambda v: any(v == c and type(v) is type(c) for c in choices), "one of " + ", ".join(map(str, choices)))
+
+
+def _batches_ok(v: Any) -> bool:
+    """Lightning's limit_*_batches: a whole number of batches >= 0 or a fraction in [0, 1]."""
+    if isinstance(v, bool) or not _number(v):
+        return False
+    return v >= 0 if isinstance(v, int) else 0.0 <= v <= 1.0
+
+
+SPLIT_NAMES = _one_of("train", "val", "test")
+#: what Lightning's Trainer(precision=...) takes
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "32", "16", "bf16", "64")
 POSITIVE = _range(0, open_lo=True)
 AT_LEAST_1 = _range(1)
 NON_NEGATIVE = _range(0)
@@ -272,7 +287,12 @@ UNIT_RULES: dict[str, tuple[Any, str]] = {
         lambda v: isinstance(v, list) and len(v) == 2 and all(_range(0, 1)[0](b) for b in v),
         "two numbers in [0, 1)",
     ),  # fmt: skip
+    "optim.scheduler": (lambda v: v is None or v == "cosine", "cosine or null (constant)"),
     "trainer.max_epochs": _range(-1),  # -1: no limit (Lightning)
+    "trainer.max_steps": _range(-1),  # -1: no limit
+    "trainer.limit_train_batches": (_batches_ok, "a whole number of batches >= 0 or a fraction in [0, 1]"),
+    "trainer.limit_val_batches": (_batches_ok, "a whole number of batches >= 0 or a fraction in [0, 1]"),
+    "trainer.precision": (lambda v: str(v) in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
     "trainer.devices": (_devices_ok, "'auto', -1 (all), a count >= 1 or a non-empty list of device indices >= 0"),
     "trainer.num_nodes": AT_LEAST_1,
     "trainer.check_val_every_n_epoch": AT_LEAST_1,
@@ -291,6 +311,14 @@ TRAIN_RULES: dict[str, tuple[Any, str]] = {
 }
 EVALUATE_RULES: dict[str, tuple[Any, str]] = {
     "seed": SEED,
+    "split": SPLIT_NAMES,
+    "accelerator": _one_of("auto", "cpu", "gpu", "cuda"),
+    "realism.reference_split": SPLIT_NAMES,
+    "realism.features": _one_of("predictors", "inception"),
+    "minimality.weights": (
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_range(0)[0](w) for w in v) and sum(v) > 0,
+        "two weights >= 0, not both 0 ([closer, farther])",
+    ),  # fmt: skip
     "logger.wandb_mode": WANDB_MODE,
     "num_samples": _range(1, null=True),
     "batch_size": AT_LEAST_1,

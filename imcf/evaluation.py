@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 import imcf.metrics  # noqa: F401  (registers the metrics)
 from imcf import threads
-from imcf.config import EvaluateConfig, FinetunePredictorsConfig, LoggerConfig, report_dir_of, validate
+from imcf.config import ConfigError, EvaluateConfig, FinetunePredictorsConfig, LoggerConfig, report_dir_of, validate
 from imcf.data.base import CausalDataset, sample_mismatch, stack_batch
 from imcf.data.datamodule import build_dataset
 from imcf.evaluators.cache import dataset_fingerprint
@@ -63,11 +63,12 @@ Batch = dict[str, Tensor]
 
 
 def resolve_device(accelerator: str) -> torch.device:
-    """`cpu`, or the machine's accelerator for `auto`/`gpu` when one is present."""
+    """`cpu`, or the machine's accelerator for `auto`/`gpu`/`cuda` when one is present (`gpu` and `cuda` without
+    one: a ConfigError)."""
     if accelerator != "cpu" and torch.accelerator.is_available():
         return torch.device(torch.accelerator.current_accelerator())
-    if accelerator == "gpu":
-        raise RuntimeError("accelerator=gpu but no accelerator is available; use accelerator=cpu")
+    if accelerator in ("gpu", "cuda"):
+        raise ConfigError(f"accelerator={accelerator} but this machine has no GPU: use accelerator=cpu (or auto)")
     return torch.device("cpu")
 
 

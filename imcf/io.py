@@ -33,6 +33,10 @@ class MissingFileError(FileNotFoundError):
     setting). A user error: the entry points print it as one line."""
 
 
+class MalformedFileError(ValueError):
+    """A file that should hold settings (YAML) cannot be parsed; the message names the file and the place."""
+
+
 class UnwritableDirError(OSError):
     """A directory that a setting chose cannot be created or written; the message names the setting."""
 
@@ -43,6 +47,8 @@ def ensure_writable(directory: str | Path, what: str, hint: str, create: bool = 
     file system as it was: a missing directory passes if its nearest existing ancestor is a writable directory."""
     directory = Path(directory)
     try:
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a directory", str(directory))
         if create or directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")  # unique: DDP ranks probe at once
@@ -135,8 +141,10 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device | None = 
         raise MissingFileError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # truncated, overwritten, not torch's
-        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # truncated, overwritten, not torch's: the unpickler fails in many ways on garbage
+        text = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
+        known = isinstance(e, RuntimeError | EOFError | OSError | pickle.UnpicklingError) and text
+        reason = text if known else f"{type(e).__name__}{': ' + text if text else ''}"
         raise CheckpointError(
             f"cannot read checkpoint {path} ({reason}): the file is damaged or not a checkpoint"
             + (f"; {recover}" if recover else "")
@@ -144,8 +152,14 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device | None = 
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Load a YAML file with a clear error when it is missing."""
+    """Load a YAML file with a clear error when it is missing or not valid YAML (`MalformedFileError`)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"expected YAML file not found: {path}")
-    return yaml.safe_load(path.read_text())
+    try:
+        return yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise MalformedFileError(f"{path} is not valid YAML ({problem}{at}): fix or restore the file") from None

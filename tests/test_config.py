@@ -72,6 +72,17 @@ def test_validate_names_unknown_and_mistyped_keys():
         ("evaluate.cycles=[1,0]", r"evaluate.cycles must .* got \[1, 0\]"),
         ("evaluate.interventions.bins=1", "evaluate.interventions.bins must be >= 2"),
         ("evaluate.predictors.max_epochs=0", "evaluate.predictors.max_epochs must be >= 1"),
+        # these reached Lightning, torch or the evaluator after training (evaluate.*: after every unit trained)
+        ("optim.scheduler=cosin", "optim.scheduler must be cosine or null"),
+        ("trainer.max_steps=-5", "trainer.max_steps must be >= -1, got -5"),
+        ("trainer.limit_train_batches=-1", r"trainer.limit_train_batches must be a whole number .*, got -1"),
+        ("trainer.limit_val_batches=1.5", r"trainer.limit_val_batches must be .*, got 1.5"),
+        ("trainer.precision=bogus", "trainer.precision must be one of 32-true, .*, got 'bogus'"),
+        ("evaluate.split=tset", "evaluate.split must be one of train, val, test, got 'tset'"),
+        ("evaluate.realism.reference_split=bogus", "evaluate.realism.reference_split must be one of train, val, test"),
+        ("evaluate.realism.features=incept", "evaluate.realism.features must be one of predictors, inception"),
+        ("evaluate.minimality.weights=[0.5]", r"evaluate.minimality.weights must be two weights >= 0"),
+        ("evaluate.accelerator=tpu", "evaluate.accelerator must be one of auto, cpu, gpu, cuda, got 'tpu'"),
     ],
 )
 def test_values_out_of_range_are_named_before_anything_runs(override, message):
@@ -79,6 +90,15 @@ def test_values_out_of_range_are_named_before_anything_runs(override, message):
     ran silently (evaluate.num_samples=-5)."""
     with pytest.raises(ConfigError, match=message):
         validate(_compose([override]), TrainConfig)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["trainer.precision=16-mixed", "trainer.precision=32", "trainer.limit_train_batches=5", "optim.scheduler=cosine",
+     "trainer.limit_val_batches=0.25", "trainer.max_steps=100", "evaluate.minimality.weights=[1,0]"],
+)  # fmt: skip
+def test_values_lightning_and_the_evaluator_take_pass(override):
+    validate(_compose([override]), TrainConfig)
 
 
 @pytest.mark.parametrize("devices", ["auto", -1, 1, 4, [0], [0, 1], "2", "0,1", "1,"])

@@ -62,3 +62,44 @@ def test_ensure_writable_names_the_setting_and_creates_nothing_when_asked(tmp_pa
     assert (tmp_path / "made").is_dir() and not list((tmp_path / "made").iterdir())  # the probe file is gone
     ensure_writable(tmp_path / "made", "the run", "set run_dir=...", create=False)
     assert not list((tmp_path / "made").iterdir())
+
+
+def test_a_run_directory_that_is_a_file_is_named(tmp_path):
+    """run_dir=<an existing file>: refused up front (it passed the check and failed with FileExistsError later)."""
+    from imcf.io import UnwritableDirError, ensure_writable
+
+    blocked = tmp_path / "notes.txt"
+    blocked.write_text("")
+    for create in (True, False):
+        with pytest.raises(UnwritableDirError, match=r"notes.txt \(it is a file, not a directory\): set run_dir"):
+            ensure_writable(blocked, "the run", "set run_dir=...", create=create)
+    assert blocked.read_text() == ""
+
+
+def test_any_garbage_in_a_checkpoint_file_is_a_checkpoint_error(tmp_path):
+    """Text or random bytes where a checkpoint should be: one CheckpointError naming the file, whatever the
+    unpickler raised (a text file gave a bare KeyError: 101; random bytes IndexError, UnicodeDecodeError)."""
+    from imcf.io import CheckpointError
+
+    path = tmp_path / "last.ckpt"
+    path.write_text("hello world\n")
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*last.ckpt \(KeyError: 101\).*; rerun"):
+        safe_torch_load(path, recover="rerun")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        size = int(torch.randint(1, 400, (1,), generator=gen))
+        path.write_bytes(bytes(torch.randint(0, 256, (size,), generator=gen).tolist()))
+        with pytest.raises(CheckpointError, match="the file is damaged or not a checkpoint"):
+            safe_torch_load(path)
+
+
+def test_a_malformed_yaml_file_is_named_with_the_place(tmp_path):
+    from imcf.io import MalformedFileError, read_yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text("a: 1\ndataset: [unclosed\n")
+    with pytest.raises(MalformedFileError, match=r"config.yaml is not valid YAML \(.* at line 3, column 1\)"):
+        read_yaml(path)
+    path.write_bytes(b"a: \xff\xfe\n")
+    with pytest.raises(MalformedFileError, match="config.yaml is not valid YAML"):
+        read_yaml(path)
