@@ -30,7 +30,7 @@ RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON = 0.1, 4.0, 0.5
 RESIDUAL_MODES = ("additive", "relative", "tone", "transported")
 #: `transport`: gradient floor (squared, image units per pixel), largest displacement (pixels), the window its
 #: estimate is averaged over, and the number of estimate-and-warp steps (docs/mechanisms_images.md)
-TRANSPORT_EPS, TRANSPORT_MAX, TRANSPORT_POOL, TRANSPORT_STEPS = 1e-2, 3.0, 3, 2
+TRANSPORT_EPS, TRANSPORT_MAX, TRANSPORT_POOL, TRANSPORT_STEPS = 0.1, 3.0, 3, 2
 
 
 @dataclass

@@ -49,14 +49,14 @@ def trained_family(tr, family: str, steps: int = 1500, lr: float = 1e-3, cosine:
     return mech
 
 
-def closer_under_do_thickness(mech, te, n: int = 100) -> float:
-    """Fraction of n test digits whose counterfactual thickness (measured) is closer to the target than the
-    factual's; intensity follows the true mechanism."""
+def do_thickness(mech, te, n: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """do(thickness) on n test digits, toward the middle of the range (+2 px below 2.5, else -1.5 px), intensity
+    following the true mechanism as in the SCM: (target, measured counterfactual, measured factual) thickness."""
     fact = {k: v[:n] for k, v in te.items()}
     t = fact["thickness"][:, 0].numpy().astype(np.float64)
     target = np.where(t < 2.5, t + 2.0, t - 1.5).clip(1.0, 6.0)
     u_i = fact["_u_intensity"][:, 0].numpy().astype(np.float64)
-    cf_parents = {  # intensity follows the true mechanism, as in the SCM
+    cf_parents = {
         "thickness": torch.tensor(target, dtype=torch.float32)[:, None],
         "intensity": torch.tensor(mm.intensity_mechanism(target, u_i), dtype=torch.float32)[:, None],
         "digit": fact["digit"],
@@ -65,6 +65,13 @@ def closer_under_do_thickness(mech, te, n: int = 100) -> float:
         cf = mech.predict(mech.abduct(fact["image"], {p: fact[p] for p in PARENTS}), cf_parents)
     measured_cf = mm.measure_batch(cf.numpy(), "signed", features=("thickness",))["thickness"]
     measured_f = mm.measure_batch(fact["image"].numpy(), "signed", features=("thickness",))["thickness"]
+    return target, measured_cf, measured_f
+
+
+def closer_under_do_thickness(mech, te, n: int = 100) -> float:
+    """Fraction of n test digits whose counterfactual thickness (measured) is closer to the target than the
+    factual's (`do_thickness`)."""
+    target, measured_cf, measured_f = do_thickness(mech, te, n)
     return float((np.abs(measured_cf - target) < np.abs(measured_f - target)).mean())
 
 
@@ -164,6 +171,14 @@ def test_independence_penalty_makes_do_digit_effective(morpho):
     )
     closer = closer_under_do_thickness(mech, te)
     assert closer >= 0.8, f"with the penalty only {closer:.2f} of do(thickness) counterfactuals move toward it"
+    # the preset's transported residual against the residual added where it was (the same weights)
+    assert mech.residual_mode == "transported"
+    target, moved, _ = do_thickness(mech, te, 200)
+    mech.residual_mode = "additive"
+    _, kept, _ = do_thickness(mech, te, 200)
+    err_moved, err_kept = np.abs(moved - target).mean(), np.abs(kept - target).mean()
+    print(f"do(thickness) thickness MAE: residual added in place {err_kept:.3f}, transported {err_moved:.3f}")
+    assert err_moved < 0.85 * err_kept, f"do(thickness) MAE transported {err_moved:.3f}, in place {err_kept:.3f}"
 
 
 @pytest.mark.slow

@@ -1,0 +1,93 @@
+"""do(thickness) on a trained Morpho-MNIST run under each `abduction.residual` mode, judged by the morphometrics and
+against the true counterfactual: the development loop of the transported residual (docs/results.md, issue 16).
+
+    python benchmarks/residual_transport.py RUN_DIR [--num-samples 300]
+        [--variants additive transported transported:TRANSPORT_STEPS=1 ...]
+
+Each test digit is sent to the thickness of another test digit (a fixed random permutation), intensity following
+the run's flow. A variant is a residual mode, optionally with `:NAME=VALUE` settings of the module constants of
+`imcf.mechanisms.latent_image` (TRANSPORT_EPS, TRANSPORT_MAX, TRANSPORT_POOL, TRANSPORT_STEPS), kept for the
+variants after it. Prints per variant: the fit measured = a + b * target + c * factual thickness (c: the share of
+the factual kept), the thickness MAE (px), the PSNR against the true counterfactual, the image L1 (0..255) of the
+round trip there and back, and the CPU seconds of the counterfactuals; writes
+benchmarks/results/residual_transport.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from machine import write_json  # benchmarks/ is on sys.path when a script runs
+
+import imcf.mechanisms.latent_image as latent_image
+from imcf.data.datamodule import build_dataset
+from imcf.evaluation import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+NODES = ("thickness", "intensity", "digit", "image")
+
+
+def counterfactuals(scm, factual: dict, do: dict, batch: int = 100) -> dict:
+    """`scm.counterfactual` in batches."""
+    chunks = [slice(i, i + batch) for i in range(0, len(factual["image"]), batch)]
+    parts = [scm.counterfactual({k: v[c] for k, v in factual.items()}, {k: v[c] for k, v in do.items()})
+             for c in chunks]  # fmt: skip
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--num-samples", type=int, default=300)
+    parser.add_argument("--variants", nargs="+", default=["additive", "transported"])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "residual_transport.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    scm, cfg = load_run(args.run_dir)
+    scm.eval()
+    data_root = cfg["dataset"].get("root") or cfg.get("data_root") or "data"
+    ds = build_dataset(cfg["dataset"]["name"], data_root, "test", **cfg["dataset"]["options"])
+    n = min(args.num_samples, len(ds))
+    items = [ds[i] for i in range(n)]
+    factual = {k: torch.stack([it[k] for it in items]) for k in NODES}
+    target = factual["thickness"][torch.randperm(n, generator=torch.Generator().manual_seed(0))]
+    truth = ds.true_counterfactual(torch.arange(n), {"thickness": target})["image"]
+    rows = []
+    for variant in args.variants:
+        mode, *settings = variant.split(":")
+        for setting in settings:
+            name, value = setting.split("=")
+            setattr(latent_image, name, type(getattr(latent_image, name))(float(value)))
+        scm.set_inference_options("image", {"abduction": {"residual": mode}})
+        with torch.no_grad():
+            start = time.process_time()
+            cf = counterfactuals(scm, factual, {"thickness": target})
+            cpu = time.process_time() - start
+            back = counterfactuals(scm, cf, {"thickness": factual["thickness"]})["image"]
+        measured = ds.measure(cf["image"])["thickness"].flatten().numpy()
+        t, f = target.flatten().numpy(), factual["thickness"].flatten().numpy()
+        fit = np.linalg.lstsq(np.stack([np.ones(n), t, f], 1), measured, rcond=None)[0]
+        mse = ((cf["image"] - truth) ** 2).mean((1, 2, 3))
+        row = {
+            "variant": variant,
+            "fit_a_b_c": [round(float(v), 3) for v in fit],
+            "thickness_mae": float(np.abs(measured - t).mean()),
+            "psnr": float((10 * torch.log10(4.0 / mse)).mean()),
+            "round_trip_l1": float((back - factual["image"]).abs().mean() * 127.5),
+            "cpu_s": round(cpu, 2),
+        }
+        rows.append(row)
+        print(
+            f"{variant:40s} a, b, c {row['fit_a_b_c']}  thickness MAE {row['thickness_mae']:.3f}  "
+            f"PSNR {row['psnr']:.2f}  round trip L1 {row['round_trip_l1']:.2f}  [{cpu:.1f} CPU-s]",
+            flush=True,
+        )
+    write_json(args.out, {"run_dir": args.run_dir, "num_samples": n}, rows)
+
+
+if __name__ == "__main__":
+    main()
