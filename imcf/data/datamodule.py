@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,10 +16,25 @@ from imcf.registry import DATASETS
 
 
 def build_dataset(name: str, root: str, split: str, **options: Any) -> CausalDataset:
-    """Instantiate the registered dataset `name` for one split."""
+    """Instantiate the registered dataset `name` for one split; an unknown name, an option the dataset does not
+    take or a value it refuses is a ConfigError naming `dataset.name` / `dataset.options`."""
     import imcf.data  # noqa: F401  (fills the registry)
 
-    return DATASETS[name](root=root, split=split, **options)
+    if name not in DATASETS:
+        raise ConfigError(f"dataset.name: unknown dataset {name!r}; registered: {sorted(DATASETS)}")
+    cls = DATASETS[name]
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        takes = [k for k, p in params.items() if k not in ("self", "root", "split") and p.kind is not p.VAR_POSITIONAL]
+        unknown = sorted(set(options) - set(takes))
+        if unknown:
+            raise ConfigError(f"dataset.options: {unknown} are not options of dataset {name!r}; it takes {takes}")
+    try:
+        return cls(root=root, split=split, **options)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # a value the dataset refuses (its own message says which)
+        raise ConfigError(f"dataset.options of {name!r} ({split} split): {e}") from e
 
 
 class EpochSeededSampler(Sampler[int]):

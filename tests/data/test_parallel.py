@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from imcf.config import ConfigError
 from imcf.data.parallel import map_chunks
 
 
@@ -69,3 +70,22 @@ def test_an_image_size_the_graph_does_not_declare_is_named_when_the_data_are_bui
     ok = CausalDataModule("faces", root=str(tmp_path), nodes=nodes, shapes={"smiling": (1,), "image": (3, 32, 32)},
                           sizes=sizes, size=32, workers=1)  # fmt: skip
     assert tuple(ok.dataset("val")[0]["image"].shape) == (3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("linear_gausian", {}, r"dataset.name: unknown dataset 'linear_gausian'; registered: \['celeba', 'faces'"),
+        ("linear_gaussian", {"bogus": 1}, r"dataset.options: \['bogus'\] are not options of dataset 'linear_gaussian'"),
+        ("linear_gaussian", {"seed": "abc"}, r"dataset.options of 'linear_gaussian' \(test split\): can only"),
+        ("morphomnist", {"upscale": 0}, r"dataset.options of 'morphomnist' \(test split\): upscale must be a positive"),
+        ("faces", {"size": "big"}, r"dataset.options of 'faces' \(test split\): invalid literal for int\(\)"),
+    ],
+)
+def test_a_dataset_name_or_option_the_dataset_refuses_is_one_config_error(tmp_path, name, options, message):
+    """These were a KeyError, TypeError (`unexpected keyword argument`) or ValueError traceback."""
+    from imcf.data.datamodule import build_dataset
+
+    with pytest.raises(ConfigError, match=message):
+        build_dataset(name, str(tmp_path), "test", **options)
+    assert not list(tmp_path.iterdir())
