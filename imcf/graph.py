@@ -137,9 +137,13 @@ class CausalGraph:
                 raise GraphError(f"node {node!r} lists a parent twice: {list(pa)}")
             self._parents[node] = pa
         self.confounded: list[tuple[str, str]] = []
+        if isinstance(confounded, str | Mapping):
+            raise GraphError(f"confounded must be a list of [a, b] pairs, got {confounded!r}")
         for pair in confounded:
+            if isinstance(pair, str) or not isinstance(pair, Iterable) or isinstance(pair, Mapping):
+                raise GraphError(f"confounded: each bidirected edge is a pair [a, b] of node names, got {pair!r}")
             pair = tuple(pair)
-            if len(pair) != 2:
+            if len(pair) != 2 or not all(isinstance(n, str) for n in pair):
                 raise GraphError(f"bidirected edge must join two nodes, got {list(pair)}")
             a, b = pair
             for n in (a, b):
@@ -172,7 +176,18 @@ class CausalGraph:
         """Build from `{node: {kind, parents}, confounded: [[a, b]]}` or the same under a `nodes:` key."""
         if not isinstance(spec, Mapping):
             raise GraphError(f"graph spec must be a mapping, got {type(spec).__name__}")
-        node_specs = spec["nodes"] if "nodes" in spec else {k: v for k, v in spec.items() if k not in _RESERVED_KEYS}
+        if "nodes" in spec:
+            unknown = sorted(set(spec) - _RESERVED_KEYS)
+            if unknown:
+                raise GraphError(f"graph spec: unknown key(s) {unknown}; known: {sorted(_RESERVED_KEYS)}")
+            node_specs = spec["nodes"]
+            if node_specs is not None and not isinstance(node_specs, Mapping):
+                raise GraphError(f"graph spec: nodes must be a mapping of node name to spec, got {node_specs!r}")
+        else:
+            node_specs = {k: v for k, v in spec.items() if k not in _RESERVED_KEYS}
+        image_children = spec.get("allow_image_children", False)
+        if not isinstance(image_children, bool):
+            raise GraphError(f"graph spec: allow_image_children must be true or false, got {image_children!r}")
         if not node_specs:
             raise GraphError("graph has no nodes")
         nodes, parents = {}, {}
@@ -190,7 +205,7 @@ class CausalGraph:
             nodes,
             parents,
             confounded=spec.get("confounded") or [],
-            allow_image_children=bool(spec.get("allow_image_children", False)),
+            allow_image_children=image_children,
             name=str(spec.get("name", "graph")),
         )
 

@@ -111,6 +111,14 @@ def test_draw_writes_png(tmp_path):
         ({"y": {"kind": "categorical", "num_classes": 1.5}}, r"node 'y': num_classes 1.5: 1.5 is not an integer"),
         ({"a": "continuous", "b": {"kind": "continuous", "parents": "ab"}}, r"node 'b': parents must be a list"),
         ({"a": "continuous", "b": {"kind": "continuous", "parents": 3}}, r"node 'b': parents must be a list"),
+        # a misspelt `confounded` beside `nodes:` dropped the confounder silently; a flat pair split into letters
+        ({"nodes": {"a": "continuous"}, "confouned": [["a", "b"]]}, r"graph spec: unknown key\(s\) \['confouned'\]"),
+        ({"a": "continuous", "b": "continuous", "confounded": ["a", "b"]}, "each bidirected edge is a pair .* got 'a'"),
+        ({"x": "continuous", "y": "continuous", "confounded": ["xy"]}, "each bidirected edge is a pair .* got 'xy'"),
+        ({"a": "continuous", "confounded": [None]}, "each bidirected edge is a pair .* got None"),
+        ({"a": "continuous", "confounded": "a"}, "confounded must be a list of"),
+        ({"nodes": ["a", "b"]}, r"nodes must be a mapping of node name to spec, got \['a', 'b'\]"),
+        ({"a": "continuous", "allow_image_children": "false"}, "allow_image_children must be true or false"),
     ],
 )
 def test_errors_name_the_culprit(spec, message):
