@@ -480,6 +480,8 @@ def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str
         v = v.long()
     if kind.name == "categorical" and not torch.is_floating_point(v):
         k = int(kind.num_classes)
+        if v.ndim == 2 and v.shape[1] == 1 and k != 1:  # (n, 1) class indices, as a dataset's label column
+            v = v.reshape(-1)
         if v.ndim > 1 or (v.numel() and (v.min() < 0 or v.max() >= k)):
             raise ValueError(f"do({node}): class indices must lie in [0, {k}), got {value!r}")
         v = nn.functional.one_hot(v.long().reshape(-1), k).float()
@@ -498,6 +500,14 @@ def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str
         )
     if kind.name == "binary" and not torch.all((v == 0) | (v == 1)):
         raise ValueError(f"do({node}): binary node takes values in {{0, 1}}")
+    if kind.name == "categorical":
+        bad = ~(((v == 0) | (v == 1)).all(1) & (v.sum(1) == 1))
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"do({node}): a categorical value is a class index or a one-hot row (a single 1, zeros elsewhere); "
+                f"row {row} is {[round(float(x), 4) for x in v[row]]}"
+            )
     return v.clone()
 
 

@@ -116,6 +116,13 @@ def test_categorical_parent_and_index_interventions():
     assert torch.equal(scm.counterfactual(fact, {"d": 2.0})["d"], cf["d"])
     with pytest.raises(ValueError, match=r"do\(d\): a categorical node takes a class index .* got 1.5"):
         scm.counterfactual(fact, {"d": 1.5})
+    # (n, 1) class indices (a label column) are indices; soft, two-hot or empty rows are no class at all
+    assert torch.equal(scm.counterfactual(fact, {"d": (torch.arange(9) % 3)[:, None]})["d"], cf2["d"])
+    for rows, shown in ((torch.full((9, 3), 1 / 3), "0.3333, 0.3333, 0.3333"), (torch.zeros(9, 3), "0.0, 0.0, 0.0"),
+                        (torch.tensor([[1.0, 1.0, 0.0]] * 9), "1.0, 1.0, 0.0")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"do\(d\): a categorical value is a class index or a one-hot row .*"
+                                             rf"row 0 is \[{shown}\]"):  # fmt: skip
+            scm.counterfactual(fact, {"d": rows})
 
 
 def test_do_values_outside_a_nodes_support_are_refused():
