@@ -95,10 +95,13 @@ def test_counterfactual_thickness_moves_toward_target(morpho, family):
 
 
 def digit_classifier(tr, seed: int, steps: int = 400) -> AttributePredictor:
-    """The evaluator's predictor architecture as a digit classifier, trained on the training digits."""
+    """The evaluator's predictor architecture as a digit classifier, trained on the training digits with the
+    evaluator's cosine decay: at a constant rate its BatchNorm running statistics lag the moving weights, and the
+    eval-mode judge read 0.27 of real test digits (0.97 with the decay)."""
     torch.manual_seed(seed)
     model = AttributePredictor((1, 32, 32), {"digit": "categorical(10)"}, width=32)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randint(len(tr["image"]), (64,), generator=gen)
@@ -106,6 +109,7 @@ def digit_classifier(tr, seed: int, steps: int = 400) -> AttributePredictor:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        decay.step()
     return model.eval()
 
 
