@@ -133,3 +133,19 @@ def test_counterfactual_records_identifiability_and_strict_refuses():
     ok.strict = True
     ok.counterfactual(ok.sample(4), {"b": 0.0})  # y's answer rests on its mechanism, not on the confounder
     assert ok.verdicts[("b",)]["status"] == "rests_on_mechanism"
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"hidden": -1}, r"mechanism.confounder.hidden must be a whole number >= 1, got -1"),
+        ({"latent_dim": 0}, r"mechanism.confounder.latent_dim must be a whole number >= 1, got 0"),
+        ({"latent_dim": "abc"}, r"mechanism.confounder.latent_dim must be a whole number >= 1, got 'abc'"),
+        ({"pool": 2.5}, r"mechanism.confounder.pool must be a whole number >= 1, got 2.5"),
+        ({"kl_weight": -1.0}, r"mechanism.confounder.kl_weight must be a number >= 0, got -1.0"),
+    ],
+)
+def test_confounder_options_out_of_range_are_named(option, message):
+    """hidden=-1 was torch's negative-dimension traceback; latent_dim=0 and kl_weight=-1 trained silently."""
+    with pytest.raises(ValueError, match=message):
+        ConfoundedComponent(CausalGraph.from_dict(GRAPH), ("a", "b"), mode="latent", **option)

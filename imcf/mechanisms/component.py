@@ -49,6 +49,11 @@ class ConfoundedComponent(nn.Module):
             raise ValueError(f"confounder mode must be one of {MODES}, got {mode!r}")
         if len(nodes) < 2:
             raise ValueError(f"a confounded component needs two or more nodes, got {list(nodes)}")
+        for key, value in (("latent_dim", latent_dim), ("hidden", hidden), ("pool", pool)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"mechanism.confounder.{key} must be a whole number >= 1, got {value!r}")
+        if isinstance(kl_weight, bool) or not isinstance(kl_weight, int | float) or not kl_weight >= 0:
+            raise ValueError(f"mechanism.confounder.kl_weight must be a number >= 0, got {kl_weight!r}")
         self.nodes = tuple(nodes)
         self.name = "+".join(self.nodes)
         kinds = [graph.kinds[n] for n in self.nodes]

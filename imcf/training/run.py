@@ -130,7 +130,7 @@ def load_pretrained(scm: SCM, node: str, path: str, freeze: bool = True) -> None
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or node not in ckpt["state_dict"]:
         held = list(ckpt.get("state_dict", {})) if isinstance(ckpt, dict) else []
-        raise KeyError(f"{key}: no weights for {node!r} (checkpoint holds {held})")
+        raise CheckpointError(f"{key}: no weights for {node!r} (checkpoint holds {held}): give {node}'s own unit file")
     mech = scm.mechanisms[node]
     # the constructor arguments may differ (initial values, fine-tuning options); what the weights mean may not
     problems = scm.checkpoint_differences(node, ckpt, fields=("parents", "kind", "family"))

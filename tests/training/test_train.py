@@ -97,7 +97,7 @@ def test_pretrained_node_stays_bit_identical_and_is_skipped(tmp_path):
 
 def test_pretrained_mismatch_is_a_clear_error(tmp_path):
     first = train(_cfg(tmp_path / "first", "trainer.max_epochs=1", "evaluate_after=false", "units=[x2]"))
-    with pytest.raises(KeyError, match="no weights for 'x4'"):
+    with pytest.raises(CheckpointError, match="no weights for 'x4'"):
         train(_cfg(tmp_path / "second", "trainer.max_epochs=1", f"+mechanism.x4.pretrained={first['units']['x2']}"))
 
 
