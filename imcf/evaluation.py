@@ -237,6 +237,9 @@ def _setting(
     graph = scm.graph
     attrs = [v for v in graph.nodes if not graph.kinds[v].is_image]
     intervened = list(cfg.interventions.nodes) if cfg.interventions.nodes is not None else attrs
+    if not intervened:
+        raise EvaluationError(f"interventions.nodes is empty: name attributes of graph {graph.name!r} ({attrs}), "
+                              "or null for every one")  # fmt: skip
     bad = [t for t in intervened if t not in attrs]
     if bad:  # before the dataset is built: on a fresh data root that renders it first
         raise EvaluationError(f"interventions.nodes: {bad} are not attribute nodes of graph {graph.name!r} ({attrs})")

@@ -118,6 +118,9 @@ def test_image_metrics_on_an_attribute_graph_are_refused(tmp_path):
 def test_intervening_on_a_node_the_graph_lacks_is_refused_before_the_data_are_built(tmp_path):
     """`interventions.nodes=[nosuch]` rendered a fresh data root's whole dataset before saying so."""
     graph = CausalGraph.from_dict(DEFAULT_GRAPH)
+    with pytest.raises(EvaluationError, match=r"interventions.nodes is empty: name attributes of graph 'linear4'"):
+        cfg = {**CFG, "interventions": {"nodes": []}}  # it meant every attribute, silently
+        evaluate_scm(identity_scm(graph), "linear_gaussian", str(tmp_path / "data"), OPTIONS, cfg, tmp_path / "r")
     for nodes, bad in ((["x1", "nosuch"], "'nosuch'"), (["x4", "image"], "'image'")):
         with pytest.raises(EvaluationError, match=rf"interventions.nodes: \[{bad}\] are not attribute nodes of graph"):
             cfg = {**CFG, "interventions": {"nodes": nodes}}

