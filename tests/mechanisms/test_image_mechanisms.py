@@ -333,18 +333,26 @@ def test_residual_is_withheld_where_a_discrete_parent_changes(family) -> None:
         family.from_graph(GRAPH, "image", abduction={"withhold_residual_on": ["colour"]}, **cfg)
 
 
-def test_relative_residual_follows_the_counterfactual_brightness() -> None:
-    """abduction.residual=relative: exact at a null intervention; otherwise the residual is scaled per pixel by
-    (decode' + 1 + eps) / (decode + 1 + eps), clipped to [0, 4], where both decodes are lit; elsewhere added as is."""
-    from imcf.mechanisms.latent_image import RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON
-
+def abducted_with_residual(mode: str) -> tuple[ConditionalVAE, Tensor, dict[str, Tensor], LatentNoise]:
+    """A tiny VAE answering with `abduction.residual: mode`, four random images abducted under random parents;
+    the null intervention is checked to return them exactly."""
     torch.manual_seed(1)
-    mech = ConditionalVAE.from_graph(GRAPH, "image", abduction={"residual": "relative"}, **TINY_VAE).eval()
+    mech = ConditionalVAE.from_graph(GRAPH, "image", abduction={"residual": mode}, **TINY_VAE).eval()
     x = torch.rand(4, 1, 32, 32) * 2 - 1
     pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
     with torch.no_grad():
         noise = mech.abduct(x, pa)
         assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)
+    return mech, x, pa, noise
+
+
+def test_relative_residual_follows_the_counterfactual_brightness() -> None:
+    """abduction.residual=relative: exact at a null intervention; otherwise the residual is scaled per pixel by
+    (decode' + 1 + eps) / (decode + 1 + eps), clipped to [0, 4], where both decodes are lit; elsewhere added as is."""
+    from imcf.mechanisms.latent_image import RELATIVE_EPS, RELATIVE_MAX, RELATIVE_ON
+
+    mech, x, pa, noise = abducted_with_residual("relative")
+    with torch.no_grad():
         new = {**pa, "ink": pa["ink"] * 3}
         before = mech.decode(noise, mech.condition(pa, 4))
         after = mech.decode(noise, mech.condition(new, 4))
@@ -390,13 +398,8 @@ def test_transported_residual_follows_the_decode_of_a_new_shape_parent() -> None
     decode' + transport(residual, decode, decode'); a changed digit (withheld) is the decode alone."""
     from imcf.mechanisms.latent_image import transport
 
-    torch.manual_seed(1)
-    mech = ConditionalVAE.from_graph(GRAPH, "image", abduction={"residual": "transported"}, **TINY_VAE).eval()
-    x = torch.rand(4, 1, 32, 32) * 2 - 1
-    pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
+    mech, x, pa, noise = abducted_with_residual("transported")
     with torch.no_grad():
-        noise = mech.abduct(x, pa)
-        assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)
         before = mech.decode(noise, mech.condition(pa, 4))
         new = {**pa, "ink": pa["ink"] * 3}
         after = mech.decode(noise, mech.condition(new, 4))
@@ -413,13 +416,8 @@ def test_tone_residual_maps_every_decode_through_the_factual_tone_curve() -> Non
     intervention is exact, a counterfactual is T(decode') + (x - T(decode)), and T is monotone."""
     from imcf.mechanisms.latent_image import apply_tone, tone_curve
 
-    torch.manual_seed(1)
-    mech = ConditionalVAE.from_graph(GRAPH, "image", abduction={"residual": "tone"}, **TINY_VAE).eval()
-    x = torch.rand(4, 1, 32, 32) * 2 - 1
-    pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
+    mech, x, pa, noise = abducted_with_residual("tone")
     with torch.no_grad():
-        noise = mech.abduct(x, pa)
-        assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)
         before = mech.decode(noise, mech.condition(pa, 4))
         tone = tone_curve(before, x)
         mapped = apply_tone(before, *tone)
