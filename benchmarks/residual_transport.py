@@ -1,10 +1,10 @@
 """do(thickness) on a trained Morpho-MNIST run under each `abduction.residual` mode, judged by the morphometrics and
 against the true counterfactual: the development loop of the transported residual (docs/results.md, issue 16).
 
-    python benchmarks/residual_transport.py RUN_DIR [--num-samples 300]
+    python benchmarks/residual_transport.py RUN_DIR [--num-samples 300] [--split test]
         [--variants additive transported transported:TRANSPORT_STEPS=1 ...]
 
-Each test digit is sent to the thickness of another test digit (a fixed random permutation), intensity following
+Each digit of the split is sent to the thickness of another one (a fixed random permutation), intensity following
 the run's flow. A variant is a residual mode, optionally with `:NAME=VALUE` settings of the module constants of
 `imcf.mechanisms.latent_image` (TRANSPORT_EPS, TRANSPORT_MAX, TRANSPORT_POOL, TRANSPORT_STEPS), kept for the
 variants after it. Prints per variant: the fit measured = a + b * target + c * factual thickness (c: the share of
@@ -43,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
     parser.add_argument("--num-samples", type=int, default=300)
+    parser.add_argument("--split", default="test", help="the digits (val: to choose settings without the test set)")
     parser.add_argument("--variants", nargs="+", default=["additive", "transported"])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "residual_transport.json"))
     args = parser.parse_args()
@@ -50,7 +51,7 @@ def main() -> None:
     scm, cfg = load_run(args.run_dir)
     scm.eval()
     data_root = cfg["dataset"].get("root") or cfg.get("data_root") or "data"
-    ds = build_dataset(cfg["dataset"]["name"], data_root, "test", **cfg["dataset"]["options"])
+    ds = build_dataset(cfg["dataset"]["name"], data_root, args.split, **cfg["dataset"]["options"])
     n = min(args.num_samples, len(ds))
     items = [ds[i] for i in range(n)]
     factual = {k: torch.stack([it[k] for it in items]) for k in NODES}
@@ -86,7 +87,7 @@ def main() -> None:
             f"PSNR {row['psnr']:.2f}  round trip L1 {row['round_trip_l1']:.2f}  [{cpu:.1f} CPU-s]",
             flush=True,
         )
-    write_json(args.out, {"run_dir": args.run_dir, "num_samples": n}, rows)
+    write_json(args.out, {"run_dir": args.run_dir, "num_samples": n, "split": args.split}, rows)
 
 
 if __name__ == "__main__":
