@@ -287,7 +287,7 @@ UNIT_RULES: dict[str, tuple[Any, str]] = {
         lambda v: isinstance(v, list) and len(v) == 2 and all(_range(0, 1)[0](b) for b in v),
         "two numbers in [0, 1)",
     ),  # fmt: skip
-    "optim.scheduler": (lambda v: v is None or v == "cosine", "cosine or null (constant)"),
+    "optim.scheduler": (lambda v: v is None or v == "cosine", "'cosine' or null (constant)"),
     "trainer.max_epochs": _range(-1),  # -1: no limit (Lightning)
     "trainer.max_steps": _range(-1),  # -1: no limit
     "trainer.limit_train_batches": (_batches_ok, "a whole number of batches >= 0 or a fraction in [0, 1]"),

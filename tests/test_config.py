@@ -73,7 +73,7 @@ def test_validate_names_unknown_and_mistyped_keys():
         ("evaluate.interventions.bins=1", "evaluate.interventions.bins must be >= 2"),
         ("evaluate.predictors.max_epochs=0", "evaluate.predictors.max_epochs must be >= 1"),
         # these reached Lightning, torch or the evaluator after training (evaluate.*: after every unit trained)
-        ("optim.scheduler=cosin", "optim.scheduler must be cosine or null"),
+        ("optim.scheduler=cosin", "optim.scheduler must be 'cosine' or null"),
         ("trainer.max_steps=-5", "trainer.max_steps must be >= -1, got -5"),
         ("trainer.limit_train_batches=-1", r"trainer.limit_train_batches must be a whole number .*, got -1"),
         ("trainer.limit_val_batches=1.5", r"trainer.limit_val_batches must be .*, got 1.5"),
