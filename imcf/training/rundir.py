@@ -116,21 +116,34 @@ def _owner_is_gone(owner: dict[str, Any]) -> bool:
     return owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", -1)))
 
 
+#: seconds after which an empty or unreadable lock file counts as left by a process that died while writing it
+EMPTY_LOCK_GRACE_S = 2.0
+
+
 @contextmanager
 def unit_lock(path: Path) -> Iterator[None]:
     """Hold `path` (created with O_EXCL) while training a unit; a lock whose owner is dead is broken safely."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(10):
+    for _ in range(50):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             try:
                 text = path.read_text()
-                owner = json.loads(text or "{}")
+                age = time.time() - path.stat().st_mtime
             except FileNotFoundError:
                 continue  # released meanwhile: try again
-            except json.JSONDecodeError:  # being written by its owner this very moment
-                time.sleep(0.1)
+            try:
+                owner = json.loads(text) if text.strip() else None
+            except json.JSONDecodeError:
+                owner = None
+            if not isinstance(owner, dict) or not owner:
+                # empty or cut short: being written by its owner this very moment, or left by a process that died
+                # between creating and writing it (then nothing will ever fill it in)
+                if age < EMPTY_LOCK_GRACE_S:
+                    time.sleep(0.1)
+                    continue
+                _break(path, text)
                 continue
             if not _owner_is_gone(owner):
                 raise RunDirLocked(

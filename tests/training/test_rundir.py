@@ -5,6 +5,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,27 @@ def test_lock_refuses_a_live_writer_and_breaks_a_dead_ones_lock(tmp_path, monkey
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     with unit_lock(lock):
         pass
+
+
+def test_an_empty_or_cut_short_lock_is_waited_on_briefly_then_broken(tmp_path):
+    """A process that died between creating the lock and writing its owner left an empty (or half-written) file:
+    it blocked the unit for good, as 'held by a live training (host None, pid None)' or 'keeps changing hands'.
+    A fresh one is being written by its owner: waited on; an old one is broken."""
+    lock = tmp_path / "train.lock"
+    for text in ("", '{"host": "a", "pi'):
+        lock.write_text(text)
+        old = time.time() - 60
+        os.utime(lock, (old, old))
+        with unit_lock(lock):
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert not lock.exists()
+    lock.write_text("")  # young: its owner is writing it; it is done within the wait
+    timer = threading.Timer(0.3, lambda: lock.write_text(_lock_text(os.getppid())))
+    timer.start()
+    with pytest.raises(RuntimeError, match=f"held by a live training .*pid {os.getppid()}"):
+        with unit_lock(lock):
+            pass
+    timer.join()
 
 
 def test_a_second_live_writer_is_refused_before_training(tmp_path):
