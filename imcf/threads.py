@@ -71,8 +71,10 @@ def plan_threads(
     a core from the model. `omp_num_threads` (the user's OMP_NUM_THREADS) and `loader_workers` (dataset.num_workers)
     are respected as given; the other shares shrink so that the total stays within the CPUs."""
     check_threads(threads, key)
-    if threads is not None:
-        cpus, source = int(threads), f"{key}={threads}"
+    if threads is not None:  # never more than the CPUs the process may use: more only oversubscribes them
+        capped = int(threads) > cpus
+        source = f"{key}={threads}, capped to the {cpus} CPUs it may use: {source}" if capped else f"{key}={threads}"
+        cpus = min(int(threads), cpus)
     omp = _positive_int(omp_num_threads)
     if loader_workers is None:
         loader_workers = 0 if cpus <= 4 else min(4, cpus // 8)

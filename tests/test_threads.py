@@ -44,6 +44,10 @@ def test_explicit_threads_setting_overrides_the_cpus_found():
     plan = plan_threads(16, "affinity", threads=3)
     assert (plan.cpus, plan.intra_op, plan.loader_workers, plan.generation) == (3, 3, 0, 3)
     assert "3 CPUs (threads=3)" in plan.describe()
+    # more than the process may use only oversubscribes its CPUs (threads=64 planned 64 generation processes)
+    plan = plan_threads(2, "affinity", threads=64)
+    assert (plan.cpus, plan.intra_op, plan.generation) == (2, 2, 2)
+    assert "2 CPUs (threads=64, capped to the 2 CPUs it may use: affinity)" in plan.describe()
 
 
 def test_users_omp_num_threads_is_respected_and_reported():
