@@ -161,6 +161,18 @@ class SCM(nn.Module):
             n = ordered[int((~finite).nonzero()[0, 0])]
             bad = int((~torch.isfinite(factual[n])).sum())
             raise ValueError(f"factual[{n!r}]: {bad} NaN/inf value(s); a factual batch must be finite")
+        for n in (n for n in ordered if self.graph.kinds[n].name in ("categorical", "binary")):
+            t = factual[n]  # a soft or empty class reaches the child mechanisms as a class that does not exist
+            ok = (t == 0) | (t == 1)
+            if self.graph.kinds[n].name == "categorical":
+                ok = ok.all(1) & (t.sum(1) == 1)
+            if not bool(ok.all()):
+                row = int((~ok.reshape(t.shape[0], -1).all(1)).nonzero()[0, 0])
+                what = "one-hot rows (a single 1, zeros elsewhere)" if t.shape[1] > 1 else "values in {0, 1}"
+                raise ValueError(
+                    f"factual[{n!r}]: a {self.graph.kinds[n]} node takes {what}; row {row} is "
+                    f"{[round(float(x), 4) for x in t[row]]}"
+                )
         images = [n for n in ordered if self.graph.kinds[n].name == "image"]
         if images:  # images are in [-1, 1]; a 0..255 batch would be answered as garbage
             ranges = torch.stack([torch.stack([factual[n].amin(), factual[n].amax()]) for n in images]).tolist()

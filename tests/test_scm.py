@@ -123,6 +123,11 @@ def test_categorical_parent_and_index_interventions():
         with pytest.raises(ValueError, match=rf"do\(d\): a categorical value is a class index or a one-hot row .*"
                                              rf"row 0 is \[{shown}\]"):  # fmt: skip
             scm.counterfactual(fact, {"d": rows})
+    # the factual's class must be one as well: a soft row reached y's mechanism as a class that does not exist
+    for rows, shown in ((torch.full((9, 3), 1 / 3), "0.3333, 0.3333, 0.3333"), (torch.zeros(9, 3), "0.0, 0.0, 0.0")):
+        with pytest.raises(ValueError, match=rf"factual\['d'\]: a categorical\(3\) node takes one-hot rows .*"
+                                             rf"row 0 is \[{shown}\]"):  # fmt: skip
+            scm.counterfactual({**fact, "d": rows}, {"d": 2})
 
 
 def test_do_values_outside_a_nodes_support_are_refused():
