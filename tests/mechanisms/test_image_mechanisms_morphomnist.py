@@ -159,6 +159,7 @@ def test_independence_penalty_makes_do_digit_effective(morpho):
     latent scaling and the gain does not."""
     tr, te = morpho
     judge = digit_classifier(tr, seed=2)
+    assert judge_accuracy(judge, te) >= 0.95, "the judging classifier reads too few real test digits"
     plain_mech = trained_family(tr, "vae", independence_weight=0.0, abduction=PLAIN_ABDUCTION)
     plain = digit_accuracy(plain_mech, judge, te)
     mech = trained_family(tr, "vae", gain_parents=["intensity"])
@@ -218,6 +219,7 @@ def test_fine_tuned_default_vae_answers_do_digit_and_keeps_do_intensity(morpho):
     counterfactuals, and do(intensity) stays within 4 grey levels."""
     tr, te = morpho
     tune, judge = digit_classifier(tr, seed=1), digit_classifier(tr, seed=2)
+    assert judge_accuracy(judge, te) >= 0.95, "the judging classifier reads too few real test digits"
     mech = trained_family(tr, "vae", gain_parents=["intensity"])
     before = digit_accuracy(mech, judge, te)
     i_before = intensity_error_under_do_intensity(mech, te)
