@@ -102,6 +102,8 @@ def choose_metrics(requested: list[str] | None, why_not: Mapping[str, str]) -> t
 def load_run(run_dir: str | Path) -> tuple[SCM, dict[str, Any]]:
     """The trained SCM of a run directory and its resolved config; clear errors for incomplete runs."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise EvaluationError(f"run_dir={run_dir} is a file, not a run directory (the directory train.py wrote)")
     if not run_dir.is_dir():
         raise EvaluationError(f"run directory {run_dir} does not exist (train first: python train.py ...)")
     for fname in ("graph.yaml", "mechanisms.yaml", "config.yaml"):

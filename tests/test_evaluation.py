@@ -152,6 +152,9 @@ def test_run_dir_without_checkpoints(tmp_path):
         evaluate({"run_dir": str(run)})
     with pytest.raises(EvaluationError, match="does not exist"):
         evaluate({"run_dir": str(tmp_path / "nowhere")})
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(EvaluationError, match=r"run_dir=.*notes.txt is a file, not a run directory"):
+        evaluate({"run_dir": str(tmp_path / "notes.txt")})
 
 
 def _compose(*overrides):
