@@ -162,16 +162,12 @@ class SCM(nn.Module):
             bad = int((~torch.isfinite(factual[n])).sum())
             raise ValueError(f"factual[{n!r}]: {bad} NaN/inf value(s); a factual batch must be finite")
         for n in (n for n in ordered if self.graph.kinds[n].name in ("categorical", "binary")):
-            t = factual[n]  # a soft or empty class reaches the child mechanisms as a class that does not exist
-            ok = (t == 0) | (t == 1)
-            if self.graph.kinds[n].name == "categorical":
-                ok = ok.all(1) & (t.sum(1) == 1)
-            if not bool(ok.all()):
-                row = int((~ok.reshape(t.shape[0], -1).all(1)).nonzero()[0, 0])
-                what = "one-hot rows (a single 1, zeros elsewhere)" if t.shape[1] > 1 else "values in {0, 1}"
+            row = first_non_class_row(factual[n])  # a soft or empty class reaches the children as no class at all
+            if row is not None:
+                what = "one-hot rows (a single 1, zeros elsewhere)" if factual[n].shape[1] > 1 else "values in {0, 1}"
                 raise ValueError(
                     f"factual[{n!r}]: a {self.graph.kinds[n]} node takes {what}; row {row} is "
-                    f"{[round(float(x), 4) for x in t[row]]}"
+                    f"{[round(float(x), 4) for x in factual[n][row]]}"
                 )
         images = [n for n in ordered if self.graph.kinds[n].name == "image"]
         if images:  # images are in [-1, 1]; a 0..255 batch would be answered as garbage
@@ -465,6 +461,15 @@ def _check_mapping(factual: Any) -> None:
         raise TypeError(f"factual must map node -> tensor (a batch dict); got {type(factual).__name__}")
 
 
+def first_non_class_row(values: Tensor) -> int | None:
+    """The first row of (B, K) class values that is not a class: for K > 1 not one-hot (a single 1, zeros
+    elsewhere), for K = 1 (binary) not 0 or 1; None when every row is one."""
+    ok = ((values == 0) | (values == 1)).all(1)
+    if values.shape[1] > 1:
+        ok = ok & (values.sum(1) == 1)
+    return None if bool(ok.all()) else int((~ok).nonzero()[0, 0])
+
+
 def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str = "?") -> Tensor:
     """Normalise an intervention value to a (n, *kind.tensor_shape) float tensor.
 
@@ -513,9 +518,8 @@ def as_value(kind: NodeKind, value: Any, n: int, device: torch.device, node: str
     if kind.name == "binary" and not torch.all((v == 0) | (v == 1)):
         raise ValueError(f"do({node}): binary node takes values in {{0, 1}}")
     if kind.name == "categorical":
-        bad = ~(((v == 0) | (v == 1)).all(1) & (v.sum(1) == 1))
-        if bool(bad.any()):
-            row = int(bad.nonzero()[0, 0])
+        row = first_non_class_row(v)
+        if row is not None:
             raise ValueError(
                 f"do({node}): a categorical value is a class index or a one-hot row (a single 1, zeros elsewhere); "
                 f"row {row} is {[round(float(x), 4) for x in v[row]]}"
