@@ -357,10 +357,10 @@ class LatentImageMechanism(Mechanism):
             moved = torch.zeros_like(withheld)  # transported: rows with a new shape whose residual is kept
             if self.residual_mode == "transported":
                 moved = self._changed_rows(noise, parents, self.shape_parents) * (1.0 - withheld)
-            local = "shape" in noise.extras and bool(withheld.any())
-            if local or bool(moved.any()):
+            local, transported = "shape" in noise.extras and bool(withheld.any()), bool(moved.any())
+            if local or transported:
                 reference = self._factual_decode(noise, gain is not None)
-                if bool(moved.any()):
+                if transported:
                     residual = torch.where(moved.bool(), transport(residual, reference, out), residual)
                 if local:
                     residual = residual + withheld * self._local_residual(noise, out, reference)
