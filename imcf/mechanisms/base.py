@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -186,3 +187,38 @@ def check_sizes(family: str, node: str, at_least: int = 1, **sizes: int | Sequen
         ]  # is_integer: False for inf / NaN, where int(v) would raise
         if not values or not all(ok):
             raise ValueError(f"{family} {node!r}: {key} must be whole number(s) >= {at_least}, got {value!r}")
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_number(
+    family: str, node: str, key: str, value: Any, at_least: float, *, above: bool = False, null: bool = False
+) -> None:
+    """Raise ValueError naming the option unless `value` is a finite number >= `at_least` (> with `above`), or
+    None where `null` allows it."""
+    if value is None and null:
+        return
+    if not is_number(value) or (value <= at_least if above else value < at_least):
+        bound = f"{'>' if above else '>='} {at_least:g}" + (" or null" if null else "")
+        raise ValueError(f"{family} {node!r}: {key} must be a number {bound}, got {value!r}")
+
+
+def check_parent_ranges(
+    family: str, node: str, parent_kinds: Mapping[str, NodeKind], given: Mapping[str, Any] | None
+) -> dict[str, tuple[float, float]]:
+    """`parent_ranges` as {parent: (lo, hi)}: every key a parent, every value two finite numbers lo < hi;
+    a ValueError names the parent otherwise."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for parent, value in (given or {}).items():
+        if parent not in parent_kinds:
+            raise ValueError(f"{family} {node!r}: parent_ranges given for non-parent {parent!r}; parents: "
+                             f"{sorted(parent_kinds)}")  # fmt: skip
+        pair = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None
+        ok = pair is not None and len(pair) == 2 and all(is_number(v) for v in pair) and pair[0] < pair[1]
+        if not ok:
+            raise ValueError(f"{family} {node!r}: parent_ranges.{parent} must be [lo, hi] with lo < hi, got {value!r}")
+        ranges[parent] = (float(pair[0]), float(pair[1]))
+    return ranges

@@ -19,12 +19,14 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, UNet2D
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import Mechanism
+from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes
 from imcf.nn.gain import from_shape, to_shape
 from imcf.nn.parents import ParentEncoder
 from imcf.registry import MECHANISMS
 
 GUIDANCE_FROM = ("factual", "null")
+#: noise schedules that diffusers' DDPM, DDIM and DDIM-inverse schedulers all take
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 @dataclass
@@ -114,7 +116,7 @@ class DDIM(Mechanism):
         if kind.name != "image":
             raise ValueError(f"ddim needs an image node; {node!r} is {kind}")
         _check_options(node, kind, block_out_channels, norm_num_groups, cfg_dropout, num_inference_steps,
-                       num_train_timesteps, guidance_from)  # fmt: skip
+                       num_train_timesteps, guidance_from, beta_schedule)  # fmt: skip
         self.cfg_dropout = float(cfg_dropout)
         if ema_decay is not None and not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ddim {node!r}: ema_decay must be in [0, 1) (null: no averaging), got {ema_decay}")
@@ -125,7 +127,7 @@ class DDIM(Mechanism):
                                            guidance_from)  # fmt: skip
         self.num_inference_steps = int(num_inference_steps)
         self.clamp_output = bool(clamp_output)
-        ranges = {p: tuple(r) for p, r in (parent_ranges or {}).items()}
+        ranges = check_parent_ranges("ddim", node, parent_kinds, parent_ranges)
         self.gain_parents = self._gain_parents(node, parent_kinds, gain_parents or ())
         # the network sees the shape parents; gain parents act only through the output gain
         self.shape_parents = tuple(p for p in parent_kinds if p not in self.gain_parents)
@@ -190,6 +192,7 @@ class DDIM(Mechanism):
         """The guidance scale: one number for every guided parent, or {parent: w} for each guided parent the
         network sees (its change is amplified by its own w; guidance from the factual only)."""
         if isinstance(given, (int, float)) and not isinstance(given, bool):
+            check_number("ddim", node, "guidance_scale", given, 0.0)
             return float(given)
         if not isinstance(given, Mapping):
             raise ValueError(f"ddim {node!r}: guidance_scale must be a number or {{parent: number}}, got {given!r}")
@@ -207,6 +210,8 @@ class DDIM(Mechanism):
         bad = {p: w for p, w in given.items() if isinstance(w, bool) or not isinstance(w, (int, float))}
         if bad:
             raise ValueError(f"ddim {node!r}: guidance_scale values must be numbers, got {bad}")
+        for p, w in given.items():
+            check_number("ddim", node, f"guidance_scale.{p}", w, 0.0)
         return {p: float(w) for p, w in given.items()}
 
     @staticmethod
@@ -399,8 +404,12 @@ def _check_options(
     num_inference_steps: int,
     num_train_timesteps: int,
     guidance_from: str,
+    beta_schedule: str,
 ) -> None:
     """ValueError naming the node and the option for a DDIM configuration that cannot work."""
+    check_sizes("ddim", node, num_train_timesteps=num_train_timesteps, num_inference_steps=num_inference_steps)
+    if beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"ddim {node!r}: beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
     _, height, width = kind.shape  # type: ignore[misc]
     levels = len(block_out_channels)
     if levels < 1:

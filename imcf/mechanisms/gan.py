@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import check_sizes
+from imcf.mechanisms.base import check_number, check_sizes, is_number
 from imcf.mechanisms.latent_image import LatentImageMechanism, LatentNoise, parse_options
 from imcf.nn.conv import ConvDecoder, ConvEncoder, broadcast_cond
 from imcf.registry import MECHANISMS
@@ -202,6 +202,15 @@ class ConditionalGAN(LatentImageMechanism):
         for key, ws in (("widths", widths), ("disc_widths", disc_widths)):
             if not ws or self.size % 2 ** (len(ws) - 1):
                 raise ValueError(f"gan {node!r}: {key}={ws} needs size {self.size} divisible by 2**(len - 1)")
+        check_number("gan", node, "r1_gamma", r1_gamma, 0.0)
+        check_number("gan", node, "recon_weight", recon_weight, 0.0)
+        check_number("gan", node, "disc_lr_scale", disc_lr_scale, 0.0, above=True)
+        pair = list(betas) if isinstance(betas, Sequence) and not isinstance(betas, str) else None
+        if betas is not None and not (
+            pair is not None and len(pair) == 2 and all(is_number(b) and 0.0 <= b < 1.0 for b in pair)
+        ):
+            raise ValueError(f"gan {node!r}: betas must be two numbers in [0, 1) (null: the run's optim.betas), "
+                             f"got {betas!r}")  # fmt: skip
         self.latent_dim = int(latent_dim)
         self.adversarial_loss = loss
         self.regularizer = regularizer
@@ -210,6 +219,9 @@ class ConditionalGAN(LatentImageMechanism):
         self.encoder_finetune = parse_options(
             encoder_finetune, {"after_steps": None, "latent_weight": 1.0}, f"{node}: encoder_finetune"
         )
+        check_number("gan", node, "encoder_finetune.latent_weight", self.encoder_finetune["latent_weight"], 0.0)
+        if self.encoder_finetune["after_steps"] is not None:
+            check_sizes("gan", node, 0, **{"encoder_finetune.after_steps": self.encoder_finetune["after_steps"]})
         self.betas = None if betas is None else tuple(float(b) for b in betas)
         self.disc_lr_scale = float(disc_lr_scale)
         d = self.cond_features

@@ -110,6 +110,7 @@ class HierarchicalVAE(ELBOImageMechanism):
         check_sizes("hvae", node, widths=widths)
         check_sizes("hvae", node, 0, blocks=blocks)
         check_sizes("hvae", node, 0, latent_dims=latent_dims)
+        check_sizes("hvae", node, cond_dim=cond_dim)  # 0 would ignore the parents
         if not any(int(z) for z in latent_dims):
             raise ValueError(f"hvae {node!r}: latent_dims must have a latent at some resolution, got {latent_dims!r}")
         widths = [int(w) for w in widths]

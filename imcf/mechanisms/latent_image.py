@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import Mechanism
+from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes
 from imcf.nn.conv import check_image_shape
 from imcf.nn.gain import from_shape, to_shape
 from imcf.nn.independence import dependence
@@ -187,6 +187,11 @@ class LatentImageMechanism(Mechanism):
         if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0):
             raise ValueError(f"{node}: abduction.withheld_residual_tolerance must be null or > 0, got {tol!r}")
         self.withheld_residual_tolerance = None if tol is None else float(tol)
+        family = getattr(type(self), "registry_name", type(self).__name__)
+        check_number(family, node, "independence_weight", independence_weight, 0.0)
+        check_sizes(family, node, 0, independence_warmup=independence_warmup)
+        check_number(family, node, "grad_clip", grad_clip, 0.0, above=True, null=True)
+        check_number(family, node, "grad_skip", grad_skip, 0.0, above=True, null=True)
         self.independence_weight = float(independence_weight)
         self.independence_warmup = int(independence_warmup)
         if self.independence_warmup > 0:  # steps seen, checkpointed: a resumed run continues the warm-up
@@ -195,10 +200,7 @@ class LatentImageMechanism(Mechanism):
         self.exact_abduction = self.keep_residual
         self.grad_clip = grad_clip
         self.grad_skip = grad_skip
-        ranges = {p: tuple(v) for p, v in (parent_ranges or {}).items()}
-        unknown = set(ranges) - set(parent_kinds)
-        if unknown:
-            raise KeyError(f"{node}: parent_ranges given for non-parents {sorted(unknown)}")
+        ranges = check_parent_ranges(family, node, parent_kinds, parent_ranges)
         self.gain_parents = self._gain_parents(gain_parents, parent_kinds, node)
         shape_kinds = {p: k for p, k in parent_kinds.items() if p not in self.gain_parents}
         self.shape_parents = tuple(shape_kinds)

@@ -293,6 +293,11 @@ def test_scm_counterfactual_and_save_load(tmp_path):
         ({"guidance_scale": {"a": 2, "b": 1, "z": 1}, **SMALL}, r"guidance_scale names \['z'\]"),
         ({"guidance_scale": {"a": 2}, "guidance_parents": ["a"], "gain_parents": ["a"], **SMALL}, r"names \['a'\]"),
         ({"guidance_scale": {"a": 2, "b": 1}, "guidance_from": "null", **SMALL}, "per parent needs guidance_from"),
+        ({"guidance_scale": -2.0, **SMALL}, r"guidance_scale must be a number >= 0, got -2.0"),
+        ({"guidance_scale": {"a": 2, "b": -1}, **SMALL}, r"guidance_scale.b must be a number >= 0"),
+        ({"beta_schedule": "cosine", **SMALL}, r"beta_schedule must be one of .*'squaredcos_cap_v2'.*got 'cosine'"),
+        ({"num_train_timesteps": 0, **SMALL}, r"num_train_timesteps must be whole number\(s\) >= 1, got 0"),
+        ({"parent_ranges": {"a": [1, 1]}, **SMALL}, r"parent_ranges.a must be \[lo, hi\] with lo < hi"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):

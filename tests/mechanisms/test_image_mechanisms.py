@@ -306,6 +306,36 @@ def test_sizes_that_cannot_build_a_network_are_named(family, config, message):
         family.from_graph(GRAPH, "image", **config)
 
 
+@pytest.mark.parametrize(
+    ("family", "config", "message"),
+    [
+        (ConditionalVAE, {"independence_weight": -1}, r"vae 'image': independence_weight must be a number >= 0"),
+        (ConditionalVAE, {"independence_weight": float("nan")}, r"independence_weight must be a number >= 0"),
+        (ConditionalVAE, {"independence_warmup": -5}, r"independence_warmup must be whole number\(s\) >= 0"),
+        (ConditionalVAE, {"grad_clip": -1.0}, r"grad_clip must be a number > 0 or null, got -1.0"),
+        (ConditionalVAE, {"grad_skip": 0}, r"grad_skip must be a number > 0 or null, got 0"),
+        (ConditionalVAE, {"parent_ranges": {"ink": [5, 1]}}, r"parent_ranges.ink must be \[lo, hi\] with lo < hi"),
+        (ConditionalVAE, {"parent_ranges": {"ink": [1]}}, r"parent_ranges.ink must be \[lo, hi\]"),
+        (ConditionalVAE, {"parent_ranges": {"ink": "0,1"}}, r"parent_ranges.ink must be \[lo, hi\]"),
+        (ConditionalVAE, {"parent_ranges": {"colour": [0, 1]}}, r"parent_ranges given for non-parent 'colour'"),
+        (HierarchicalVAE, {"cond_dim": 0}, r"hvae 'image': cond_dim must be whole number\(s\) >= 1, got 0"),
+        (ConditionalGAN, {"disc_lr_scale": -1}, r"gan 'image': disc_lr_scale must be a number > 0, got -1"),
+        (ConditionalGAN, {"betas": [2, 3]}, r"gan 'image': betas must be two numbers in \[0, 1\)"),
+        (ConditionalGAN, {"betas": [0.5]}, r"gan 'image': betas must be two numbers"),
+        (ConditionalGAN, {"r1_gamma": -1}, r"r1_gamma must be a number >= 0"),
+        (ConditionalGAN, {"recon_weight": -0.5}, r"recon_weight must be a number >= 0"),
+        (ConditionalGAN, {"encoder_finetune": {"latent_weight": -1}}, r"encoder_finetune.latent_weight must be"),
+        (ConditionalGAN, {"encoder_finetune": {"after_steps": -1}}, r"encoder_finetune.after_steps must be whole"),
+    ],
+)
+def test_option_values_that_cannot_train_are_named(family, config, message):
+    """Values that once built and trained without a word: a negative independence weight rewards dependence on
+    the parents, a negative discriminator rate or betas >= 1 diverge, inverted parent ranges flip the parent's
+    sign, an HVAE with cond_dim 0 ignores its parents."""
+    with pytest.raises(ValueError, match=message):
+        family.from_graph(GRAPH, "image", **config)
+
+
 @pytest.mark.parametrize("family", [ConditionalVAE, HierarchicalVAE])
 def test_residual_is_withheld_where_a_discrete_parent_changes(family) -> None:
     """abduction.withhold_residual_on (default: discrete parents): rows whose digit changes are predicted from
