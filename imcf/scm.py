@@ -103,9 +103,14 @@ class SCM(nn.Module):
         """The intervention value as an (n, ...) tensor, refused outside the node's support (its mechanism's
         `support_bounds`): an impossible world, whatever the image mechanism would draw for it."""
         v = as_value(self.graph.kinds[node], value, n, self.device, node)
+        self._check_support(node, v, f"do({node})")
+        return v
+
+    def _check_support(self, node: str, v: Tensor, what: str) -> None:
+        """ValueError naming `what` and the node's support when a value of `v` lies outside it."""
         lo, hi = self.mechanisms[node].support_bounds()
         if lo is None and hi is None:
-            return v
+            return
         outside = torch.zeros_like(v, dtype=torch.bool)
         if lo is not None:
             outside |= v < lo
@@ -113,12 +118,12 @@ class SCM(nn.Module):
             outside |= v > hi
         if bool(outside.any()):
             bounds = f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
+            row = int(outside.reshape(len(v), -1).any(1).nonzero()[0, 0])
             raise ValueError(
-                f"do({node}): {int(outside.sum())} value(s) outside the node's support {bounds} (e.g. "
+                f"{what}: {int(outside.sum())} value(s) outside the node's support {bounds} (e.g. row {row}: "
                 f"{v[outside][0].item():g}); its mechanism's support is set by mechanism.{node}.config (support, "
                 "lower, upper) or the dataset's node_config"
             )
-        return v
 
     def _require(self, batch: Mapping[str, Tensor], nodes: Any, what: str) -> None:
         missing = sorted(n for n in nodes if n not in batch)
@@ -161,6 +166,19 @@ class SCM(nn.Module):
             n = ordered[int((~finite).nonzero()[0, 0])]
             bad = int((~torch.isfinite(factual[n])).sum())
             raise ValueError(f"factual[{n!r}]: {bad} NaN/inf value(s); a factual batch must be finite")
+        # a value no factual world can hold: its abducted noise would be meaningless (or inf); one device sync
+        bounded = [(n, *self.mechanisms[n].support_bounds()) for n in ordered]
+        bounded = [(n, lo, hi) for n, lo, hi in bounded if lo is not None or hi is not None]
+        if bounded:
+            flags = []
+            for n, lo, hi in bounded:
+                flag = torch.zeros((), dtype=torch.bool, device=factual[n].device)
+                flag = flag | (factual[n].amin() < lo) if lo is not None else flag
+                flags.append(flag | (factual[n].amax() > hi) if hi is not None else flag)
+            flags = torch.stack(flags).tolist()
+            for (n, _, _), bad in zip(bounded, flags, strict=True):
+                if bad:
+                    self._check_support(n, factual[n], f"factual[{n!r}]")
         for n in (n for n in ordered if self.graph.kinds[n].name in ("categorical", "binary")):
             row = first_non_class_row(factual[n])  # a soft or empty class reaches the children as no class at all
             if row is not None:

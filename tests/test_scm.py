@@ -143,7 +143,7 @@ def test_do_values_outside_a_nodes_support_are_refused():
     scm = SCM(g, mechs)
     fact = {"t": torch.full((4, 1), 2.0), "i": torch.full((4, 1), 100.0)}
     for do, message in (
-        ({"t": -1.0}, r"do\(t\): 4 value\(s\) outside the node's support \[0.5, inf\] \(e.g. -1\)"),
+        ({"t": -1.0}, r"do\(t\): 4 value\(s\) outside the node's support \[0.5, inf\] \(e.g. row 0: -1\)"),
         ({"i": torch.tensor([70.0, 80.0, 1000.0, 90.0])}, r"do\(i\): 1 value\(s\) outside .* \[64, 255\]"),
     ):
         with pytest.raises(ValueError, match=message):
@@ -152,6 +152,20 @@ def test_do_values_outside_a_nodes_support_are_refused():
             scm.intervene(do, 4)
     assert torch.equal(scm.counterfactual(fact, {"i": 255.0})["i"], torch.full((4, 1), 255.0))  # bounds included
     assert scm.counterfactual(fact, {"t": 0.5})["t"].eq(0.5).all()
+    # a factual no world can hold: its abducted noise would be meaningless (intensity 1e6 gave an inf image)
+    for node, value, message in (
+        ("t", -1.0, r"factual\['t'\]: 1 value\(s\) outside the node's support \[0.5, inf\] \(e.g. row 2: -1\)"),
+        ("i", 1e6, r"factual\['i'\]: 1 value\(s\) outside the node's support \[64, 255\] \(e.g. row 2: 1e\+06\)"),
+        ("i", 63.9, r"factual\['i'\]: .* \[64, 255\]"),
+    ):
+        bad = {k: v.clone() for k, v in fact.items()}
+        bad[node][2] = value
+        with pytest.raises(ValueError, match=message):
+            scm.counterfactual(bad, {"t": 1.0})
+        with pytest.raises(ValueError, match=message):
+            scm.abduct(bad)
+    edge = {"t": torch.full((4, 1), 0.5), "i": torch.tensor([[64.0], [255.0], [100.0], [64.0]])}
+    assert torch.equal(scm.counterfactual(edge, {})["i"], edge["i"])  # the bounds are inside
 
 
 class CategoricalRoot(Mechanism):
