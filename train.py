@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-import imcf.config  # noqa: F401  (registers the config schemas with Hydra)
+import imcf.config  # registers the config schemas with Hydra
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -17,4 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    imcf.config.run_entry(main)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -409,3 +412,46 @@ def register_configs() -> None:
 
 
 register_configs()
+
+
+def composition_error(e: BaseException) -> str | None:
+    """One line for a config that Hydra cannot compose: a YAML file it cannot parse (duplicate key, bad
+    indentation: file, line and problem) or an override / config group it refuses; None for anything else."""
+    import yaml
+    from hydra.errors import HydraException
+
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f"{mark.name}, line {mark.line + 1}: " if mark is not None else ""
+        return f"{where}{e.problem or e.context}" + (f" ({e.context})" if e.context and e.problem else "")
+    if isinstance(e, yaml.YAMLError | HydraException | OmegaConfBaseException):
+        cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
+        text = str(e).split("Config search path")[0]  # Hydra appends every search path: not the user's problem
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        lines += [str(cause).splitlines()[0]] if cause is not None and str(cause) else []
+        parts: list[str] = []
+        for line in lines:  # "Available options in 'graph':" and one option per line -> "...: a, b, c"
+            if parts and parts[-1].endswith((":", ",")) and " " not in line:
+                parts[-1] += f" {line},"
+            else:
+                parts.append(line)
+        return "; ".join(p.rstrip(",") for p in parts)
+    return None
+
+
+def run_entry(main: Callable[[], Any]) -> None:
+    """Run a Hydra entry point (`train.py`, `evaluate.py`) so that a config Hydra cannot compose ends in
+    `error: ...` on one line and exit status 1, like every other user error (Hydra prints a whole traceback for a
+    malformed YAML file). With HYDRA_FULL_ERROR set by the user, Hydra reports as it always does."""
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; we report
+    try:
+        main()
+    except Exception as e:  # noqa: BLE001 - only composition errors are reported here; the rest re-raised
+        message = composition_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -310,3 +311,36 @@ def test_evaluate_help_lists_only_what_evaluate_reads(tmp_path):
     protocols = sorted(p.stem for p in (ROOT / "configs/metrics/protocol").glob("*.yaml"))
     assert groups == [f"metrics/protocol: {', '.join(protocols)}"]  # no training groups (dataset, trainer, ...)
     assert "run_dir: ???" in out
+
+
+def test_a_config_hydra_cannot_compose_ends_in_one_line(tmp_path):
+    """A graph file with a duplicate node (Hydra printed a 40-line YAML traceback), a
+    file YAML cannot parse, an unknown config group option: one `error:` line naming the file and line or the
+    options; with HYDRA_FULL_ERROR set, Hydra's own traceback, as its users expect."""
+    graphs = tmp_path / "cfg" / "graph"
+    graphs.mkdir(parents=True)
+    (graphs / "dup.yaml").write_text(
+        "name: dup\nnodes:\n  a: {kind: continuous, parents: []}\n  b: {kind: continuous, parents: [a]}\n"
+        "  a: {kind: continuous, parents: []}\nconfounded: []\n"
+    )
+    (graphs / "broken.yaml").write_text("name: broken\nnodes:\n  a: {kind: continuous\n  b: [\n")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    cases = [
+        (["train.py", f"--config-dir={tmp_path / 'cfg'}", "graph=dup"], r"dup.yaml, line 5: found duplicate key a"),
+        (["train.py", f"--config-dir={tmp_path / 'cfg'}", "graph=broken"], r"broken.yaml, line 4: expected ','"),
+        (["train.py", "graph=nosuch"], r"Could not find 'graph/nosuch'; Available options in 'graph': .*morphomnist,"),
+        (["evaluate.py", "run_dir=x", "metrics/protocol=nosuch"], r"Could not find 'metrics/protocol/nosuch'"),
+    ]
+    for args, message in cases:
+        proc = subprocess.run(
+            [sys.executable, *args, f"hydra.run.dir={tmp_path / 'hydra'}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+        assert re.search(message, lines[0]), lines[0]
+    proc = subprocess.run(
+        [sys.executable, "train.py", f"--config-dir={tmp_path / 'cfg'}", "graph=dup"],
+        cwd=ROOT, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "found duplicate key a" in proc.stderr
