@@ -306,11 +306,13 @@ def load_or_train_predictors(
     seed: int = 0,
     progress: bool = True,
     fingerprint: Mapping[str, Any] | None = None,
+    setting: str = "predictors",
 ) -> tuple[AttributePredictor, dict[str, PredictorQuality], str]:
     """The cached predictor of `image_node` for this dataset, trained (and scored on the test split) if absent.
 
     `cfg` is a PredictorConfig (path, inputs, width, max_epochs, batch_size, lr, max_train_samples, poor_*);
-    `fingerprint` (`imcf.evaluators.cache.dataset_fingerprint`) ties the cache to the dataset's content.
+    `fingerprint` (`imcf.evaluators.cache.dataset_fingerprint`) ties the cache to the dataset's content;
+    `setting` is the config key the messages name for `cfg.path` (`finetune_predictors` when fine-tuning).
     Returns (model in eval mode on CPU, test-set quality, cache file).
     """
     inputs = {t: [x for x in v if x in targets] for t, v in dict(cfg.inputs or {}).items() if t in targets}
@@ -335,7 +337,7 @@ def load_or_train_predictors(
         quality = score_predictor(model, test, max_nmae=float(cfg.poor_nmae), min_f1=float(cfg.poor_f1))
         return {"quality": as_dict(quality)}
 
-    ckpt, path = load_or_fit("predictors", spec, model, cfg.path, data_root, train)
+    ckpt, path = load_or_fit(setting, spec, model, cfg.path, data_root, train)
     quality = _rejudge(from_dict(ckpt["quality"]), model, cfg)  # the thresholds may differ from when it was cached
     return model.eval(), quality, path
 

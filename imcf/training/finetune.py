@@ -221,6 +221,7 @@ def finetune_objectives(
             seed=int(cfg.finetune_predictors.seed),
             progress=bool(cfg.evaluate.progress),
             fingerprint=fingerprint,
+            setting="finetune_predictors",
         )
         poor = {t: q.reason for t, q in quality.items() if q.poor}
         if poor:

@@ -108,3 +108,22 @@ def test_cache_key_follows_the_dataset_content(tmp_path):
     assert dataset_fingerprint(plain)["class"].endswith("Plain")
     spec = {"dataset": "linear_gaussian", "data": fp}
     assert cache_key(spec) != cache_key({**spec, "data": {**fp, "resolved_options": {"upscale": 6}}})
+
+
+def test_a_mismatched_fine_tuning_cache_names_the_setting_it_came_from(tmp_path):
+    """finetune_predictors.path pointing at another dataset's cache: the message names that key (it said
+    `predictors.path`, a setting the user had not touched)."""
+    from omegaconf import OmegaConf
+
+    from imcf.config import PredictorConfig
+    from imcf.evaluators.predictors import load_or_train_predictors
+
+    file = tmp_path / "other.ckpt"
+    save_cached(file, {"dataset": "faces"}, {"state_dict": {}})
+    cfg = OmegaConf.structured(PredictorConfig)
+    cfg.path = str(file)
+    args = ("morphomnist", {}, str(tmp_path), "image", (1, 32, 32), {"thickness": "continuous"}, cfg)
+    with pytest.raises(CacheMismatchError, match=r"remove finetune_predictors\.path to train new ones"):
+        load_or_train_predictors(*args, setting="finetune_predictors")
+    with pytest.raises(CacheMismatchError, match=r"remove predictors\.path to train new ones"):
+        load_or_train_predictors(*args)
