@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from imcf.config import ConfigError, TrainConfig, validate
+from imcf.config import ConfigError, EvaluateConfig, TrainConfig, validate
 from imcf.graph import CausalGraph
 from imcf.training.specs import mechanism_specs
 
@@ -249,3 +249,19 @@ def test_dataset_node_config_reaches_the_graphs_nodes_under_the_users_settings()
     assert "thickness" not in cfg["mechanism"]
     celeba = _compose(["dataset=celeba", "graph=celeba_simple"])
     assert dict(celeba["dataset"]["node_config"]) == {}
+
+
+@pytest.mark.parametrize("protocol", ["quick", "benchmark"])
+def test_every_evaluate_setting_can_be_overridden_under_either_protocol(protocol):
+    """evaluate.py composed its YAML without the schema: a key the chosen protocol file does not set
+    (`minimality.weights` under quick, `realism.max_reference` under benchmark) needed a `+`; a typo still fails."""
+    overrides = [f"metrics/protocol={protocol}", "run_dir=r", "minimality.weights=[1,1]", "interventions.bins=5",
+                 "realism.max_reference=100", "predictors.path=p.ckpt"]  # fmt: skip
+    overrides.append("+inference.image.abduction.residual=additive")
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = validate(compose(config_name="evaluate", overrides=overrides), EvaluateConfig)
+        with pytest.raises(ConfigCompositionException, match="minimality.wieghts"):
+            compose(config_name="evaluate", overrides=["run_dir=r", "minimality.wieghts=[1,1]"])
+    assert cfg.protocol == protocol and list(cfg.minimality.weights) == [1.0, 1.0] and cfg.interventions.bins == 5
+    assert cfg.realism.max_reference == 100 and cfg.predictors.path == "p.ckpt"
+    assert cfg.inference["image"]["abduction"]["residual"] == "additive"
