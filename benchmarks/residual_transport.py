@@ -2,14 +2,15 @@
 against the true counterfactual: the development loop of the transported residual (docs/results.md, issue 16).
 
     python benchmarks/residual_transport.py RUN_DIR [--num-samples 300] [--split test]
-        [--variants additive transported transported:TRANSPORT_STEPS=1 ...]
+        [--variants additive transported transported:TRANSPORT_STEPS=1 transported:resample=bicubic ...]
 
 Each digit of the split is sent to the thickness of another one (a fixed random permutation), intensity following
 the run's flow. A variant is a residual mode, optionally with `:NAME=VALUE` settings of the module constants of
 `imcf.mechanisms.latent_image` (TRANSPORT_EPS, TRANSPORT_MAX, TRANSPORT_POOL, TRANSPORT_STEPS), kept for the
-variants after it. Prints per variant: the fit measured = a + b * target + c * factual thickness (c: the share of
-the factual kept), the thickness MAE (px), the PSNR against the true counterfactual, the image L1 (0..255) of the
-round trip there and back, and the CPU seconds of the counterfactuals; writes
+variants after it, and `:option=value` abduction options of that variant alone (`resample=bicubic`). Prints per
+variant: the fit measured = a + b * target + c * factual thickness (c: the share of the factual kept), the
+thickness MAE (px), the PSNR against the true counterfactual, the image L1 (0..255) of the round trip there and
+back, and the CPU seconds of the counterfactuals; writes
 benchmarks/results/residual_transport.json.
 """
 
@@ -60,10 +61,14 @@ def main() -> None:
     rows = []
     for variant in args.variants:
         mode, *settings = variant.split(":")
+        options = {"residual": mode}
         for setting in settings:
             name, value = setting.split("=")
-            setattr(latent_image, name, type(getattr(latent_image, name))(float(value)))
-        scm.set_inference_options("image", {"abduction": {"residual": mode}})
+            if name.isupper():  # a module constant, kept for the variants after it
+                setattr(latent_image, name, type(getattr(latent_image, name))(float(value)))
+            else:  # an abduction option of this variant
+                options[name] = value
+        scm.set_inference_options("image", {"abduction": options})
         with torch.no_grad():
             start = time.process_time()
             cf = counterfactuals(scm, factual, {"thickness": target})

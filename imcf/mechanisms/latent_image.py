@@ -31,6 +31,8 @@ RESIDUAL_MODES = ("additive", "relative", "tone", "transported")
 #: `transport`: gradient floor (squared, image units per pixel), largest displacement (pixels), the window its
 #: estimate is averaged over, and the number of estimate-and-warp steps (docs/mechanisms_images.md)
 TRANSPORT_EPS, TRANSPORT_MAX, TRANSPORT_POOL, TRANSPORT_STEPS = 0.1, 3.0, 3, 2
+#: how `transport` reads the residual between pixels (docs/mechanisms_images.md)
+RESAMPLE_MODES = ("bilinear", "bicubic")
 
 
 @dataclass
@@ -70,22 +72,33 @@ def apply_tone(x: Tensor, source: Tensor, target: Tensor) -> Tensor:
     return (y0 + w * (y1 - y0)).reshape(x.shape)
 
 
-def _warp(x: Tensor, u: Tensor) -> Tensor:
-    """x read at p - u(p) (bilinear; u (B, 2, H, W) in pixels, x then y), borders repeated."""
+def _warp(x: Tensor, u: Tensor, resample: str = "bilinear") -> Tensor:
+    """x read at p - u(p) (u (B, 2, H, W) in pixels, x then y), borders repeated. `bilinear`, or `bicubic`
+    limited to the range of the four pixels around the read point (no overshoot: a sharp residual keeps its
+    edges but gains no ringing)."""
     _, _, h, w = x.shape
     ys, xs = torch.meshgrid(
         torch.arange(h, dtype=x.dtype, device=x.device), torch.arange(w, dtype=x.dtype, device=x.device), indexing="ij"
     )
-    grid = torch.stack([(xs - u[:, 0]) * (2 / max(w - 1, 1)) - 1, (ys - u[:, 1]) * (2 / max(h - 1, 1)) - 1], -1)
-    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    px, py = xs - u[:, 0], ys - u[:, 1]
+    grid = torch.stack([px * (2 / max(w - 1, 1)) - 1, py * (2 / max(h - 1, 1)) - 1], -1)
+    if resample == "bilinear":
+        return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    out = nn.functional.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=True)
+    padded = nn.functional.pad(x, (0, 1, 0, 1), mode="replicate")
+    corner = (py.floor().clamp(0, h - 1) * w + px.floor().clamp(0, w - 1)).long().flatten(1)
+    corner = corner.unsqueeze(1).expand(-1, x.shape[1], -1)
+    lo = (-nn.functional.max_pool2d(-padded, 2, 1)).flatten(2).gather(2, corner).reshape(x.shape)
+    hi = nn.functional.max_pool2d(padded, 2, 1).flatten(2).gather(2, corner).reshape(x.shape)
+    return torch.minimum(torch.maximum(out, lo), hi)
 
 
-def transport(residual: Tensor, before: Tensor, after: Tensor) -> Tensor:
+def transport(residual: Tensor, before: Tensor, after: Tensor, resample: str = "bilinear") -> Tensor:
     """The residual moved with the decode. The displacement u that turns `before` into `after` is solved to first
     order along the local gradient, after - before = -grad . u, so u = -(after - before) grad / (|grad|^2 + eps),
     averaged over a TRANSPORT_POOL window, capped at TRANSPORT_MAX pixels, and refined TRANSPORT_STEPS times
-    against `before` warped by the estimate so far; the residual is then read at p - u. Where the decode is flat
-    (no gradient) or does not change, the residual stays where it was."""
+    against `before` warped by the estimate so far; the residual is then read at p - u (`resample`: `_warp`).
+    Where the decode is flat (no gradient) or does not change, the residual stays where it was."""
     u = torch.zeros(before.shape[0], 2, *before.shape[2:], dtype=before.dtype, device=before.device)
     for step in range(TRANSPORT_STEPS):
         moved = _warp(before, u) if step else before
@@ -96,7 +109,7 @@ def transport(residual: Tensor, before: Tensor, after: Tensor) -> Tensor:
         du = torch.cat([scale * gx, scale * gy], 1)
         u = u + nn.functional.avg_pool2d(du, TRANSPORT_POOL, 1, TRANSPORT_POOL // 2, count_include_pad=False)
         u = u * (TRANSPORT_MAX / u.norm(dim=1, keepdim=True).clamp(min=TRANSPORT_MAX))
-    return _warp(residual, u)
+    return _warp(residual, u, resample)
 
 
 def parse_options(given: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -117,7 +130,9 @@ class LatentImageMechanism(Mechanism):
         keep_residual: store x - decode(z, pa) so a null intervention returns x exactly (exact_abduction);
         sample: abduct a posterior sample instead of the posterior mean;
         latents: "fixed" keeps the abducted latents under new parents (default); "exogenous" abducts the
-          standardised coordinates of the conditional prior, re-mapped under the new parents.
+          standardised coordinates of the conditional prior, re-mapped under the new parents;
+        residual: additive | relative | tone | transported, how the residual meets a new decode (RESIDUAL_MODES);
+        resample: bilinear | bicubic, how `transported` reads the residual between pixels (`_warp`).
       independence_warmup: N training steps: the penalty is off for the first N / 2 and rises linearly to its
         weight at N (from the first step it can stall the ELBO before the latent carries anything);
       independence_weight: weight of the normalised HSIC between the abducted latent and each parent
@@ -168,6 +183,7 @@ class LatentImageMechanism(Mechanism):
                 "residual": "additive",
                 "withheld_latent_scale": 1.0,
                 "withheld_residual_tolerance": None,
+                "resample": "bilinear",
             },
             f"{node}: abduction",
         )
@@ -177,6 +193,9 @@ class LatentImageMechanism(Mechanism):
         if opts["residual"] not in RESIDUAL_MODES:
             raise ValueError(f"{node}: abduction.residual must be one of {RESIDUAL_MODES}, got {opts['residual']!r}")
         self.residual_mode = opts["residual"]
+        if opts["resample"] not in RESAMPLE_MODES:
+            raise ValueError(f"{node}: abduction.resample must be one of {RESAMPLE_MODES}, got {opts['resample']!r}")
+        self.resample = opts["resample"]
         self.abduct_sample = bool(opts["sample"])
         self.latent_mode = opts["latents"]
         self.withhold_residual_on = self._withheld_parents(opts["withhold_residual_on"], parent_kinds, node)
@@ -363,7 +382,7 @@ class LatentImageMechanism(Mechanism):
             if local or transported:
                 reference = self._factual_decode(noise, gain is not None)
                 if transported:
-                    residual = torch.where(moved.bool(), transport(residual, reference, out), residual)
+                    residual = torch.where(moved.bool(), transport(residual, reference, out, self.resample), residual)
                 if local:
                     residual = residual + withheld * self._local_residual(noise, out, reference)
             if gain is not None:

@@ -441,6 +441,37 @@ def test_transported_residual_follows_the_decode_of_a_new_shape_parent() -> None
         assert torch.allclose(mech.predict(noise, other), decoded, atol=1e-5)
 
 
+def test_bicubic_resampling_keeps_a_sharp_residual_through_a_round_trip() -> None:
+    """`_warp(..., "bicubic")`: whole-pixel moves are exact in both modes; bicubic never leaves the range of the
+    four pixels around the read point (no ringing); there and back by 0.5 px, a residual with detail at the
+    1-pixel scale comes back with 0.28 of bilinear's error (0.06 against 0.23 of its mean size: bilinear averages
+    neighbours at every half-pixel read)."""
+    from imcf.mechanisms.latent_image import _warp
+
+    torch.manual_seed(0)
+    k = torch.exp(-(torch.arange(-2, 3.0) ** 2) / 2)
+    k = (k[:, None] * k[None, :] / k.sum() ** 2)[None, None]
+    r = torch.nn.functional.conv2d(torch.nn.functional.pad(torch.randn(2, 1, 16, 16), (2,) * 4, mode="replicate"), k)
+    one = torch.zeros(2, 2, 16, 16)
+    one[:, 0] = 1.0
+    for mode in ("bilinear", "bicubic"):
+        assert torch.allclose(_warp(r, one, mode)[..., 1:], r[..., :-1], atol=1e-5)
+    u, noise = torch.rand(2, 2, 16, 16) * 2 - 1, torch.randn(2, 1, 16, 16)  # unclamped: 7% of reads overshoot
+    got = _warp(noise, u, "bicubic")
+    padded = torch.nn.functional.pad(noise, (1, 1, 1, 1), mode="replicate")
+    windows = torch.nn.functional.unfold(padded, 3).reshape(2, 9, 16, 16)  # every read lies within 1 px
+    assert (got >= windows.amin(1, keepdim=True) - 1e-6).all() and (got <= windows.amax(1, keepdim=True) + 1e-6).all()
+    half = torch.full((2, 2, 16, 16), 0.5)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    err = {m: (_warp(_warp(r, half, m), -half, m) - r)[inner].abs().mean() for m in ("bilinear", "bicubic")}
+    assert err["bicubic"] < 0.4 * err["bilinear"], err
+
+
+def test_resample_option_is_named_when_unknown() -> None:
+    with pytest.raises(ValueError, match=r"abduction.resample must be one of \('bilinear', 'bicubic'\), got 'lanczos'"):
+        ConditionalVAE.from_graph(GRAPH, "image", abduction={"resample": "lanczos"}, **TINY_VAE)
+
+
 def test_tone_residual_maps_every_decode_through_the_factual_tone_curve() -> None:
     """abduction.residual=tone: T sends the factual decode's values onto the factual's own by rank; a null
     intervention is exact, a counterfactual is T(decode') + (x - T(decode)), and T is monotone."""
