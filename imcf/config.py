@@ -450,8 +450,14 @@ def run_entry(main: Callable[[], Any]) -> None:
     try:
         main()
     except Exception as e:  # noqa: BLE001 - only composition errors are reported here; the rest re-raised
-        message = composition_error(e)
-        if message is None:
+        job = getattr(getattr(main, "__wrapped__", None), "__code__", None)  # the body under @hydra.main
+        tb, in_job = e.__traceback__, False
+        while tb is not None and not in_job:
+            in_job, tb = tb.tb_frame.f_code is job, tb.tb_next
+        message = None if in_job else composition_error(e)
+        if message is None:  # raised by the job itself (its user errors were reported inside): a bug
             raise
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -344,3 +344,35 @@ def test_a_config_hydra_cannot_compose_ends_in_one_line(tmp_path):
         cwd=ROOT, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "found duplicate key a" in proc.stderr
+
+
+def test_run_entry_reports_composition_errors_but_keeps_the_jobs_own_tracebacks(monkeypatch, capsys):
+    """Only what Hydra raises before the job runs becomes one line; an OmegaConf error raised inside the job body
+    (a bug) keeps its traceback."""
+    import functools
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import ConfigKeyError
+
+    from imcf.config import run_entry
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR")
+
+    def body() -> None:
+        raise ConfigKeyError("missing key inside the job")
+
+    @functools.wraps(body)
+    def job() -> None:  # what @hydra.main makes of `body`
+        body()
+
+    with pytest.raises(ConfigKeyError, match="inside the job"):
+        run_entry(job)
+
+    def composing() -> None:
+        raise HydraException("Could not find 'graph/x'\nAvailable options in 'graph':\n\ta\n\tb\nConfig search path:\n")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_entry(composing)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == "error: Could not find 'graph/x'; Available options in 'graph': a, b\n"
+    assert "HYDRA_FULL_ERROR" not in os.environ  # set only while the entry point runs
