@@ -106,17 +106,23 @@ class SCM(nn.Module):
         self._check_support(node, v, f"do({node})")
         return v
 
-    def _check_support(self, node: str, v: Tensor, what: str) -> None:
-        """ValueError naming `what` and the node's support when a value of `v` lies outside it."""
+    def _outside_support(self, node: str, v: Tensor) -> Tensor | None:
+        """Which values of `v` lie outside the node's support (None when the support is unbounded)."""
         lo, hi = self.mechanisms[node].support_bounds()
         if lo is None and hi is None:
-            return
+            return None
         outside = torch.zeros_like(v, dtype=torch.bool)
         if lo is not None:
             outside |= v < lo
         if hi is not None:
             outside |= v > hi
-        if bool(outside.any()):
+        return outside
+
+    def _check_support(self, node: str, v: Tensor, what: str) -> None:
+        """ValueError naming `what` and the node's support when a value of `v` lies outside it."""
+        outside = self._outside_support(node, v)
+        if outside is not None and bool(outside.any()):
+            lo, hi = self.mechanisms[node].support_bounds()
             bounds = f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
             row = int(outside.reshape(len(v), -1).any(1).nonzero()[0, 0])
             raise ValueError(
@@ -167,18 +173,11 @@ class SCM(nn.Module):
             bad = int((~torch.isfinite(factual[n])).sum())
             raise ValueError(f"factual[{n!r}]: {bad} NaN/inf value(s); a factual batch must be finite")
         # a value no factual world can hold: its abducted noise would be meaningless (or inf); one device sync
-        bounded = [(n, *self.mechanisms[n].support_bounds()) for n in ordered]
-        bounded = [(n, lo, hi) for n, lo, hi in bounded if lo is not None or hi is not None]
-        if bounded:
-            flags = []
-            for n, lo, hi in bounded:
-                flag = torch.zeros((), dtype=torch.bool, device=factual[n].device)
-                flag = flag | (factual[n].amin() < lo) if lo is not None else flag
-                flags.append(flag | (factual[n].amax() > hi) if hi is not None else flag)
-            flags = torch.stack(flags).tolist()
-            for (n, _, _), bad in zip(bounded, flags, strict=True):
-                if bad:
-                    self._check_support(n, factual[n], f"factual[{n!r}]")
+        outside = {n: self._outside_support(n, factual[n]) for n in ordered}
+        bounded = [n for n in ordered if outside[n] is not None]
+        if bounded and bool(torch.stack([outside[n].any() for n in bounded]).any()):
+            for n in bounded:
+                self._check_support(n, factual[n], f"factual[{n!r}]")
         for n in (n for n in ordered if self.graph.kinds[n].name in ("categorical", "binary")):
             row = first_non_class_row(factual[n])  # a soft or empty class reaches the children as no class at all
             if row is not None:
