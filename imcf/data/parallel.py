@@ -7,6 +7,7 @@ import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import resource_tracker
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -54,6 +55,8 @@ def map_chunks(
         pool = None
     else:
         context = multiprocessing.get_context("spawn")
+        if _CAN_MASK:  # started by the pool's first queue, the tracker would unblock SIGTERM before the spawns
+            resource_tracker.ensure_running()
         # the workers are spawned inside map(): block SIGTERM meanwhile so they inherit the block (a group SIGTERM
         # while a worker was still importing killed it before its initializer ran: the pool broke, and the
         # survivor, which ignores SIGTERM, outlived the pool's terminate() and hung the parent at exit)

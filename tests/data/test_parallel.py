@@ -91,3 +91,26 @@ def test_a_dataset_name_or_option_the_dataset_refuses_is_one_config_error(tmp_pa
     with pytest.raises(ConfigError, match=message):
         build_dataset(name, str(tmp_path), "test", **options)
     assert not list(tmp_path.iterdir())
+
+
+def test_every_pool_worker_is_spawned_with_sigterm_blocked():
+    """The workers inherit a blocked SIGTERM until their initializer ignores it. Starting multiprocessing's
+    resource tracker (the pool's first queue does, in a fresh process) unblocks SIGTERM in the parent: a worker
+    spawned after that and still importing when a group SIGTERM came died (a CI run of train.py broke its pool)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import signal, concurrent.futures.process as p\n"
+        "from imcf.data.parallel import map_chunks\n"
+        "seen, spawn = [], p.ProcessPoolExecutor._spawn_process\n"
+        "def spy(self):\n"
+        "    seen.append(signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []))\n"
+        "    spawn(self)\n"
+        "p.ProcessPoolExecutor._spawn_process = spy\n"
+        "assert map_chunks(abs, [-1, -2, -3], [1, 1, 1], workers=2) == [1, 2, 3]\n"
+        "print(seen, signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[0] == "[True, True] False"  # blocked at both spawns, restored afterwards
