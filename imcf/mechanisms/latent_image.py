@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from imcf.graph import NodeKind
 from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes
 from imcf.nn.conv import check_image_shape
-from imcf.nn.gain import from_shape, to_shape
+from imcf.nn.gain import PowerGain, from_shape, to_shape
 from imcf.nn.independence import dependence
 from imcf.nn.parents import ParentEncoder
 
@@ -33,6 +33,8 @@ RESIDUAL_MODES = ("additive", "relative", "tone", "transported")
 TRANSPORT_EPS, TRANSPORT_MAX, TRANSPORT_POOL, TRANSPORT_STEPS = 0.1, 3.0, 3, 2
 #: how `transport` reads the residual between pixels (docs/mechanisms_images.md)
 RESAMPLE_MODES = ("bilinear", "bicubic")
+#: how the output gain depends on `gain_parents` (`LatentImageMechanism._gain_net`)
+GAIN_FORMS = ("mlp", "power")
 
 
 @dataclass
@@ -141,6 +143,9 @@ class LatentImageMechanism(Mechanism):
       gain_parents: parents that act only as an output gain, x = g(gain parents) * (s + 1) - 1, the networks
         modelling the shape s from the latents and the other parents (e.g. a stroke brightness); the residual is
         kept in shape units, so changing only a gain parent rescales the image exactly;
+      gain_form: mlp (a small network of the gain parents) | power (g = exp(b) * prod (v / ref) ** a, learned a
+        and b per parent and channel, continuous positive parents; exact for a brightness that scales every
+        pixel, which a network fits only to within a few percent between training values);
       likelihood ("discretized_gaussian" | "gaussian"), likelihood_std (null = learned) where the family has one,
       parent_ranges ({parent: [lo, hi]} fixed normalisation for continuous parents),
       grad_clip (max grad norm), grad_skip (skip updates whose grad norm exceeds it; null = never).
@@ -168,6 +173,7 @@ class LatentImageMechanism(Mechanism):
         independence_weight: float = 0.0,
         independence_warmup: int = 0,
         gain_parents: Sequence[str] | None = None,
+        gain_form: str = "mlp",
     ) -> None:
         super().__init__(node, kind, parent_kinds)
         if kind.name != "image":
@@ -232,9 +238,26 @@ class LatentImageMechanism(Mechanism):
         if self.gain_parents:
             gain_kinds = {p: parent_kinds[p] for p in self.gain_parents}
             self.gain_encoder = ParentEncoder(gain_kinds, {p: r for p, r in ranges.items() if p in gain_kinds})
-            self.gain_net = nn.Sequential(nn.Linear(self.gain_encoder.dim, 32), nn.SiLU(), nn.Linear(32, self.channels))
-            nn.init.zeros_(self.gain_net[-1].weight)  # starts at gain 1: the plain decoder
-            nn.init.zeros_(self.gain_net[-1].bias)
+            self.gain_net = self._gain_net(gain_form, gain_kinds, node)
+        elif gain_form not in GAIN_FORMS:
+            raise ValueError(f"{node}: gain_form must be one of {GAIN_FORMS}, got {gain_form!r}")
+        self.gain_form = gain_form
+
+    def _gain_net(self, form: Any, gain_kinds: Mapping[str, NodeKind], node: str) -> nn.Module:
+        """The output gain's model: a small network of the encoded gain parents (`mlp`) or a power law of
+        their values (`power`, continuous parents only; starts proportional). The network starts at gain 1."""
+        if form not in GAIN_FORMS:
+            raise ValueError(f"{node}: gain_form must be one of {GAIN_FORMS}, got {form!r}")
+        if form == "power":
+            bad = [p for p, k in gain_kinds.items() if k.name != "continuous"]
+            if bad:
+                raise ValueError(f"{node}: gain_form power needs continuous gain_parents; {bad} are not")
+            return PowerGain(list(gain_kinds), self.channels, node)
+        assert self.gain_encoder is not None
+        net = nn.Sequential(nn.Linear(self.gain_encoder.dim, 32), nn.SiLU(), nn.Linear(32, self.channels))
+        nn.init.zeros_(net[-1].weight)
+        nn.init.zeros_(net[-1].bias)
+        return net
 
     def current_independence_weight(self) -> float:
         """The independence penalty's weight at this training step (`independence_warmup`)."""
@@ -320,6 +343,10 @@ class LatentImageMechanism(Mechanism):
         if self.gain_encoder is None or self.gain_net is None:
             return None
         feats = self.gain_encoder({p: parents[p] for p in self.gain_parents}).to(self._device_anchor.dtype)
+        if isinstance(self.gain_net, PowerGain):  # relative to the parent's range end, else its running mean
+            enc = self.gain_encoder
+            values = torch.cat([parents[p].reshape(-1, 1) for p in self.gain_parents], 1).to(feats.dtype)
+            return self.gain_net(values, torch.where(enc.fixed, enc.hi, enc.mean).to(feats.dtype))
         return self.gain_net(feats).exp()[:, :, None, None]
 
     to_shape = staticmethod(to_shape)

@@ -1,9 +1,13 @@
 """An output gain on images in [-1, 1]: x = g * (s + 1) - 1, with s the shape a network models and g > 0 a
-brightness gain set by some parents (`gain_parents` of the VAE, HVAE and DDIM)."""
+brightness gain set by some parents (`gain_parents` of the VAE, HVAE and DDIM), and the VAE / HVAE's learned
+power-law gain."""
 
 from __future__ import annotations
 
-from torch import Tensor
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
 
 
 def to_shape(x: Tensor, gain: Tensor | None) -> Tensor:
@@ -14,3 +18,29 @@ def to_shape(x: Tensor, gain: Tensor | None) -> Tensor:
 def from_shape(s: Tensor, gain: Tensor | None) -> Tensor:
     """The inverse of `to_shape`: g * (s + 1) - 1."""
     return s if gain is None else gain * (s + 1) - 1
+
+
+class PowerGain(nn.Module):
+    """A learned power law of positive continuous parents, g = exp(offset) * prod_p (v_p / ref_p) ** a_p per
+    channel (`gain_form: power` of the VAE and HVAE). Exponent 1 is a proportional gain, the exact model of a
+    brightness that scales every pixel (Morpho-MNIST's intensity): two numbers per parent and channel cannot bend
+    between training values as a small network does. Starts proportional (exponent 1, as the DDIM's fixed gain):
+    an exponent learned from 0 moves about one optimiser step size per step, too slowly for a short run."""
+
+    def __init__(self, parents: Sequence[str], channels: int, node: str) -> None:
+        super().__init__()
+        self.parents, self.node = tuple(parents), node
+        self.exponent = nn.Parameter(torch.ones(len(self.parents), channels))
+        self.offset = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, values: Tensor, reference: Tensor) -> Tensor:
+        """(B, P) parent values, (P,) positive reference values -> gain (B, C, 1, 1)."""
+        if bool((values <= 0).any()):
+            col = int((values <= 0).any(0).nonzero()[0])
+            row = int((values[:, col] <= 0).nonzero()[0])
+            raise ValueError(
+                f"{self.node!r}: gain_form power needs positive gain parents; {self.parents[col]!r} is "
+                f"{float(values[row, col]):g} in row {row}"
+            )
+        logs = (values / reference.clamp(min=1e-12)).log()
+        return (logs @ self.exponent.to(logs.dtype) + self.offset.to(logs.dtype)).exp()[:, :, None, None]

@@ -3,6 +3,7 @@ form, residual semantics, exogenous latents, gradient skipping, and a short real
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -564,10 +565,12 @@ def test_gain_parent_rescales_the_image_exactly(family) -> None:
         family.from_graph(GRAPH, "image", gain_parents=["colour"], **cfg)
 
 
-def test_gain_learns_a_multiplicative_brightness(mnist) -> None:
+@pytest.mark.parametrize("form", ["mlp", "power"])
+def test_gain_learns_a_multiplicative_brightness(mnist, form) -> None:
     """MNIST digits scaled by a brightness b in [0.3, 1] (x = b * digit): a VAE with gain_parents=[b] learns
-    g(b') / g(b) ~ b' / b (600 steps: mean relative error 6% over [0.3, 1], 17% at 0.3), so do(b) returns close
-    to the true rescaled digit."""
+    g(b') / g(b) ~ b' / b, so do(b) returns close to the true rescaled digit. 600 steps: the network (`mlp`)
+    is off by 5% on average over [0.3, 1] and 17% at 0.3, the power law (`power`) by 1.5% and 3.7%; the rescaled
+    digit's error (0..2 units) 0.0056 against 0.0016."""
     (images, parents), _ = mnist
     gen = torch.Generator().manual_seed(6)
     b = 0.3 + 0.7 * torch.rand(len(images), 1, generator=gen)
@@ -581,7 +584,13 @@ def test_gain_learns_a_multiplicative_brightness(mnist) -> None:
     )
     torch.manual_seed(6)
     mech = ConditionalVAE.from_graph(
-        graph, "image", gain_parents=["b"], parent_ranges={"b": [0.0, 1.0]}, independence_weight=1.0, **TINY_VAE
+        graph,
+        "image",
+        gain_parents=["b"],
+        gain_form=form,
+        parent_ranges={"b": [0.0, 1.0]},
+        independence_weight=1.0,
+        **TINY_VAE,
     )
     pa = {"b": b, "digit": parents["digit"]}
     train(mech, scaled[:4000], {k: v[:4000] for k, v in pa.items()}, steps=600)
@@ -589,13 +598,44 @@ def test_gain_learns_a_multiplicative_brightness(mnist) -> None:
         grid = torch.linspace(0.3, 1.0, 8)[:, None]
         g = mech.gain({"b": grid, "digit": parents["digit"][:8]}).flatten()
         rel = ((g / g[-1]) / (grid.flatten() / grid[-1]) - 1).abs()
-        assert float(rel.mean()) < 0.07 and float(rel.max()) < 0.25, rel  # measured: 0.06 mean, 0.17 at b = 0.3
+        bound = (0.07, 0.25) if form == "mlp" else (0.025, 0.06)  # measured: 0.053, 0.167; 0.015, 0.037
+        assert float(rel.mean()) < bound[0] and float(rel.max()) < bound[1], rel
         test = slice(4000, 4200)
         new = {"b": b[test].flip(0), "digit": parents["digit"][test]}
         cf = mech.predict(mech.abduct(scaled[test], {k: v[test] for k, v in pa.items()}), new)
         truth = new["b"][:, :, None, None] * (images[test] + 1) - 1
         err = float((cf - truth).abs().mean())
-        assert err < 0.02, err
+        assert err < (0.02 if form == "mlp" else 0.004), err  # measured: 0.0056 (mlp), 0.0016 (power)
+
+
+def test_power_gain_scales_exactly_and_names_what_it_cannot_take() -> None:
+    """gain_form power: g = exp(b) (v / ref) ** a, starting at a = 1, b = 0; with a = 1 changing only the gain parent
+    rescales the image by v' / v exactly; a categorical gain parent, an unknown form and a non-positive value are
+    named."""
+    torch.manual_seed(8)
+    mech = ConditionalVAE.from_graph(
+        GRAPH, "image", gain_parents=["ink"], gain_form="power", parent_ranges={"ink": [0.0, 4.0]}, **TINY_VAE
+    ).eval()
+    x = torch.rand(5, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(5, 1) * 3 + 0.5, "digit": F.one_hot(torch.arange(5), 10).float()}
+    new = {**pa, "ink": pa["ink"].flip(0)}
+    with torch.no_grad():
+        assert torch.allclose(mech.gain(pa).flatten(), pa["ink"].flatten() / 4.0)  # starts proportional
+        mech.gain_net.offset.fill_(0.3)
+        g = mech.gain(pa)
+        assert torch.allclose(g.flatten(), math.exp(0.3) * pa["ink"].flatten() / 4.0, rtol=1e-5)
+        noise = mech.abduct(x, pa)
+        assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)
+        ratio = (new["ink"] / pa["ink"])[:, :, None, None]
+        assert torch.allclose(mech.predict(noise, new), (ratio * (x + 1) - 1).clamp(-1, 1), atol=1e-5)
+        with pytest.raises(ValueError, match=r"'ink' is -1 in row 2"):
+            mech.gain({**pa, "ink": torch.tensor([[1.0], [2.0], [-1.0], [1.0], [1.0]])})
+    assert set(mech.gain_parameters()) >= set(mech.gain_net.parameters())  # fine-tuning leaves them alone
+    with pytest.raises(ValueError, match=r"gain_form power needs continuous gain_parents; \['digit'\]"):
+        ConditionalVAE.from_graph(GRAPH, "image", gain_parents=["digit"], gain_form="power", **TINY_VAE)
+    for gain_parents in (["ink"], None):
+        with pytest.raises(ValueError, match=r"gain_form must be one of \('mlp', 'power'\), got 'linear'"):
+            ConditionalVAE.from_graph(GRAPH, "image", gain_parents=gain_parents, gain_form="linear", **TINY_VAE)
 
 
 def test_withheld_latent_scale_shrinks_only_rows_whose_digit_changes() -> None:
