@@ -34,7 +34,7 @@ TRANSPORT_EPS, TRANSPORT_MAX, TRANSPORT_POOL, TRANSPORT_STEPS = 0.1, 3.0, 3, 2
 #: how `transport` reads the residual between pixels (docs/mechanisms_images.md)
 RESAMPLE_MODES = ("bilinear", "bicubic")
 #: how the output gain depends on `gain_parents` (`LatentImageMechanism._gain_net`)
-GAIN_FORMS = ("mlp", "power")
+GAIN_FORMS = ("mlp", "power", "proportional")
 
 
 @dataclass
@@ -144,8 +144,9 @@ class LatentImageMechanism(Mechanism):
         modelling the shape s from the latents and the other parents (e.g. a stroke brightness); the residual is
         kept in shape units, so changing only a gain parent rescales the image exactly;
       gain_form: mlp (a small network of the gain parents) | power (g = exp(b) * prod (v / ref) ** a, learned a
-        and b per parent and channel, continuous positive parents; exact for a brightness that scales every
-        pixel, which a network fits only to within a few percent between training values);
+        and b per parent and channel, continuous positive parents) | proportional (g = prod v / ref, fixed: a
+        brightness that scales every pixel, exactly; the likelihood cannot tell a gain that bends from a shape
+        that follows a correlated shape parent, so the learned forms drift off it);
       likelihood ("discretized_gaussian" | "gaussian"), likelihood_std (null = learned) where the family has one,
       parent_ranges ({parent: [lo, hi]} fixed normalisation for continuous parents),
       grad_clip (max grad norm), grad_skip (skip updates whose grad norm exceeds it; null = never).
@@ -244,15 +245,16 @@ class LatentImageMechanism(Mechanism):
         self.gain_form = gain_form
 
     def _gain_net(self, form: Any, gain_kinds: Mapping[str, NodeKind], node: str) -> nn.Module:
-        """The output gain's model: a small network of the encoded gain parents (`mlp`) or a power law of
-        their values (`power`, continuous parents only; starts proportional). The network starts at gain 1."""
+        """The output gain's model: a small network of the encoded gain parents (`mlp`, starts at gain 1), a
+        learned power law of their values (`power`, starts proportional) or a fixed proportional gain
+        (`proportional`); the last two take continuous parents only."""
         if form not in GAIN_FORMS:
             raise ValueError(f"{node}: gain_form must be one of {GAIN_FORMS}, got {form!r}")
-        if form == "power":
+        if form in ("power", "proportional"):
             bad = [p for p, k in gain_kinds.items() if k.name != "continuous"]
             if bad:
-                raise ValueError(f"{node}: gain_form power needs continuous gain_parents; {bad} are not")
-            return PowerGain(list(gain_kinds), self.channels, node)
+                raise ValueError(f"{node}: gain_form {form} needs continuous gain_parents; {bad} are not")
+            return PowerGain(list(gain_kinds), self.channels, node, learned=form == "power")
         assert self.gain_encoder is not None
         net = nn.Sequential(nn.Linear(self.gain_encoder.dim, 32), nn.SiLU(), nn.Linear(32, self.channels))
         nn.init.zeros_(net[-1].weight)

@@ -1,5 +1,5 @@
 """An output gain on images in [-1, 1]: x = g * (s + 1) - 1, with s the shape a network models and g > 0 a
-brightness gain set by some parents (`gain_parents` of the VAE, HVAE and DDIM), and the VAE / HVAE's learned
+brightness gain set by some parents (`gain_parents` of the VAE, HVAE and DDIM), and the VAE / HVAE's
 power-law gain."""
 
 from __future__ import annotations
@@ -21,17 +21,21 @@ def from_shape(s: Tensor, gain: Tensor | None) -> Tensor:
 
 
 class PowerGain(nn.Module):
-    """A learned power law of positive continuous parents, g = exp(offset) * prod_p (v_p / ref_p) ** a_p per
-    channel (`gain_form: power` of the VAE and HVAE). Exponent 1 is a proportional gain, the exact model of a
-    brightness that scales every pixel (Morpho-MNIST's intensity): two numbers per parent and channel cannot bend
-    between training values as a small network does. Starts proportional (exponent 1, as the DDIM's fixed gain):
-    an exponent learned from 0 moves about one optimiser step size per step, too slowly for a short run."""
+    """A power law of positive continuous parents, g = exp(offset) * prod_p (v_p / ref_p) ** a_p per channel
+    (`gain_form` power or proportional of the VAE and HVAE). Exponent 1 and offset 0 are a proportional gain, the
+    exact model of a brightness that scales every pixel (Morpho-MNIST's intensity). `learned`: the exponent and
+    offset are parameters, started proportional (an exponent learned from 0 moves about one optimiser step size
+    per step, too slowly for a short run); otherwise the gain stays proportional, as the DDIM's."""
 
-    def __init__(self, parents: Sequence[str], channels: int, node: str) -> None:
+    def __init__(self, parents: Sequence[str], channels: int, node: str, learned: bool = True) -> None:
         super().__init__()
         self.parents, self.node = tuple(parents), node
-        self.exponent = nn.Parameter(torch.ones(len(self.parents), channels))
-        self.offset = nn.Parameter(torch.zeros(channels))
+        exponent, offset = torch.ones(len(self.parents), channels), torch.zeros(channels)
+        if learned:
+            self.exponent, self.offset = nn.Parameter(exponent), nn.Parameter(offset)
+        else:
+            self.register_buffer("exponent", exponent, persistent=False)
+            self.register_buffer("offset", offset, persistent=False)
 
     def forward(self, values: Tensor, reference: Tensor) -> Tensor:
         """(B, P) parent values, (P,) positive reference values -> gain (B, C, 1, 1)."""
@@ -39,7 +43,7 @@ class PowerGain(nn.Module):
             col = int((values <= 0).any(0).nonzero()[0])
             row = int((values[:, col] <= 0).nonzero()[0])
             raise ValueError(
-                f"{self.node!r}: gain_form power needs positive gain parents; {self.parents[col]!r} is "
+                f"{self.node!r}: a power-law gain needs positive gain parents; {self.parents[col]!r} is "
                 f"{float(values[row, col]):g} in row {row}"
             )
         logs = (values / reference.clamp(min=1e-12)).log()

@@ -610,8 +610,8 @@ def test_gain_learns_a_multiplicative_brightness(mnist, form) -> None:
 
 def test_power_gain_scales_exactly_and_names_what_it_cannot_take() -> None:
     """gain_form power: g = exp(b) (v / ref) ** a, starting at a = 1, b = 0; with a = 1 changing only the gain parent
-    rescales the image by v' / v exactly; a categorical gain parent, an unknown form and a non-positive value are
-    named."""
+    rescales the image by v' / v exactly; proportional: v / ref with nothing to learn (ref: the running mean without
+    a range); a categorical gain parent, an unknown form and a non-positive value are named."""
     torch.manual_seed(8)
     mech = ConditionalVAE.from_graph(
         GRAPH, "image", gain_parents=["ink"], gain_form="power", parent_ranges={"ink": [0.0, 4.0]}, **TINY_VAE
@@ -628,13 +628,20 @@ def test_power_gain_scales_exactly_and_names_what_it_cannot_take() -> None:
         assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)
         ratio = (new["ink"] / pa["ink"])[:, :, None, None]
         assert torch.allclose(mech.predict(noise, new), (ratio * (x + 1) - 1).clamp(-1, 1), atol=1e-5)
-        with pytest.raises(ValueError, match=r"'ink' is -1 in row 2"):
+        with pytest.raises(ValueError, match=r"positive gain parents; 'ink' is -1 in row 2"):
             mech.gain({**pa, "ink": torch.tensor([[1.0], [2.0], [-1.0], [1.0], [1.0]])})
     assert set(mech.gain_parameters()) >= set(mech.gain_net.parameters())  # fine-tuning leaves them alone
-    with pytest.raises(ValueError, match=r"gain_form power needs continuous gain_parents; \['digit'\]"):
-        ConditionalVAE.from_graph(GRAPH, "image", gain_parents=["digit"], gain_form="power", **TINY_VAE)
+    fixed = ConditionalVAE.from_graph(GRAPH, "image", gain_parents=["ink"], gain_form="proportional", **TINY_VAE)
+    assert not list(fixed.gain_net.parameters()) and not any("exponent" in k for k in fixed.state_dict())
+    fixed.train().gain(pa)  # in training the parent's running mean becomes the reference (no range given)
+    ref = fixed.eval().gain_encoder.mean
+    assert torch.allclose(ref, pa["ink"].mean(0))
+    assert torch.allclose(fixed.gain(new).flatten(), new["ink"].flatten() / ref, rtol=1e-5)
+    for form in ("power", "proportional"):
+        with pytest.raises(ValueError, match=rf"gain_form {form} needs continuous gain_parents; \['digit'\]"):
+            ConditionalVAE.from_graph(GRAPH, "image", gain_parents=["digit"], gain_form=form, **TINY_VAE)
     for gain_parents in (["ink"], None):
-        with pytest.raises(ValueError, match=r"gain_form must be one of \('mlp', 'power'\), got 'linear'"):
+        with pytest.raises(ValueError, match=r"gain_form must be one of \('mlp', 'power', 'proportional'\), got 'li"):
             ConditionalVAE.from_graph(GRAPH, "image", gain_parents=gain_parents, gain_form="linear", **TINY_VAE)
 
 
