@@ -168,11 +168,14 @@ def test_independence_penalty_makes_do_digit_effective(morpho):
     i_plain, i_gain = intensity_error_under_do_intensity(plain_mech, te), intensity_error_under_do_intensity(mech, te)
     print(f"do(digit) accuracy: plain {plain:.3f}, independence penalty {penalised:.3f}")
     print(f"do(intensity) intensity MAE: plain {i_plain:.2f}, with the output gain {i_gain:.2f}")
-    assert i_gain <= 4.0 and i_gain < i_plain / 2, f"do(intensity) MAE plain {i_plain:.2f}, gain {i_gain:.2f}"
+    # the preset's gain is proportional to intensity: do(intensity) rescales the factual by i'/i (a learned gain: 2.43)
+    assert i_gain <= 1.5 and i_gain < i_plain / 2, f"do(intensity) MAE plain {i_plain:.2f}, gain {i_gain:.2f}"
     # measured 2026-12-04 (judge with the cosine decay, reading 0.98 of real test digits): plain 0.093, default
     # (penalty, gain, half latent) 0.953 (full scale, 4,000 digits, 30 epochs: 0.984); do(intensity) MAE plain
     # 8.75, gain 2.43 (full scale: 2.32); do(thickness) MAE in place 0.285, transported 0.210 (661 s on 2 shared cores);
-    # with the preset's bicubic read of the moved residual (2026-12-04, session 18): transported 0.221 (950 s, busy)
+    # with the preset's bicubic read of the moved residual (2026-12-04, session 18): transported 0.221 (950 s, busy);
+    # with the proportional gain (session 19): do(digit) 0.960, do(intensity) 0.50, do(thickness) in place 0.343,
+    # transported 0.267 (653 s beside a faces training)
     assert plain < 0.3 and penalised >= 0.9 and penalised >= 4 * plain, (
         f"do(digit) accuracy plain {plain:.2f}, penalised {penalised:.2f}"
     )
