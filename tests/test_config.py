@@ -173,7 +173,7 @@ def test_dataset_image_gain_reaches_the_families_that_model_a_gain():
     assert ddim["x"].config == {"gain_parents": ["i"]}  # a fixed proportional gain (imcf/mechanisms/ddim.py)
     assert vae["y"].config == {}  # i is not a parent of y
     gan = mechanism_specs(g, {**mech, "image": {"family": "gan"}}, image_gain=["i"])
-    assert gan["x"].config == {}  # the GAN models no gain
+    assert gan["x"].config == {"gain_parents": ["i"]}  # a fixed proportional gain (imcf/mechanisms/gan.py)
     own = mechanism_specs(g, {**mech, "image": {"family": "hvae", "config": {"gain_parents": []}}}, image_gain=["i"])
     assert own["x"].config == {"gain_parents": []}  # the node's own setting wins
     assert _compose([])["dataset"]["image_gain"] == ["intensity"]

@@ -139,10 +139,13 @@ class ConditionalGAN(LatentImageMechanism):
         (null = never), latent_weight: weight of ||E(G(z)) - z||^2 in that stage};
       betas: Adam betas for all optimizers (null = the run's optim.betas); disc_lr_scale: D's lr multiplier;
       norm: group | none, normalisation in the generator and encoder (never in D: R1 and spectral norm
-        assume per-sample outputs).
+        assume per-sample outputs);
+      gain_parents (the dataset's `image_gain`): continuous positive parents that scale the image in proportion,
+        x = g * (s + 1) - 1 with g = prod v / ref fixed (`gain_form: proportional`, the only form: no likelihood
+        to learn a gain from); encoder, generator and discriminator work on the shape s.
     """
 
-    models_gain = False  # no likelihood to learn a gain from
+    models_gain = True  # a fixed proportional gain only: no likelihood to learn one from
     abduction_assumption = (
         "approximate abduction: the noise is found by an encoder or by inverting the generator (optimisation), "
         "with no guarantee that it is the posterior of the true noise; the counterfactual assumes the recovered "
@@ -175,7 +178,13 @@ class ConditionalGAN(LatentImageMechanism):
         grad_skip: float | None = None,
         independence_weight: float = 0.0,
         independence_warmup: int = 0,
+        gain_parents: Sequence[str] | None = None,
+        gain_form: str = "proportional",
     ) -> None:
+        if gain_form != "proportional":
+            raise ValueError(
+                f"gan {node!r}: gain_form must be proportional (a learned gain needs a likelihood), got {gain_form!r}"
+            )
         super().__init__(
             node,
             kind,
@@ -186,6 +195,8 @@ class ConditionalGAN(LatentImageMechanism):
             grad_skip=grad_skip,
             independence_weight=independence_weight,
             independence_warmup=independence_warmup,
+            gain_parents=gain_parents,
+            gain_form=gain_form,
         )
         if self.abduct_sample:
             raise ValueError(f"gan {node!r}: abduction.sample needs a stochastic encoder; the GAN's is deterministic")
@@ -278,6 +289,7 @@ class ConditionalGAN(LatentImageMechanism):
         loss; the discriminator loss and the latent cycle error are logged beside it."""
         self._check_image(x)
         cond = self.condition(parents, x.shape[0])
+        x = self.to_shape(x, self.gain(parents))  # with gain parents the networks see and draw the shape
         z_real = self.encoder(x, cond)
         z = torch.randn(x.shape[0], self.latent_dim, device=x.device)
         fake = self.generator(z, cond)
@@ -328,6 +340,8 @@ class ConditionalGAN(LatentImageMechanism):
         d_opt, ge_opt, e_opt = optimizers
         b = x.shape[0]
         cond = self.condition(parents, b).detach()  # once per batch: updates the running statistics once
+        gain = self.gain(parents)
+        x = self.to_shape(x, None if gain is None else gain.detach())  # the GAN models the shape (fixed gain)
         z = torch.randn(b, self.latent_dim, device=x.device)
         finetune = self.in_finetune_stage()
         self.train_batches += 1

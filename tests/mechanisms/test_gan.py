@@ -188,3 +188,33 @@ def test_config_file_builds_both_image_sizes(shape):
     with torch.no_grad():
         out = mech.sample({"digit": F.one_hot(torch.arange(2), 10).float()})
     assert out.shape == (2, *shape) and out.abs().max() <= 1
+
+
+def test_gain_parent_scales_the_gan_in_proportion_and_the_networks_see_the_shape():
+    """gain_parents on the GAN: a fixed proportional gain g = v / ref (ref: the running mean seen in training),
+    so changing only the gain parent rescales the image by v' / v exactly; the networks see the shape
+    (x + 1) / g - 1; a learned gain form is refused (no likelihood to learn it from)."""
+    graph = CausalGraph.from_dict(
+        {
+            "ink": "continuous",
+            "digit": "categorical(10)",
+            "image": {"kind": "image", "shape": [1, 32, 32], "parents": ["ink", "digit"]},
+        }
+    )
+    torch.manual_seed(3)
+    mech = ConditionalGAN.from_graph(graph, "image", gain_parents=["ink"], **TINY)
+    assert mech.cond_features == 10  # the digit only: ink acts through the gain
+    x = torch.rand(6, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(6, 1) * 2 + 0.5, "digit": F.one_hot(torch.arange(6), 10).float()}
+    mech.train().loss(x, pa)  # training mode: the running mean of ink becomes the reference
+    mech.eval()
+    assert torch.allclose(mech.gain(pa).flatten(), pa["ink"].flatten() / pa["ink"].mean(), rtol=1e-5)
+    new = {**pa, "ink": pa["ink"].flip(0)}
+    with torch.no_grad():
+        noise = mech.abduct(x, pa)
+        assert torch.allclose(mech.encoder(mech.to_shape(x, mech.gain(pa)), mech.condition(pa, 6)), noise.latents[0])
+        assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)
+        ratio = (new["ink"] / pa["ink"])[:, :, None, None]
+        assert torch.allclose(mech.predict(noise, new), (ratio * (x + 1) - 1).clamp(-1, 1), atol=1e-5)
+    with pytest.raises(ValueError, match=r"gan 'image': gain_form must be proportional .* got 'mlp'"):
+        ConditionalGAN.from_graph(graph, "image", gain_parents=["ink"], gain_form="mlp", **TINY)
