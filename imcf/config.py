@@ -27,7 +27,7 @@ class DatasetConfig:
     eval_batch_size: int | None = None
     num_workers: int | None = None  # data loader workers; None: the thread plan's (imcf.threads)
     # attributes that act on the images as a global brightness gain (how the data were made): image families
-    # that model a gain (VAE, HVAE) take those that are parents of their node as `gain_parents`
+    # that model a gain (VAE, HVAE, DDIM, GAN) take those that are parents of their node as `gain_parents`
     image_gain: list[str] = field(default_factory=list)
     # what the data say about their variables (domains, ranges), per node: merged under mechanism.<node>.config
     # for the nodes of the graph that have them, each key only where the node's family takes it
