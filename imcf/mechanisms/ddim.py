@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from imcf.graph import NodeKind
 from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes
-from imcf.nn.gain import from_shape, to_shape
+from imcf.nn.gain import PowerGain, from_shape, to_shape
 from imcf.nn.parents import ParentEncoder
 from imcf.registry import MECHANISMS
 
@@ -139,6 +139,7 @@ class DDIM(Mechanism):
         self.register_buffer("gain_count", torch.zeros(()))
         fixed = torch.tensor([p in ranges for p in self.gain_parents], dtype=torch.bool)
         self.register_buffer("_gain_fixed", fixed, persistent=False)
+        self.gain_net = PowerGain(self.gain_parents, 1, node, learned=False)  # no state: checkpoints are unchanged
 
         time_embed_dim = 4 * block_out_channels[0]
         if self.shape_parents:
@@ -250,9 +251,7 @@ class DDIM(Mechanism):
                 mean = self.gain_reference + (values.mean(0) - self.gain_reference) * values.shape[0] / total
                 self.gain_reference.copy_(torch.where(self._gain_fixed, self.gain_reference, mean))
                 self.gain_count.fill_(total)
-        if bool((values <= 0).any()):
-            raise ValueError(f"ddim {self.node!r}: gain parents {list(self.gain_parents)} must be positive")
-        return (values / self.gain_reference.clamp(min=1e-12)).prod(1)[:, None, None, None]
+        return self.gain_net(values, self.gain_reference)
 
     to_shape = staticmethod(to_shape)
     from_shape = staticmethod(from_shape)

@@ -340,8 +340,7 @@ class ConditionalGAN(LatentImageMechanism):
         d_opt, ge_opt, e_opt = optimizers
         b = x.shape[0]
         cond = self.condition(parents, b).detach()  # once per batch: updates the running statistics once
-        gain = self.gain(parents)
-        x = self.to_shape(x, None if gain is None else gain.detach())  # the GAN models the shape (fixed gain)
+        x = self.to_shape(x, self.gain(parents))  # the GAN models the shape (a fixed gain: nothing to train)
         z = torch.randn(b, self.latent_dim, device=x.device)
         finetune = self.in_finetune_stage()
         self.train_batches += 1

@@ -1,6 +1,6 @@
 """An output gain on images in [-1, 1]: x = g * (s + 1) - 1, with s the shape a network models and g > 0 a
-brightness gain set by some parents (`gain_parents` of the VAE, HVAE and DDIM), and the VAE / HVAE's
-power-law gain."""
+brightness gain set by some parents (`gain_parents` of the VAE, HVAE, GAN and DDIM), and the power-law gain
+that computes it for all four."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ class PowerGain(nn.Module):
     (`gain_form` power or proportional of the VAE and HVAE). Exponent 1 and offset 0 are a proportional gain, the
     exact model of a brightness that scales every pixel (Morpho-MNIST's intensity). `learned`: the exponent and
     offset are parameters, started proportional (an exponent learned from 0 moves about one optimiser step size
-    per step, too slowly for a short run); otherwise the gain stays proportional, as the DDIM's."""
+    per step, too slowly for a short run); otherwise the gain stays proportional (the DDIM's and the GAN's only
+    form)."""
 
     def __init__(self, parents: Sequence[str], channels: int, node: str, learned: bool = True) -> None:
         super().__init__()

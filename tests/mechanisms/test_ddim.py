@@ -206,7 +206,7 @@ def test_a_gain_parent_rescales_the_image_exactly_and_is_hidden_from_the_network
     torch.testing.assert_close(mech.gain({"d": d, "i": i}).flatten(), i.flatten() / 200)
     with torch.no_grad():  # the network never sees the gain parent
         torch.testing.assert_close(mech.condition({"d": d, "i": i}, 3), mech.condition({"d": d, "i": 2 * i}, 3))
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match=r"'x': a power-law gain needs positive gain parents; 'i' is -100 in row 0"):
         mech.predict(noise, {"d": d, "i": -i})
 
 
