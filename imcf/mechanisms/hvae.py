@@ -140,7 +140,6 @@ class HierarchicalVAE(ELBOImageMechanism):
             for i in range(n)
         )
         self.likelihood = ImageLikelihood(widths[0], self.channels, likelihood, likelihood_std)
-        self.build_adversary()
 
     def _embed(self, cond: Tensor) -> Tensor:
         if self.cond_embed is None:

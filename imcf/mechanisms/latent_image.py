@@ -18,7 +18,7 @@ from imcf.graph import NodeKind
 from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes
 from imcf.nn.conv import check_image_shape
 from imcf.nn.gain import PowerGain, from_shape, to_shape
-from imcf.nn.independence import ParentAdversary, dependence
+from imcf.nn.independence import dependence
 from imcf.nn.parents import ParentEncoder
 
 #: `abduction.residual: relative`: where both decodes are lit (value + 1 > ON) the residual is scaled by
@@ -35,8 +35,6 @@ TRANSPORT_EPS, TRANSPORT_MAX, TRANSPORT_POOL, TRANSPORT_STEPS = 0.1, 3.0, 3, 2
 RESAMPLE_MODES = ("bilinear", "bicubic")
 #: how the output gain depends on `gain_parents` (`LatentImageMechanism._gain_net`)
 GAIN_FORMS = ("mlp", "power", "proportional")
-#: how the independence penalty measures what the latent codes keep of the parents (ELBO families)
-INDEPENDENCE_FORMS = ("hsic", "adversarial")
 
 
 @dataclass
@@ -498,12 +496,9 @@ class ELBOImageMechanism(LatentImageMechanism):
     """A latent image family with a likelihood (VAE, HVAE): trained on the negative ELBO (plus the independence
     penalty), which also bounds counterfactual fine-tuning (`imcf.training.finetune`).
 
-    Config beyond `LatentImageMechanism`'s: kl_weight; independence_form: hsic (the normalised HSIC of the codes
-    and each parent) | adversarial (an MLP learns to read each parent from the codes and the encoder minimises its
-    confusion, `imcf.nn.independence.ParentAdversary`: it finds a parent in any one level of many);
-    counterfactual_finetune: {enabled, weight, elbo_bound, lagrange_init, lagrange_lr_scale, gain_parents (false:
-    the output gain is neither judged by the predictors nor trained: an exact rescaling the likelihood fits better
-    than a predictor reads it)}.
+    Config beyond `LatentImageMechanism`'s: kl_weight; counterfactual_finetune: {enabled, weight, elbo_bound,
+    lagrange_init, lagrange_lr_scale, gain_parents (false: the output gain is neither judged by the predictors nor
+    trained: an exact rescaling the likelihood fits better than a predictor reads it)}.
     """
 
     finetunable = True
@@ -515,19 +510,12 @@ class ELBOImageMechanism(LatentImageMechanism):
         parent_kinds: Mapping[str, NodeKind],
         kl_weight: float = 1.0,
         counterfactual_finetune: Mapping[str, Any] | None = None,
-        independence_form: str = "hsic",
         **kwargs: Any,
     ) -> None:
         super().__init__(node, kind, parent_kinds, **kwargs)
         if float(kl_weight) < 0:
             raise ValueError(f"{type(self).__name__} {node!r}: kl_weight must be >= 0, got {kl_weight}")
         self.kl_weight = float(kl_weight)
-        if independence_form not in INDEPENDENCE_FORMS:
-            raise ValueError(
-                f"{node}: independence_form must be one of {INDEPENDENCE_FORMS}, got {independence_form!r}"
-            )
-        self.independence_form = independence_form
-        self.adversary: ParentAdversary | None = None
         self.counterfactual_finetune = parse_options(
             counterfactual_finetune,
             {
@@ -540,31 +528,6 @@ class ELBOImageMechanism(LatentImageMechanism):
             },
             f"{node}: counterfactual_finetune",
         )
-
-    def build_adversary(self) -> None:
-        """Subclasses call this last in `__init__` (it needs `noise_shapes`): the `adversarial` independence
-        penalty's parent reader over the concatenated latent codes."""
-        if self.independence_form == "adversarial" and self.independence_weight > 0 and self.parents:
-            dim = sum(math.prod(s) for s in self.noise_shapes())
-            self.adversary = ParentAdversary(dim, self.parent_kinds)
-
-    def independence_penalty(
-        self, codes: Tensor | list[Tensor] | None, parents: Mapping[str, Tensor], batch_size: int
-    ) -> tuple[Tensor | float, dict[str, Tensor]]:
-        """`hsic`: the base class's kernel penalty. `adversarial`: a reader learns each parent from the codes and
-        the encoder gets the current weight times its confusion (`ParentAdversary`); the term added to the loss
-        has value 0 (the monitored loss stays the ELBO) and the gradients of both; logged as `adv_<parent>`, the
-        reader's loss (at chance: log K for K classes, 1 for a continuous parent)."""
-        if self.independence_form != "adversarial":
-            return super().independence_penalty(codes, parents, batch_size)
-        if self.independence_weight <= 0 or codes is None or batch_size < 2:
-            return 0.0, {}
-        if self.adversary is None:
-            raise RuntimeError(f"{type(self).__name__} {self.node!r}: __init__ must end with build_adversary()")
-        term, losses = self.adversary(codes, {p: parents[p] for p in self.parents}, self.current_independence_weight())
-        if self.training and self.independence_warmup > 0:
-            self.independence_steps += 1
-        return term, {f"adv_{p}": v for p, v in losses.items()}
 
     @abstractmethod
     def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:

@@ -59,7 +59,6 @@ class ConditionalVAE(ELBOImageMechanism):
         self.from_latent = nn.Linear(self.latent_dim + d, flat)
         self.decoder = ConvDecoder(widths, blocks, cond_dim=d)
         self.likelihood = ImageLikelihood(widths[0], self.channels, likelihood, likelihood_std)
-        self.build_adversary()
 
     def posterior(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         """q(z | x, pa) as (mean, log-variance)."""

@@ -515,50 +515,6 @@ def test_independence_penalty_is_added_and_logged(family) -> None:
     assert float(b["loss"].detach()) == pytest.approx(float(a["loss"].detach() + extra), rel=1e-5)
 
 
-@pytest.mark.parametrize("family", [ConditionalVAE, HierarchicalVAE])
-def test_adversarial_independence_trains_both_players_and_leaves_the_monitored_loss_the_elbo(family) -> None:
-    """The adversary's term has value 0 (val/loss, which picks the best checkpoint, stays the ELBO); the reader
-    descends its loss on the detached codes, the codes get the weight times the reader's confusion."""
-    cfg = TINY_VAE if family is ConditionalVAE else TINY_HVAE
-    opts = {"independence_weight": 0.5, "independence_form": "adversarial"}
-    torch.manual_seed(2)
-    plain = family.from_graph(GRAPH, "image", **cfg)
-    torch.manual_seed(2)
-    adv = family.from_graph(GRAPH, "image", **opts, **cfg)
-    x = torch.rand(16, 1, 32, 32) * 2 - 1
-    pa = {"ink": torch.rand(16, 1), "digit": F.one_hot(torch.arange(16) % 10, 10).float()}
-    torch.manual_seed(3)
-    a = plain.loss(x, pa)
-    torch.manual_seed(3)
-    b = adv.loss(x, pa)
-    assert float(b["loss"].detach()) == pytest.approx(float(a["loss"].detach()), rel=1e-6)
-    assert float(b["adv_digit"]) == pytest.approx(math.log(10), rel=0.1)  # an untrained reader: chance
-    assert "adv_ink" in b and "dep_digit" not in b
-    # the codes' gradient is the weight times the reader's confusion; the reader's own does not depend on it
-    codes = [c.detach() for c in adv.elbo(x, adv.condition(pa, 16))["codes"]]
-    grads = {}
-    for weight in (0.0, 0.5, 1.0):
-        leaves = [c.clone().requires_grad_() for c in codes]
-        adv.zero_grad()
-        adv.adversary(leaves, pa, weight)[0].backward()
-        grads[weight] = (torch.cat([c.grad.flatten() for c in leaves]), adv.adversary.net[0].weight.grad.clone())
-    assert float(grads[0.0][0].abs().max()) == 0.0 and float(grads[0.5][0].abs().max()) > 0
-    assert torch.allclose(grads[1.0][0], 2 * grads[0.5][0], atol=1e-7)
-    assert torch.equal(grads[0.0][1], grads[1.0][1]) and float(grads[0.0][1].abs().max()) > 0
-
-
-def test_independence_form_is_checked_and_off_builds_no_adversary() -> None:
-    with pytest.raises(
-        ValueError, match=r"image: independence_form must be one of \('hsic', 'adversarial'\), got 'kernel'"
-    ):
-        ConditionalVAE.from_graph(GRAPH, "image", independence_form="kernel", **TINY_VAE)
-    assert ConditionalVAE.from_graph(GRAPH, "image", independence_form="adversarial", **TINY_VAE).adversary is None
-    built = HierarchicalVAE.from_graph(
-        GRAPH, "image", independence_form="adversarial", independence_weight=1.0, **TINY_HVAE
-    )
-    assert built.adversary.net[0].in_features == sum(math.prod(s) for s in built.noise_shapes())
-
-
 def test_independence_warmup_ramps_the_weight_and_counts_training_steps_only() -> None:
     mech = ConditionalVAE.from_graph(GRAPH, "image", independence_weight=2.0, independence_warmup=8, **TINY_VAE)
     x = torch.rand(8, 1, 32, 32) * 2 - 1
