@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import check_number, check_sizes
+from imcf.mechanisms.base import check_sizes
 from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
 from imcf.nn.conv import ConvEncoder, ResBlock, broadcast_cond, cpu_layout
 from imcf.nn.likelihood import ImageLikelihood
@@ -81,9 +81,8 @@ class HierarchicalVAE(ELBOImageMechanism):
     Config (besides `LatentImageMechanism`'s): widths (per resolution, full resolution first; resolution i
     is H / 2**i), latent_dims (latent channels per resolution; 0 = no latent there), blocks (top-down
     blocks per resolution, an int or a list), enc_blocks (encoder residual blocks per resolution),
-    cond_dim (parent embedding size), likelihood, likelihood_std, kl_weight (a number, or one per resolution, full
-    resolution first: a heavy weight on the coarse levels keeps the digit's identity out of their latents, so the
-    decoder draws it from the parents). Per-level KL terms are logged as `kl_<resolution>`, unweighted.
+    cond_dim (parent embedding size), likelihood, likelihood_std. Per-level KL terms are logged as
+    `kl_<resolution>`.
     """
 
     latents_centred = False  # the prior is parent-conditioned: only its standardised codes are centred
@@ -105,11 +104,9 @@ class HierarchicalVAE(ELBOImageMechanism):
         cond_dim: int = 16,
         likelihood: str = "discretized_gaussian",
         likelihood_std: float | None = None,
-        kl_weight: float | Sequence[float] = 1.0,
         **common: Any,
     ) -> None:
-        per_level = not isinstance(kl_weight, (int, float))
-        super().__init__(node, kind, parent_kinds, kl_weight=1.0 if per_level else kl_weight, **common)
+        super().__init__(node, kind, parent_kinds, **common)
         check_sizes("hvae", node, widths=widths)
         check_sizes("hvae", node, 0, blocks=blocks)
         check_sizes("hvae", node, 0, latent_dims=latent_dims)
@@ -127,8 +124,6 @@ class HierarchicalVAE(ELBOImageMechanism):
             raise ValueError(f"hvae {node!r}: {n} resolutions need size divisible by {2 ** (n - 1)}")
         self.resolutions = [self.size // 2**i for i in range(n)]
         self.latent_dims = latent_dims
-        #: KL weight per resolution (full resolution first), or None: `kl_weight` for all
-        self.level_kl_weights = self._level_weights(node, kl_weight, n) if per_level else None
         self.cond_dim = int(cond_dim) if self.cond_features else 0
         self.cond_embed = nn.Linear(self.cond_features, self.cond_dim) if self.cond_dim else None
         self.encoder = ConvEncoder(self.channels, widths, enc_blocks)
@@ -145,22 +140,6 @@ class HierarchicalVAE(ELBOImageMechanism):
             for i in range(n)
         )
         self.likelihood = ImageLikelihood(widths[0], self.channels, likelihood, likelihood_std)
-
-    @staticmethod
-    def _level_weights(node: str, given: Any, n: int) -> list[float]:
-        if isinstance(given, str) or not isinstance(given, Sequence) or len(given) != n:
-            raise ValueError(f"hvae {node!r}: kl_weight must be a number or a list of {n} (one per resolution), "
-                             f"got {given!r}")  # fmt: skip
-        for i, w in enumerate(given):
-            check_number("hvae", node, f"kl_weight[{i}]", w, 0.0)
-        return [float(w) for w in given]
-
-    def weighted_kl(self, terms: Mapping[str, Tensor]) -> Tensor:
-        """`kl_weight` times the KL, or with a weight per resolution the sum of each level's KL times its own."""
-        if self.level_kl_weights is None:
-            return super().weighted_kl(terms)
-        pairs = zip(self.resolutions, self.level_kl_weights)
-        return sum(w * terms[f"kl_{r}"].mean() for r, w in pairs if f"kl_{r}" in terms)
 
     def _embed(self, cond: Tensor) -> Tensor:
         if self.cond_embed is None:

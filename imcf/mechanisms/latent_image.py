@@ -529,10 +529,6 @@ class ELBOImageMechanism(LatentImageMechanism):
             f"{node}: counterfactual_finetune",
         )
 
-    def weighted_kl(self, terms: Mapping[str, Tensor]) -> Tensor:
-        """The KL term of the training loss, nats per image averaged over the batch: `kl_weight` times the KL."""
-        return self.kl_weight * terms["kl"].mean()
-
     @abstractmethod
     def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:
         """{"nll": (B,), "kl": (B,), optional "kl_<level>": (B,)} in nats per image, reparameterised, and
@@ -547,7 +543,7 @@ class ELBOImageMechanism(LatentImageMechanism):
         codes = terms.pop("codes", None)
         dims = float(x[0].numel())
         nll, kl = terms["nll"].mean() / dims, terms["kl"].mean() / dims
-        elbo_loss = nll + self.weighted_kl(terms) / dims
+        elbo_loss = nll + self.kl_weight * kl
         out = {"loss": elbo_loss, "nll": nll.detach(), "kl": kl.detach()}
         for k, v in terms.items():
             if k.startswith("kl_"):

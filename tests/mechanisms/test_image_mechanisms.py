@@ -515,40 +515,6 @@ def test_independence_penalty_is_added_and_logged(family) -> None:
     assert float(b["loss"].detach()) == pytest.approx(float(a["loss"].detach() + extra), rel=1e-5)
 
 
-def test_hvae_kl_weight_per_resolution_weighs_each_level_and_one_number_for_all_is_the_scalar() -> None:
-    """loss = nll + sum_r w_r KL_r / dims with a weight per resolution; [w, w, w] is kl_weight w exactly."""
-    x = torch.rand(8, 1, 32, 32) * 2 - 1
-    pa = {"ink": torch.rand(8, 1), "digit": F.one_hot(torch.arange(8), 10).float()}
-    losses = {}
-    for key, w in (("scalar", 3.0), ("same", [3.0, 3.0, 3.0]), ("levels", [1.0, 5.0, 40.0])):
-        torch.manual_seed(0)
-        mech = HierarchicalVAE.from_graph(GRAPH, "image", kl_weight=w, **TINY_HVAE)
-        torch.manual_seed(1)
-        losses[key] = mech.loss(x, pa)
-    out = losses["levels"]
-    assert float(losses["same"]["loss"]) == pytest.approx(float(losses["scalar"]["loss"]), rel=1e-6)
-    assert float(out["kl"]) == pytest.approx(float(out["kl_32"] + out["kl_16"] + out["kl_8"]), rel=1e-5)  # unweighted
-    expected = out["nll"] + 1.0 * out["kl_32"] + 5.0 * out["kl_16"] + 40.0 * out["kl_8"]
-    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-5)
-    assert min(float(out[k]) for k in ("kl_32", "kl_16", "kl_8")) > 0  # every level's weight is exercised
-
-
-@pytest.mark.parametrize(
-    ("kl_weight", "message"),
-    [
-        (
-            [1.0, 4.0],
-            r"hvae 'image': kl_weight must be a number or a list of 3 \(one per resolution\), got \[1.0, 4.0\]",
-        ),
-        ([1.0, -4.0, 2.0], r"hvae 'image': kl_weight\[1\] must be a number >= 0, got -4.0"),
-        ("heavy", r"hvae 'image': kl_weight must be a number or a list of 3"),
-    ],
-)
-def test_hvae_kl_weights_that_cannot_train_are_named(kl_weight, message) -> None:
-    with pytest.raises(ValueError, match=message):
-        HierarchicalVAE.from_graph(GRAPH, "image", kl_weight=kl_weight, **TINY_HVAE)
-
-
 def test_independence_warmup_ramps_the_weight_and_counts_training_steps_only() -> None:
     mech = ConditionalVAE.from_graph(GRAPH, "image", independence_weight=2.0, independence_warmup=8, **TINY_VAE)
     x = torch.rand(8, 1, 32, 32) * 2 - 1
