@@ -218,3 +218,28 @@ def test_gain_parent_scales_the_gan_in_proportion_and_the_networks_see_the_shape
         assert torch.allclose(mech.predict(noise, new), (ratio * (x + 1) - 1).clamp(-1, 1), atol=1e-5)
     with pytest.raises(ValueError, match=r"gan 'image': gain_form must be proportional .* got 'mlp'"):
         ConditionalGAN.from_graph(graph, "image", gain_parents=["ink"], gain_form="mlp", **TINY)
+
+
+def test_preset_moves_the_residual_with_the_generated_stroke():
+    """configs/mechanism/image/gan.yaml abducts as the VAE preset does: a null intervention returns x exactly;
+    under a new thickness the residual r = x - G(z, pa) is moved along the displacement that turns G(z, pa) into
+    G(z, pa') (`transport`, bicubic), not added in place."""
+    from imcf.mechanisms.latent_image import transport
+
+    spec = read_yaml(ROOT / "configs/mechanism/image/gan.yaml")["config"]
+    assert spec["abduction"]["residual"] == "transported" and spec["abduction"]["resample"] == "bicubic"
+    graph = CausalGraph.from_dict(
+        {"thickness": "continuous", "image": {"kind": "image", "shape": [1, 32, 32], "parents": ["thickness"]}}
+    )
+    torch.manual_seed(0)
+    mech = ConditionalGAN.from_graph(graph, "image", **{**spec, "parent_ranges": {"thickness": [0.5, 6.5]}}).eval()
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa, new = {"thickness": torch.tensor([[1.0], [2.0], [3.0], [4.0]])}, {"thickness": torch.full((4, 1), 5.0)}
+    with torch.no_grad():
+        noise = mech.abduct(x, pa)
+        assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)
+        before = mech.decode(noise, mech.condition(pa, 4))
+        after = mech.decode(noise, mech.condition(new, 4))
+        moved = transport(noise.residual, before, after, "bicubic")
+        assert (moved - noise.residual).abs().max() > 1e-3  # the generator moved, and the residual with it
+        assert torch.allclose(mech.predict(noise, new), (after + moved).clamp(-1, 1), atol=1e-5)
