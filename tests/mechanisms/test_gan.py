@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from imcf.graph import CausalGraph
 from imcf.io import read_yaml
 from imcf.mechanisms.gan import ConditionalGAN
+from imcf.mechanisms.latent_image import transport
 from imcf.training.module import UnitModule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,8 +225,6 @@ def test_preset_moves_the_residual_with_the_generated_stroke():
     """configs/mechanism/image/gan.yaml abducts as the VAE preset does: a null intervention returns x exactly;
     under a new thickness the residual r = x - G(z, pa) is moved along the displacement that turns G(z, pa) into
     G(z, pa') (`transport`, bicubic), not added in place."""
-    from imcf.mechanisms.latent_image import transport
-
     spec = read_yaml(ROOT / "configs/mechanism/image/gan.yaml")["config"]
     assert spec["abduction"]["residual"] == "transported" and spec["abduction"]["resample"] == "bicubic"
     graph = CausalGraph.from_dict(
