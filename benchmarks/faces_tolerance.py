@@ -1,8 +1,8 @@
 """How much of the factual a faces model keeps, per `abduction.withheld_residual_tolerance`, judged against the
 true counterfactual face only (no classifier): the same trained weights answer do(a = 1 - a) for every attribute
-on the first N test faces under each tolerance.
+on the first N faces of a split (test by default) under each tolerance.
 
-    python benchmarks/faces_tolerance.py RUN_DIR [--num-samples 256] [--tolerances none 0.05 0.1 0.2 0.4]
+    python benchmarks/faces_tolerance.py RUN_DIR [--num-samples 256] [--split test] [--tolerances none 0.05 0.1 0.2 0.4]
 
 Prints per tolerance and intervention: PSNR and MAE (0..255) against the true counterfactual, and the share of the
 true change realised, <x' - x, t - x> / |t - x|^2 per face (1: all of it, 0: the factual returned); writes
@@ -28,12 +28,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
     parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="faces to answer")
     parser.add_argument("--tolerances", nargs="+", default=["none", "0.05", "0.1", "0.2", "0.4"])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faces_tolerance.json"))
     args = parser.parse_args()
     scm, cfg = load_run(args.run_dir)
     n = args.num_samples
-    ds = FacesDataset(cfg["dataset"].get("root") or "data", "test")
+    ds = FacesDataset(cfg["dataset"].get("root") or "data", args.split)
     items = [ds[i] for i in range(n)]
     nodes = [a for a in ATTRIBUTES if a in scm.graph.nodes]
     factual = {k: torch.stack([it[k] for it in items]) for k in [*nodes, "image"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,6 +400,14 @@ def multirun_subdir() -> str:
     return "-" + (job.override_dirname or f"job{job.num}").replace("/", "_")
 
 
+def pick(key: Any, table: Any, default: Any) -> Any:
+    """`${imcf_pick:KEY,{a: 1, b: 2},DEFAULT}`: the table's value for KEY, else DEFAULT; e.g. a setting per image
+    family in an experiment file (`${imcf_pick:${oc.select:mechanism.image.family,image},{vae: 2.0e-3},1.0e-3}`)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"imcf_pick: the table must be a mapping like {{vae: 2.0e-3}}, got {table!r}")
+    return table.get(key, default)
+
+
 def register_configs() -> None:
     """Register the schemas with Hydra so that composition itself rejects unknown keys (full path named)."""
     from hydra.core.config_store import ConfigStore
@@ -409,6 +417,8 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     if not OmegaConf.has_resolver("imcf_multirun"):
         OmegaConf.register_new_resolver("imcf_multirun", multirun_subdir)
+    if not OmegaConf.has_resolver("imcf_pick"):
+        OmegaConf.register_new_resolver("imcf_pick", pick)
 
 
 register_configs()

@@ -181,10 +181,10 @@ def test_dataset_image_gain_reaches_the_families_that_model_a_gain():
 
 def test_ddim_experiment_gives_the_image_unit_its_longer_budget_only():
     cfg = validate(_compose(["experiment=morphomnist_ddim"]), TrainConfig)
-    default = validate(_compose(), TrainConfig)
+    default = validate(_compose(["mechanism/image=ddim"]), TrainConfig)
     assert cfg.mechanism["image"]["family"] == "ddim" and cfg.name == "morphomnist-ddim"
     assert cfg.unit_overrides["image"]["trainer"]["max_epochs"] == 100
-    # everything else is the default experiment's: the attribute units, the image unit's lr and patience
+    # everything else is the default experiment's with a DDIM image: the attribute units, the image lr, patience
     assert cfg.trainer == default.trainer and cfg.early_stopping == default.early_stopping
     assert cfg.unit_overrides["image"]["optim"] == default.unit_overrides["image"]["optim"]
 
@@ -265,3 +265,18 @@ def test_every_evaluate_setting_can_be_overridden_under_either_protocol(protocol
     assert cfg.protocol == protocol and list(cfg.minimality.weights) == [1.0, 1.0] and cfg.interventions.bins == 5
     assert cfg.realism.max_reference == 100 and cfg.predictors.path == "p.ckpt"
     assert cfg.inference["image"]["abduction"]["residual"] == "additive"
+
+
+@pytest.mark.parametrize(("family", "lr"), [("vae", 2e-3), ("hvae", 1e-3), ("gan", 1e-3), ("ddim", 1e-3)])
+def test_default_experiment_picks_the_image_lr_per_family(family, lr):
+    cfg = validate(_compose([f"mechanism/image={family}"]), TrainConfig)
+    assert cfg.unit_overrides["image"]["optim"]["lr"] == lr
+
+
+def test_pick_rejects_a_table_that_is_not_a_mapping():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"a": "${imcf_pick:vae,[1, 2],0.1}", "b": "${imcf_pick:gan,{vae: 1},0.1}"})
+    assert cfg.b == 0.1
+    with pytest.raises(Exception, match="the table must be a mapping"):
+        _ = cfg.a
