@@ -267,7 +267,7 @@ def test_every_evaluate_setting_can_be_overridden_under_either_protocol(protocol
     assert cfg.inference["image"]["abduction"]["residual"] == "additive"
 
 
-@pytest.mark.parametrize(("family", "lr"), [("vae", 2e-3), ("hvae", 1e-3), ("gan", 1e-3), ("ddim", 1e-3)])
+@pytest.mark.parametrize(("family", "lr"), [("vae", 2e-3), ("hvae", 2e-3), ("gan", 1e-3), ("ddim", 1e-3)])
 def test_default_experiment_picks_the_image_lr_per_family(family, lr):
     cfg = validate(_compose([f"mechanism/image={family}"]), TrainConfig)
     assert cfg.unit_overrides["image"]["optim"]["lr"] == lr
