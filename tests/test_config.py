@@ -275,8 +275,9 @@ def test_default_experiment_picks_the_image_lr_per_family(family, lr):
 
 def test_pick_rejects_a_table_that_is_not_a_mapping():
     from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
 
     cfg = OmegaConf.create({"a": "${imcf_pick:vae,[1, 2],0.1}", "b": "${imcf_pick:gan,{vae: 1},0.1}"})
     assert cfg.b == 0.1
-    with pytest.raises(Exception, match="the table must be a mapping"):
+    with pytest.raises(InterpolationResolutionError, match="the table must be a mapping"):
         _ = cfg.a
