@@ -189,6 +189,17 @@ def test_ddim_experiment_gives_the_image_unit_its_longer_budget_only():
     assert cfg.unit_overrides["image"]["optim"] == default.unit_overrides["image"]["optim"]
 
 
+def test_faces_ddim_experiment_is_the_faces_experiment_with_a_fast_ddim():
+    cfg = validate(_compose(["experiment=faces_ddim"]), TrainConfig)
+    faces = validate(_compose(["experiment=faces", "mechanism/image=ddim"]), TrainConfig)
+    assert cfg.name == "faces-ddim" and cfg.mechanism["image"]["family"] == "ddim"
+    assert cfg.mechanism["image"]["config"]["num_inference_steps"] == 10
+    assert faces.mechanism["image"]["config"]["num_inference_steps"] == 50  # the preset's, for the MNIST DDIM
+    assert cfg.trainer == faces.trainer and cfg.dataset == faces.dataset and cfg.graph == faces.graph
+    simple = validate(_compose(["experiment=faces_ddim", "graph=faces_simple"]), TrainConfig)
+    assert list(simple.graph["nodes"]) == ["smiling", "eyeglasses", "image"]
+
+
 def test_missing_required_key_is_named():
     with pytest.raises(ConfigError, match="dataset.name"):
         validate({"run_dir": "x", "dataset": {"root": "d"}}, TrainConfig)

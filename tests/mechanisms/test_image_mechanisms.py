@@ -532,6 +532,22 @@ def test_independence_warmup_ramps_the_weight_and_counts_training_steps_only() -
     assert "independence_steps" in mech.state_dict()  # a resumed run continues where it was
 
 
+def test_validation_scores_the_penalty_at_its_full_weight_during_the_warmup() -> None:
+    """The validation loss picks a unit's best epoch: an epoch inside the warm-up must not look better for
+    being penalised less (the seed-1 default run once nearly kept a pre-penalty epoch that ignores do(digit))."""
+    mech = ConditionalVAE.from_graph(GRAPH, "image", independence_weight=2.0, independence_warmup=100, **TINY_VAE)
+    x = torch.rand(8, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(8, 1), "digit": F.one_hot(torch.arange(8), 10).float()}
+    train = mech.loss(x, pa)
+    assert float(train["loss"]) == pytest.approx(float(train["elbo"]))  # step 0 of the warm-up: no penalty
+    mech.eval()
+    with torch.no_grad():
+        val = mech.loss(x, pa)
+    extra = 2.0 * (val["dep_ink"] + val["dep_digit"])
+    assert float(extra) > 0
+    assert float(val["loss"]) == pytest.approx(float(val["elbo"] + extra), rel=1e-5)
+
+
 @pytest.mark.parametrize("family", [ConditionalVAE, HierarchicalVAE])
 def test_gain_parent_rescales_the_image_exactly(family) -> None:
     """gain_parents: the networks never see the gain parent; a null intervention is exact; changing only the gain
