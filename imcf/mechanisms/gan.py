@@ -12,12 +12,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from imcf.graph import NodeKind
 from imcf.mechanisms.base import check_number, check_sizes, is_number
 from imcf.mechanisms.latent_image import LatentImageMechanism, LatentNoise, parse_options
 from imcf.nn.conv import ConvDecoder, ConvEncoder, broadcast_cond
+from imcf.nn.critic import apply_spectral_norm
 from imcf.registry import MECHANISMS
 
 ADVERSARIAL_LOSSES = ("nonsaturating", "hinge")
@@ -113,15 +113,6 @@ class JointDiscriminator(nn.Module):
         if self.project is not None:
             logit = logit + (self.project(cond) * h).sum(1)
         return logit
-
-
-def _apply_spectral_norm(module: nn.Module) -> None:
-    """Spectral normalisation on every convolution and linear layer of `module` (in place)."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, (nn.Conv2d, nn.Linear)):
-            setattr(module, name, spectral_norm(child))
-        else:
-            _apply_spectral_norm(child)
 
 
 @MECHANISMS.register("gan")
@@ -244,7 +235,7 @@ class ConditionalGAN(LatentImageMechanism):
         self.encoder = ImageEncoder(c, widths, blocks, d, self.latent_dim, bottom, norm=norm)
         self.discriminator = JointDiscriminator(c, disc_widths, blocks, d, self.latent_dim, disc_bottom, disc_hidden)
         if regularizer == "spectral_norm":
-            _apply_spectral_norm(self.discriminator)
+            apply_spectral_norm(self.discriminator)
         # training batches seen, so the encoder fine-tuning stage starts at the same point after a resume
         self.register_buffer("train_batches", torch.zeros((), dtype=torch.long))
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from imcf.graph import NodeKind
 from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes
 from imcf.nn.conv import check_image_shape
+from imcf.nn.critic import LAYOUTS as CRITIC_LAYOUTS
 from imcf.nn.critic import ConditionalCritic
 from imcf.nn.gain import PowerGain, from_shape, to_shape
 from imcf.nn.independence import dependence
@@ -113,6 +114,15 @@ def transport(residual: Tensor, before: Tensor, after: Tensor, resample: str = "
         u = u + nn.functional.avg_pool2d(du, TRANSPORT_POOL, 1, TRANSPORT_POOL // 2, count_include_pad=False)
         u = u * (TRANSPORT_MAX / u.norm(dim=1, keepdim=True).clamp(min=TRANSPORT_MAX))
     return _warp(residual, u, resample)
+
+
+def warmup_weight(weight: float, warmup: int, steps: Tensor | int) -> float:
+    """A term's weight after `steps` training steps under a warm-up of `warmup` steps: 0 for the first half,
+    rising linearly to `weight` at `warmup` (no warm-up: `weight` from the first step)."""
+    weight, n = float(weight), int(warmup)
+    if n <= 0:
+        return weight
+    return weight * min(1.0, max(0.0, (int(steps) - n / 2) / (n / 2)))
 
 
 def parse_options(given: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -264,11 +274,7 @@ class LatentImageMechanism(Mechanism):
 
     def current_independence_weight(self) -> float:
         """The independence penalty's weight at this training step (`independence_warmup`)."""
-        n = self.independence_warmup
-        if n <= 0:
-            return self.independence_weight
-        ramp = (int(self.independence_steps) - n / 2) / (n / 2)
-        return self.independence_weight * min(1.0, max(0.0, ramp))
+        return warmup_weight(self.independence_weight, self.independence_warmup, self.independence_steps)
 
     def independence_penalty(
         self, codes: Tensor | list[Tensor] | None, parents: Mapping[str, Tensor], batch_size: int
@@ -506,7 +512,7 @@ class ELBOImageMechanism(LatentImageMechanism):
     Config beyond `LatentImageMechanism`'s: kl_weight; counterfactual_finetune: {enabled, weight, elbo_bound,
     lagrange_init, lagrange_lr_scale, gain_parents (false: the output gain is neither judged by the predictors nor
     trained: an exact rescaling the likelihood fits better than a predictor reads it)}; adversarial: {weight,
-    warmup, fraction, widths, hidden}, a realism term for counterfactual decodes (`adversarial_terms`; weight 0:
+    warmup, fraction, widths, hidden, layout}, a realism term for counterfactual decodes (`adversarial_terms`; weight 0:
     off, no critic is built).
     """
 
@@ -528,7 +534,7 @@ class ELBOImageMechanism(LatentImageMechanism):
         self.kl_weight = float(kl_weight)
         self.adversarial = adv = parse_options(
             adversarial,
-            {"weight": 0.0, "warmup": 0, "fraction": 0.5, "widths": [16, 32, 64], "hidden": 64},
+            {"weight": 0.0, "warmup": 800, "fraction": 1.0, "widths": [16, 32, 64], "hidden": 64, "layout": "residual"},
             f"{node}: adversarial",
         )
         family = getattr(type(self), "registry_name", type(self).__name__)
@@ -537,11 +543,15 @@ class ELBOImageMechanism(LatentImageMechanism):
         if adv["fraction"] > 1:
             raise ValueError(f"{family} {node!r}: adversarial.fraction must be in (0, 1], got {adv['fraction']!r}")
         check_sizes(family, node, 0, **{"adversarial.warmup": adv["warmup"]})
+        if adv["layout"] not in CRITIC_LAYOUTS:
+            raise ValueError(
+                f"{family} {node!r}: adversarial.layout must be one of {CRITIC_LAYOUTS}, got {adv['layout']!r}"
+            )
         self.critic = None
         if adv["weight"] > 0:
             check_sizes(family, node, **{"adversarial.widths": adv["widths"], "adversarial.hidden": adv["hidden"]})
             self.critic = ConditionalCritic(
-                self.channels, self.size, adv["widths"], self.cond_features, int(adv["hidden"])
+                self.channels, self.size, adv["widths"], self.cond_features, int(adv["hidden"]), adv["layout"]
             )
             # steps seen, checkpointed: a resumed run continues the warm-up
             self.register_buffer("adversarial_steps", torch.zeros((), dtype=torch.long))
@@ -590,10 +600,7 @@ class ELBOImageMechanism(LatentImageMechanism):
     def current_adversarial_weight(self) -> float:
         """The adversarial term's weight at this training step: 0 for the first `warmup` / 2 steps, rising
         linearly to `adversarial.weight` at `warmup` (as the independence penalty's)."""
-        n, w = int(self.adversarial["warmup"]), float(self.adversarial["weight"])
-        if n <= 0:
-            return w
-        return w * min(1.0, max(0.0, (int(self.adversarial_steps) - n / 2) / (n / 2)))
+        return warmup_weight(self.adversarial["weight"], self.adversarial["warmup"], self.adversarial_steps)
 
     def adversarial_terms(self, x: Tensor, parents: Mapping[str, Tensor], cond: Tensor) -> dict[str, Tensor]:
         """The realism term of one training batch (`adversarial.weight` > 0).

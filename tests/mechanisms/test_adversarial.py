@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.nn.utils.parametrize import is_parametrized
 
 from imcf.mechanisms.hvae import HierarchicalVAE
+from imcf.mechanisms.latent_image import warmup_weight
 from imcf.mechanisms.vae import ConditionalVAE
+from imcf.nn.critic import ConditionalCritic
 from tests.mechanisms.test_image_mechanisms import GRAPH, TINY_HVAE, TINY_VAE
 
 VAE = {**TINY_VAE, "abduction": {"withheld_latent_scale": 0.5}}
@@ -24,14 +30,15 @@ def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(("family", "cfg"), [(ConditionalVAE, VAE), (HierarchicalVAE, TINY_HVAE)])
-def test_the_decoder_learns_against_the_critic_and_the_critic_only_from_its_own_loss(family, cfg) -> None:
+@pytest.mark.parametrize("layout", ["residual", "strided"])
+def test_the_decoder_learns_against_the_critic_and_the_critic_only_from_its_own_loss(family, cfg, layout) -> None:
     """One optimiser step trains both: the critic's gradient is that of its logistic loss whatever the
     decoder's weight; the decoder's scales with the weight; the encoder gets none (the latents are abducted)."""
     x, pa = batch()
     got = {}
     for weight in (0.1, 10.0):
         torch.manual_seed(0)
-        mech = family.from_graph(GRAPH, "image", adversarial={"weight": weight}, **cfg)
+        mech = family.from_graph(GRAPH, "image", adversarial={"weight": weight, "warmup": 0, "layout": layout}, **cfg)
         terms = mech.adversarial_terms(x, pa, mech.condition(pa, x.shape[0]))
         assert set(terms) == {"loss", "adv_g", "adv_d", "adv_weight"}
         assert float(terms["adv_weight"]) == pytest.approx(weight)
@@ -73,8 +80,31 @@ def test_no_critic_without_a_weight_and_bad_options_are_named() -> None:
         ({"weight": 1, "warmup": -3}, r"adversarial.warmup must be whole number"),
         ({"weight": 1, "widths": [8, 8, 8, 8, 8, 8, 8]}, r"critic widths .* divisible"),
         ({"weight": 1, "hidden": 0}, r"adversarial.hidden must be whole number"),
+        ({"weight": 1, "layout": "dcgan"}, r"vae 'image': adversarial.layout must be one of"),
+        ({"weight": 1, "layout": "strided", "widths": [8, 8, 8, 8, 8, 8]}, r"critic widths .* divisible by 64"),
     ]:
         with pytest.raises(ValueError, match=message):
             ConditionalVAE.from_graph(GRAPH, "image", adversarial=bad, **VAE)
     with pytest.raises(KeyError, match=r"adversarial: unknown key\(s\) \['wieght'\]"):
         ConditionalVAE.from_graph(GRAPH, "image", adversarial={"wieght": 1}, **VAE)
+
+
+def test_the_warmup_ramp_is_off_for_half_then_linear_to_the_weight() -> None:
+    assert [warmup_weight(2.0, 8, s) for s in (0, 4, 5, 6, 8, 100)] == [0.0, 0.0, 0.5, 1.0, 2.0, 2.0]
+    assert warmup_weight(2.0, 0, 0) == 2.0 and warmup_weight(3.0, 8, torch.tensor(7)) == 2.25
+
+
+@pytest.mark.parametrize(("layout", "side"), [("residual", 8), ("strided", 4)])
+def test_both_critic_layouts_are_spectrally_normalised_and_read_their_bottom_side(layout, side) -> None:
+    critic = ConditionalCritic(1, 32, [4, 8, 16], cond_dim=3, hidden=5, layout=layout)
+    layers = [m for m in critic.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert layers and all(is_parametrized(m, "weight") for m in layers)
+    assert critic.hidden.in_features == 16 * side**2
+    assert critic(torch.zeros(2, 1, 32, 32), torch.zeros(2, 3)).shape == (2,)
+
+
+def test_the_code_defaults_are_the_preset_yaml() -> None:
+    """Runs read configs/mechanism/image/vae.yaml; a mechanism built in code must behave the same."""
+    yaml = OmegaConf.load(Path(__file__).parents[2] / "configs/mechanism/image/vae.yaml")
+    preset = OmegaConf.to_container(yaml)["config"]["adversarial"]
+    assert ConditionalVAE.from_graph(GRAPH, "image", **VAE).adversarial == preset
