@@ -274,7 +274,8 @@ class LatentImageMechanism(Mechanism):
 
     def current_independence_weight(self) -> float:
         """The independence penalty's weight at this training step (`independence_warmup`)."""
-        return warmup_weight(self.independence_weight, self.independence_warmup, self.independence_steps)
+        steps = getattr(self, "independence_steps", 0)  # the buffer exists only under a warm-up
+        return warmup_weight(self.independence_weight, self.independence_warmup, steps)
 
     def independence_penalty(
         self, codes: Tensor | list[Tensor] | None, parents: Mapping[str, Tensor], batch_size: int
