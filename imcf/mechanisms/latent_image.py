@@ -513,8 +513,8 @@ class ELBOImageMechanism(LatentImageMechanism):
     Config beyond `LatentImageMechanism`'s: kl_weight; counterfactual_finetune: {enabled, weight, elbo_bound,
     lagrange_init, lagrange_lr_scale, gain_parents (false: the output gain is neither judged by the predictors nor
     trained: an exact rescaling the likelihood fits better than a predictor reads it)}; adversarial: {weight,
-    warmup, fraction, widths, hidden, layout}, a realism term for counterfactual decodes (`adversarial_terms`; weight 0:
-    off, no critic is built).
+    start, warmup, fraction, widths, hidden, layout}, a realism term for counterfactual decodes
+    (`adversarial_terms`; weight 0: off, no critic is built).
     """
 
     finetunable = True
@@ -535,7 +535,15 @@ class ELBOImageMechanism(LatentImageMechanism):
         self.kl_weight = float(kl_weight)
         self.adversarial = adv = parse_options(
             adversarial,
-            {"weight": 0.0, "warmup": 800, "fraction": 1.0, "widths": [16, 32, 64], "hidden": 64, "layout": "residual"},
+            {
+                "weight": 0.0,
+                "start": 0,
+                "warmup": 800,
+                "fraction": 1.0,
+                "widths": [16, 32, 64],
+                "hidden": 64,
+                "layout": "residual",
+            },
             f"{node}: adversarial",
         )
         family = getattr(type(self), "registry_name", type(self).__name__)
@@ -543,7 +551,7 @@ class ELBOImageMechanism(LatentImageMechanism):
         check_number(family, node, "adversarial.fraction", adv["fraction"], 0.0, above=True)
         if adv["fraction"] > 1:
             raise ValueError(f"{family} {node!r}: adversarial.fraction must be in (0, 1], got {adv['fraction']!r}")
-        check_sizes(family, node, 0, **{"adversarial.warmup": adv["warmup"]})
+        check_sizes(family, node, 0, **{"adversarial.warmup": adv["warmup"], "adversarial.start": adv["start"]})
         if adv["layout"] not in CRITIC_LAYOUTS:
             raise ValueError(
                 f"{family} {node!r}: adversarial.layout must be one of {CRITIC_LAYOUTS}, got {adv['layout']!r}"
@@ -599,9 +607,12 @@ class ELBOImageMechanism(LatentImageMechanism):
         return out
 
     def current_adversarial_weight(self) -> float:
-        """The adversarial term's weight at this training step: 0 for the first `warmup` / 2 steps, rising
-        linearly to `adversarial.weight` at `warmup` (as the independence penalty's)."""
-        return warmup_weight(self.adversarial["weight"], self.adversarial["warmup"], self.adversarial_steps)
+        """The adversarial term's weight at this training step: 0 for the first `start` + `warmup` / 2 steps,
+        rising linearly to `adversarial.weight` at `start` + `warmup` (the independence penalty's ramp, delayed)."""
+        steps = int(self.adversarial_steps) - int(self.adversarial["start"])
+        if steps < 0:
+            return 0.0
+        return warmup_weight(self.adversarial["weight"], self.adversarial["warmup"], steps)
 
     def adversarial_terms(self, x: Tensor, parents: Mapping[str, Tensor], cond: Tensor) -> dict[str, Tensor]:
         """The realism term of one training batch (`adversarial.weight` > 0).
@@ -617,7 +628,7 @@ class ELBOImageMechanism(LatentImageMechanism):
         weight = self.current_adversarial_weight()
         self.adversarial_steps += 1
         zero = x.new_zeros(())
-        if weight <= 0 and int(self.adversarial["warmup"]) > 0:
+        if weight <= 0:  # before the start or the ramp: no decode, no critic step
             return {"loss": zero, "adv_g": zero, "adv_d": zero, "adv_weight": zero}
         n = max(2, round(x.shape[0] * float(self.adversarial["fraction"])))
         x, cond = x[:n], cond[:n].detach()

@@ -71,6 +71,26 @@ def test_warmup_starts_the_critic_halfway_and_evaluation_leaves_the_loss_alone()
     assert float(b["loss"]) == float(b["elbo"])
 
 
+def test_a_late_start_delays_the_ramp_and_runs_nothing_before_it() -> None:
+    """start 3, warm-up 4: off for the 3 steps and the warm-up's first 3 (as without a start: no critic step, its
+    weights stay put), then 1.0, 2.0."""
+    x, pa = batch()
+    mech = ConditionalVAE.from_graph(GRAPH, "image", adversarial={"weight": 2.0, "start": 3, "warmup": 4}, **VAE)
+    before = {k: v.clone() for k, v in mech.critic.state_dict().items()}  # spectral-norm vectors move per pass
+    seen = []
+    for step in range(8):
+        if step == 6:
+            assert all(torch.equal(before[k], v) for k, v in mech.critic.state_dict().items())
+        seen.append(mech.current_adversarial_weight())
+        out = mech.loss(x, pa)
+        assert (float(out["adv_d"]) > 0) == (seen[-1] > 0)
+        if seen[-1] == 0:
+            out["loss"].backward()  # nothing from the critic: it takes no gradient before the start
+            assert all(p.grad is None for p in mech.critic.parameters())
+    assert seen == [0.0] * 6 + [1.0, 2.0]
+    assert not all(torch.equal(before[k], v) for k, v in mech.critic.state_dict().items())
+
+
 def test_no_critic_without_a_weight_and_bad_options_are_named() -> None:
     assert ConditionalVAE.from_graph(GRAPH, "image", **VAE).critic is None
     for bad, message in [
@@ -78,6 +98,7 @@ def test_no_critic_without_a_weight_and_bad_options_are_named() -> None:
         ({"weight": 1, "fraction": 0}, r"adversarial.fraction must be a number > 0"),
         ({"weight": 1, "fraction": 1.5}, r"adversarial.fraction must be in \(0, 1\]"),
         ({"weight": 1, "warmup": -3}, r"adversarial.warmup must be whole number"),
+        ({"weight": 1, "start": 1.5}, r"adversarial.start must be whole number"),
         ({"weight": 1, "widths": [8, 8, 8, 8, 8, 8, 8]}, r"critic widths .* divisible"),
         ({"weight": 1, "hidden": 0}, r"adversarial.hidden must be whole number"),
         ({"weight": 1, "layout": "dcgan"}, r"vae 'image': adversarial.layout must be one of"),
