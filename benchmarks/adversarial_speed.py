@@ -54,7 +54,8 @@ def main() -> None:
         scm, _ = build_scm(cfg)
         image = scm.mechanisms["image"]
         if image.critic is not None:
-            image.adversarial_steps.fill_(int(image.adversarial["warmup"]))  # past the warm-up: full weight
+            adv = image.adversarial
+            image.adversarial_steps.fill_(int(adv["start"]) + int(adv["warmup"]))  # past the warm-up: full weight
         if not steps:
             with torch.no_grad():
                 factual = scm.sample(args.batch)
