@@ -537,9 +537,9 @@ class ELBOImageMechanism(LatentImageMechanism):
             adversarial,
             {
                 "weight": 0.0,
-                "start": 0,
-                "warmup": 800,
-                "fraction": 1.0,
+                "start": 900,
+                "warmup": 200,
+                "fraction": 0.5,
                 "widths": [16, 32, 64],
                 "hidden": 64,
                 "layout": "residual",

@@ -38,7 +38,8 @@ def test_the_decoder_learns_against_the_critic_and_the_critic_only_from_its_own_
     got = {}
     for weight in (0.1, 10.0):
         torch.manual_seed(0)
-        mech = family.from_graph(GRAPH, "image", adversarial={"weight": weight, "warmup": 0, "layout": layout}, **cfg)
+        adversarial = {"weight": weight, "start": 0, "warmup": 0, "layout": layout}
+        mech = family.from_graph(GRAPH, "image", adversarial=adversarial, **cfg)
         terms = mech.adversarial_terms(x, pa, mech.condition(pa, x.shape[0]))
         assert set(terms) == {"loss", "adv_g", "adv_d", "adv_weight"}
         assert float(terms["adv_weight"]) == pytest.approx(weight)
@@ -56,7 +57,7 @@ def test_the_decoder_learns_against_the_critic_and_the_critic_only_from_its_own_
 
 def test_warmup_starts_the_critic_halfway_and_evaluation_leaves_the_loss_alone() -> None:
     x, pa = batch()
-    mech = ConditionalVAE.from_graph(GRAPH, "image", adversarial={"weight": 2.0, "warmup": 4}, **VAE)
+    mech = ConditionalVAE.from_graph(GRAPH, "image", adversarial={"weight": 2.0, "start": 0, "warmup": 4}, **VAE)
     seen = []
     for _ in range(5):
         seen.append(mech.current_adversarial_weight())
@@ -125,7 +126,10 @@ def test_both_critic_layouts_are_spectrally_normalised_and_read_their_bottom_sid
 
 
 def test_the_code_defaults_are_the_preset_yaml() -> None:
-    """Runs read configs/mechanism/image/vae.yaml; a mechanism built in code must behave the same."""
+    """Runs read configs/mechanism/image/vae.yaml; a mechanism built in code must behave the same once given the
+    preset's weight (the code's default is off: no critic unless asked, as the HVAE preset leaves it)."""
     yaml = OmegaConf.load(Path(__file__).parents[2] / "configs/mechanism/image/vae.yaml")
     preset = OmegaConf.to_container(yaml)["config"]["adversarial"]
-    assert ConditionalVAE.from_graph(GRAPH, "image", **VAE).adversarial == preset
+    assert preset["weight"] > 0 and ConditionalVAE.from_graph(GRAPH, "image", **VAE).adversarial["weight"] == 0
+    built = ConditionalVAE.from_graph(GRAPH, "image", adversarial={"weight": preset["weight"]}, **VAE)
+    assert built.adversarial == preset and built.critic is not None
