@@ -175,7 +175,9 @@ def test_independence_penalty_makes_do_digit_effective(morpho):
     # 8.75, gain 2.43 (full scale: 2.32); do(thickness) MAE in place 0.285, transported 0.210 (661 s on 2 shared cores);
     # with the preset's bicubic read of the moved residual (2026-12-04, session 18): transported 0.221 (950 s, busy);
     # with the proportional gain (session 19): do(digit) 0.960, do(intensity) 0.50, do(thickness) in place 0.343,
-    # transported 0.267 (653 s beside a faces training)
+    # transported 0.267 (653 s beside a faces training); with the preset's late realism stage and latent scale 0.625
+    # (session 24; the critic on from step 1,001 of 1,500, the plain model too): do(digit) plain 0.173, default 0.987,
+    # do(intensity) 10.12 / 0.50, do(thickness) in place 0.287, transported 0.230 (1,138 s beside two other jobs)
     assert plain < 0.3 and penalised >= 0.9 and penalised >= 4 * plain, (
         f"do(digit) accuracy plain {plain:.2f}, penalised {penalised:.2f}"
     )
