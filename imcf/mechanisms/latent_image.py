@@ -116,13 +116,17 @@ def transport(residual: Tensor, before: Tensor, after: Tensor, resample: str = "
     return _warp(residual, u, resample)
 
 
-def warmup_weight(weight: float, warmup: int, steps: Tensor | int) -> float:
-    """A term's weight after `steps` training steps under a warm-up of `warmup` steps: 0 for the first half,
-    rising linearly to `weight` at `warmup` (no warm-up: `weight` from the first step)."""
+def warmup_weight(weight: float, warmup: int, steps: Tensor | int, start: int = 0) -> float:
+    """A term's weight after `steps` training steps under a warm-up of `warmup` steps that begins after `start`:
+    0 before `start` and for the warm-up's first half, rising linearly to `weight` at `start` + `warmup` (no
+    warm-up: `weight` from `start` on)."""
+    steps = int(steps) - int(start)
+    if steps < 0:
+        return 0.0
     weight, n = float(weight), int(warmup)
     if n <= 0:
         return weight
-    return weight * min(1.0, max(0.0, (int(steps) - n / 2) / (n / 2)))
+    return weight * min(1.0, max(0.0, (steps - n / 2) / (n / 2)))
 
 
 def parse_options(given: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -609,10 +613,8 @@ class ELBOImageMechanism(LatentImageMechanism):
     def current_adversarial_weight(self) -> float:
         """The adversarial term's weight at this training step: 0 for the first `start` + `warmup` / 2 steps,
         rising linearly to `adversarial.weight` at `start` + `warmup` (the independence penalty's ramp, delayed)."""
-        steps = int(self.adversarial_steps) - int(self.adversarial["start"])
-        if steps < 0:
-            return 0.0
-        return warmup_weight(self.adversarial["weight"], self.adversarial["warmup"], steps)
+        adv = self.adversarial
+        return warmup_weight(adv["weight"], adv["warmup"], self.adversarial_steps, adv["start"])
 
     def adversarial_terms(self, x: Tensor, parents: Mapping[str, Tensor], cond: Tensor) -> dict[str, Tensor]:
         """The realism term of one training batch (`adversarial.weight` > 0).

@@ -114,6 +114,8 @@ def test_no_critic_without_a_weight_and_bad_options_are_named() -> None:
 def test_the_warmup_ramp_is_off_for_half_then_linear_to_the_weight() -> None:
     assert [warmup_weight(2.0, 8, s) for s in (0, 4, 5, 6, 8, 100)] == [0.0, 0.0, 0.5, 1.0, 2.0, 2.0]
     assert warmup_weight(2.0, 0, 0) == 2.0 and warmup_weight(3.0, 8, torch.tensor(7)) == 2.25
+    assert [warmup_weight(2.0, 8, s, start=3) for s in (2, 7, 8, 11)] == [0.0, 0.0, 0.5, 2.0]
+    assert warmup_weight(2.0, 0, 2, start=3) == 0.0 and warmup_weight(2.0, 0, 3, start=3) == 2.0
 
 
 @pytest.mark.parametrize(("layout", "side"), [("residual", 8), ("strided", 4)])
