@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import resource_tracker
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -33,6 +35,19 @@ def _ignore_sigterm() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
+def unguarded_main_script() -> str | None:
+    """The path of the script `python` runs when its source has no `__main__` guard, else None. A spawned worker
+    re-runs such a script's top level (which starts the pool again), so it dies before its first chunk."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return None  # interactive, `python -c`, a notebook, or a console-script launcher: nothing is re-run
+    try:
+        source = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    return None if "__main__" in source else str(path)
+
+
 def map_chunks(
     fn: Callable[[T], R],
     chunks: Sequence[T],
@@ -47,10 +62,19 @@ def map_chunks(
     a lock held by one of them and hang forever (seen with `python train.py` on 2 cores). Inside a daemon
     process (e.g. a DataLoader worker), which may not have children, it runs serially. Workers ignore SIGTERM
     (the parent decides: imcf.training.preemption); a worker that dies all the same (SIGKILL, out of memory) raises
-    a RuntimeError that says so, instead of waiting forever for its chunk."""
+    a RuntimeError that says so, instead of waiting forever for its chunk. Called from a script without an
+    `if __name__ == "__main__":` guard, whose top level each spawned worker would re-run, it runs serially and
+    says why."""
     total, done, out = sum(sizes), 0, []
     every = max(1, -(-len(chunks) // 10))  # at most ten lines
-    if workers <= 1 or multiprocessing.current_process().daemon:
+    unguarded = unguarded_main_script() if workers > 1 else None
+    if unguarded:
+        print(
+            f"[imcf] {unguarded} has no `if __name__ == \"__main__\":` guard, so the {workers}-process rendering "
+            "pool cannot spawn workers (each would re-run the script): rendering in this process instead",
+            flush=True,
+        )
+    if workers <= 1 or unguarded or multiprocessing.current_process().daemon:
         results = map(fn, chunks)
         pool = None
     else:

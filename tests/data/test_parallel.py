@@ -114,3 +114,24 @@ def test_every_pool_worker_is_spawned_with_sigterm_blocked():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[0] == "[True, True] False"  # blocked at both spawns, restored afterwards
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_without_a_main_guard_renders_serially_instead_of_killing_its_workers(tmp_path, guarded):
+    """A spawned worker re-runs the top level of an unguarded script (which starts the pool again) and dies before
+    its first chunk: such a script renders in its own process and says why; a guarded one keeps the pool."""
+    import subprocess
+    import sys
+
+    body = "from imcf.data.parallel import map_chunks\nprint(map_chunks(abs, [-1, -2, -3], [1, 1, 1], workers=2))\n"
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "def main():\n" + "".join(f"    {line}\n" for line in body.splitlines()) + 'if __name__ == "__main__":\n    main()\n'
+        if guarded
+        else body
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[1, 2, 3]"
+    assert ("has no `if __name__" in out.stdout) is not guarded
+    assert (str(script) in out.stdout) is not guarded
