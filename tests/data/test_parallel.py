@@ -125,11 +125,8 @@ def test_a_script_without_a_main_guard_renders_serially_instead_of_killing_its_w
 
     body = "from imcf.data.parallel import map_chunks\nprint(map_chunks(abs, [-1, -2, -3], [1, 1, 1], workers=2))\n"
     script = tmp_path / "user_script.py"
-    script.write_text(
-        "def main():\n" + "".join(f"    {line}\n" for line in body.splitlines()) + 'if __name__ == "__main__":\n    main()\n'
-        if guarded
-        else body
-    )
+    indented = "".join(f"    {line}\n" for line in body.splitlines())
+    script.write_text(f'def main():\n{indented}if __name__ == "__main__":\n    main()\n' if guarded else body)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[1, 2, 3]"
