@@ -70,7 +70,7 @@ def map_chunks(
     unguarded = unguarded_main_script() if workers > 1 else None
     if unguarded:
         print(
-            f"[imcf] {unguarded} has no `if __name__ == \"__main__\":` guard, so the {workers}-process rendering "
+            f'[imcf] {unguarded} has no `if __name__ == "__main__":` guard, so the {workers}-process rendering '
             "pool cannot spawn workers (each would re-run the script): rendering in this process instead",
             flush=True,
         )
