@@ -221,9 +221,7 @@ class LatentImageMechanism(Mechanism):
         self.abduct_sample = bool(opts["sample"])
         self.latent_mode = opts["latents"]
         self.withhold_residual_on = self._withheld_parents(opts["withhold_residual_on"], parent_kinds, node)
-        self.withheld_latent_scale = scale = float(opts["withheld_latent_scale"])
-        if not 0.0 <= scale <= 1.0:
-            raise ValueError(f"{node}: abduction.withheld_latent_scale must be in [0, 1], got {scale}")
+        self.withheld_latent_scale = self._latent_scales(opts["withheld_latent_scale"], node)
         tol = opts["withheld_residual_tolerance"]
         if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0):
             raise ValueError(f"{node}: abduction.withheld_residual_tolerance must be null or > 0, got {tol!r}")
@@ -299,6 +297,30 @@ class LatentImageMechanism(Mechanism):
         if self.training and self.independence_warmup > 0:
             self.independence_steps += 1
         return penalty, {f"dep_{p}": v.detach() for p, v in dep.items()}
+
+    @staticmethod
+    def _latent_scales(value: Any, node: str) -> float | tuple[float, ...]:
+        """`abduction.withheld_latent_scale`: one number in [0, 1] for every latent, or a list of them, one per
+        latent tensor in `noise_shapes` order (an HVAE's levels, coarsest first)."""
+        many = isinstance(value, Sequence) and not isinstance(value, str)
+        items = list(value) if many else [value]
+        ok = bool(items) and all(
+            not isinstance(v, bool) and isinstance(v, int | float) and 0.0 <= float(v) <= 1.0 for v in items
+        )
+        if not ok:
+            raise ValueError(
+                f"{node}: abduction.withheld_latent_scale must be a number in [0, 1] or a non-empty list of them "
+                f"(one per latent level), got {value!r}"
+            )
+        return tuple(float(v) for v in items) if many else float(items[0])
+
+    @property
+    def shrinks_withheld(self) -> bool:
+        """Whether rows whose withheld parents change get any latent scaled (`withheld_latent_scale` below 1)."""
+        scales = self.withheld_latent_scale
+        return bool(self.withhold_residual_on) and any(
+            v != 1.0 for v in (scales if isinstance(scales, tuple) else (scales,))
+        )
 
     @staticmethod
     def _withheld_parents(spec: Any, parent_kinds: Mapping[str, NodeKind], node: str) -> tuple[str, ...]:
@@ -409,7 +431,7 @@ class LatentImageMechanism(Mechanism):
 
     def predict(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> Tensor:
         gain = self.gain(parents)
-        if self.withheld_latent_scale != 1.0 and self.withhold_residual_on and "parents" in noise.extras:
+        if self.shrinks_withheld and "parents" in noise.extras:
             noise = self._shrink_withheld(noise, parents)
         out = self._decode_shape(noise, self.condition(parents, noise.batch_size), gain is not None)
         if "tone" in noise.extras:
@@ -464,9 +486,18 @@ class LatentImageMechanism(Mechanism):
                 f"{self.node}: abduction.withheld_latent_scale needs latents whose prior mean is 0 "
                 "(latents: exogenous for a parent-conditioned prior)"
             )
+        scales = self.withheld_latent_scale
+        if isinstance(scales, tuple) and len(scales) != len(noise.latents):
+            raise ValueError(
+                f"{self.node}: abduction.withheld_latent_scale lists {len(scales)} scales but the mechanism has "
+                f"{len(noise.latents)} latent tensors (shapes {[tuple(z.shape[1:]) for z in noise.latents]})"
+            )
+        per = scales if isinstance(scales, tuple) else (scales,) * len(noise.latents)
         changed = self._changed_rows(noise, parents, self.withhold_residual_on).flatten()
-        factor = 1.0 - changed * (1.0 - self.withheld_latent_scale)
-        latents = [z * factor.to(z).view(-1, *[1] * (z.dim() - 1)) for z in noise.latents]
+        latents = []
+        for z, scale in zip(noise.latents, per):
+            factor = 1.0 - changed * (1.0 - scale)
+            latents.append(z * factor.to(z).view(-1, *[1] * (z.dim() - 1)))
         return replace(noise, latents=latents)
 
     @staticmethod
@@ -641,7 +672,7 @@ class ELBOImageMechanism(LatentImageMechanism):
             noise = self.encode_latents(shape, cond)
         noise.extras["parents"] = parents
         moved = {p: v.roll(1, 0) for p, v in parents.items()}
-        if self.withheld_latent_scale != 1.0 and self.withhold_residual_on:
+        if self.shrinks_withheld:
             noise = self._shrink_withheld(noise, moved)
         cond_cf = cond.roll(1, 0)  # the features are per row: the rolled parents' features
         fake = self._decode_shape(noise, cond_cf, gain is not None)

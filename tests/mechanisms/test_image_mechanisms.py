@@ -678,13 +678,50 @@ def test_withheld_latent_scale_shrinks_only_rows_whose_digit_changes() -> None:
         assert torch.allclose(out[[1, 3]], shrunk[[1, 3]], atol=1e-6)  # residual withheld, latent halved
         assert torch.allclose(out[[0, 2]], (mech.decode(noise, cond) + noise.residual)[[0, 2]].clamp(-1, 1), atol=1e-6)
         assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)  # the null intervention stays exact
-    with pytest.raises(ValueError, match=r"withheld_latent_scale must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"withheld_latent_scale must be a number in \[0, 1\]"):
         ConditionalVAE.from_graph(GRAPH, "image", abduction={"withheld_latent_scale": 1.5}, **TINY_VAE)
     fixed = HierarchicalVAE.from_graph(
         GRAPH, "image", abduction={"withheld_latent_scale": 0.5, "latents": "fixed"}, **TINY_HVAE
     ).eval()
     with torch.no_grad(), pytest.raises(ValueError, match="latents: exogenous"):
         fixed.predict(fixed.abduct(x, pa), new)
+
+
+def test_withheld_latent_scale_per_level_shrinks_each_hvae_level_by_its_own_factor() -> None:
+    """A list of scales, one per latent tensor (coarsest level first): rows whose digit changes are decoded from
+    each level's standardised latent times its own scale, other rows are untouched; a list of equal scales is the
+    single number; a list of the wrong length, or values outside [0, 1], are refused naming the option."""
+    torch.manual_seed(11)
+    scales = [0.0, 0.5, 1.0]
+    exo = {"latents": "exogenous"}
+    mech = HierarchicalVAE.from_graph(GRAPH, "image", abduction={**exo, "withheld_latent_scale": scales}, **TINY_HVAE)
+    mech.eval()
+    assert mech.withheld_latent_scale == (0.0, 0.5, 1.0) and mech.shrinks_withheld
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
+    new = {**pa, "digit": F.one_hot(torch.tensor([0, 5, 2, 7]), 10).float()}  # rows 1 and 3 change
+    with torch.no_grad():
+        noise = mech.abduct(x, pa)
+        assert [tuple(u.shape[1:]) for u in noise.latents] == [(4, 8, 8), (2, 16, 16), (2, 32, 32)]
+        out = mech.predict(noise, new)
+        cond = mech.condition(new, 4)
+        shrunk = LatentNoise([u * s for u, s in zip(noise.latents, scales)], standardised=True)
+        assert torch.allclose(out[[1, 3]], mech.decode(shrunk, cond)[[1, 3]], atol=1e-6)
+        kept = (mech.decode(noise, cond) + noise.residual).clamp(-1, 1)
+        assert torch.allclose(out[[0, 2]], kept[[0, 2]], atol=1e-6)
+        assert not torch.allclose(out[[1, 3]], mech.decode(noise, cond)[[1, 3]], atol=1e-3)  # the scales act
+        same = {**exo, "withheld_latent_scale": [0.5] * 3}
+        listed = HierarchicalVAE.from_graph(GRAPH, "image", abduction=same, **TINY_HVAE).eval()
+        one = {**exo, "withheld_latent_scale": 0.5}
+        single = HierarchicalVAE.from_graph(GRAPH, "image", abduction=one, **TINY_HVAE)
+        single.load_state_dict(listed.state_dict())
+        assert torch.equal(listed.predict(listed.abduct(x, pa), new), single.eval().predict(single.abduct(x, pa), new))
+    two = HierarchicalVAE.from_graph(GRAPH, "image", abduction={**exo, "withheld_latent_scale": [0.5, 1]}, **TINY_HVAE)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"withheld_latent_scale lists 2 scales but .* 3 latent"):
+        two.eval().predict(two.abduct(x, pa), new)
+    for bad in ([], [0.5, 1.5, 1.0], ["a"], "0.5", [True]):
+        with pytest.raises(ValueError, match=r"image: abduction.withheld_latent_scale must be a number in \[0, 1\]"):
+            HierarchicalVAE.from_graph(GRAPH, "image", abduction={"withheld_latent_scale": bad}, **TINY_HVAE)
 
 
 def test_withheld_residual_tolerance_keeps_the_factual_where_the_decode_does_not_move() -> None:
