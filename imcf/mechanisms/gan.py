@@ -238,6 +238,7 @@ class ConditionalGAN(LatentImageMechanism):
             apply_spectral_norm(self.discriminator)
         # training batches seen, so the encoder fine-tuning stage starts at the same point after a resume
         self.register_buffer("train_batches", torch.zeros((), dtype=torch.long))
+        self.check_latent_scales()
 
     # ----- LatentImageMechanism -----
     def encode_latents(self, x: Tensor, cond: Tensor) -> LatentNoise:

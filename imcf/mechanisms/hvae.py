@@ -140,6 +140,7 @@ class HierarchicalVAE(ELBOImageMechanism):
             for i in range(n)
         )
         self.likelihood = ImageLikelihood(widths[0], self.channels, likelihood, likelihood_std)
+        self.check_latent_scales()
 
     def _embed(self, cond: Tensor) -> Tensor:
         if self.cond_embed is None:

@@ -314,6 +314,16 @@ class LatentImageMechanism(Mechanism):
             )
         return tuple(float(v) for v in items) if many else float(items[0])
 
+    def check_latent_scales(self) -> None:
+        """Called by each family once its latents are built: a list of `withheld_latent_scale`s needs one scale per
+        latent tensor (`noise_shapes`)."""
+        scales, shapes = self.withheld_latent_scale, self.noise_shapes()
+        if isinstance(scales, tuple) and len(scales) != len(shapes):
+            raise ValueError(
+                f"{self.node}: abduction.withheld_latent_scale lists {len(scales)} scales but the mechanism has "
+                f"{len(shapes)} latent tensors (shapes {[list(s) for s in shapes]}, coarsest first)"
+            )
+
     @property
     def shrinks_withheld(self) -> bool:
         """Whether rows whose withheld parents change get any latent scaled (`withheld_latent_scale` below 1)."""
@@ -487,15 +497,10 @@ class LatentImageMechanism(Mechanism):
                 "(latents: exogenous for a parent-conditioned prior)"
             )
         scales = self.withheld_latent_scale
-        if isinstance(scales, tuple) and len(scales) != len(noise.latents):
-            raise ValueError(
-                f"{self.node}: abduction.withheld_latent_scale lists {len(scales)} scales but the mechanism has "
-                f"{len(noise.latents)} latent tensors (shapes {[tuple(z.shape[1:]) for z in noise.latents]})"
-            )
         per = scales if isinstance(scales, tuple) else (scales,) * len(noise.latents)
         changed = self._changed_rows(noise, parents, self.withhold_residual_on).flatten()
         latents = []
-        for z, scale in zip(noise.latents, per):
+        for z, scale in zip(noise.latents, per, strict=True):  # lengths checked by `check_latent_scales`
             factor = 1.0 - changed * (1.0 - scale)
             latents.append(z * factor.to(z).view(-1, *[1] * (z.dim() - 1)))
         return replace(noise, latents=latents)

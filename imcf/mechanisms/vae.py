@@ -59,6 +59,7 @@ class ConditionalVAE(ELBOImageMechanism):
         self.from_latent = nn.Linear(self.latent_dim + d, flat)
         self.decoder = ConvDecoder(widths, blocks, cond_dim=d)
         self.likelihood = ImageLikelihood(widths[0], self.channels, likelihood, likelihood_std)
+        self.check_latent_scales()
 
     def posterior(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         """q(z | x, pa) as (mean, log-variance)."""
