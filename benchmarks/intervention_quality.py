@@ -10,11 +10,14 @@ digit is read by the evaluator's seed-0 classifier, which no model here is train
 (fine-tuning, where a preset enables it, uses seed 1). A stage whose output exists is not run again.
 
     python benchmarks/intervention_quality.py [--families vae hvae gan] [--runs runs] [--reports reports]
-        [--num-samples 500] [--finetune EPOCHS] [overrides ...]
+        [--num-samples 500] [--finetune EPOCHS] [overrides ...] [--eval evaluate.py overrides ...]
 
 `--finetune N` adds the counterfactual fine-tuning stage (`experiment=morphomnist_cft`, N epochs, predictors of
 seed 1, the output gain left as the likelihood fitted it) to each family's run (`<runs>/iq-<family>-cft`) and
 evaluates that instead (column `<family>+cft`).
+
+`--eval` passes overrides to evaluate.py alone (e.g. `+inference.image.abduction.withheld_latent_scale=...` to ask
+trained weights under other abduction options; a run whose image.ckpt exists is not trained again).
 
 Prints the table with the issue's targets and writes benchmarks/results/intervention_quality.json.
 """
@@ -83,6 +86,7 @@ def main() -> None:
     parser.add_argument("--reports", default="reports")
     parser.add_argument("--num-samples", type=int, default=500)
     parser.add_argument("--finetune", type=int, default=0, help="epochs of counterfactual fine-tuning (0: none)")
+    parser.add_argument("--eval", nargs="*", default=[], help="overrides for evaluate.py only (after the others)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "intervention_quality.json"))
     args, extra = parser.parse_known_args()
     got: dict[str, dict[str, Any]] = {}
@@ -111,7 +115,7 @@ def main() -> None:
                 "evaluate.py",
                 [f"run_dir={run_dir}", f"report_dir={report}", "metrics/protocol=benchmark",
                  f"num_samples={args.num_samples}", "progress=false",
-                 "predictors.max_epochs=10"],
+                 "predictors.max_epochs=10", *args.eval],
             )  # fmt: skip
         got[fam] = json.loads((report / "metrics.json").read_text())["metrics"]
     fams = args.families
@@ -123,7 +127,7 @@ def main() -> None:
         table[label] = {"key": key, "values": vals, "targets": {f: targets.get(f) for f in fams}, "sense": sense}
         lines.append(f"| {label} | " + " | ".join(verdict(vals[f], targets.get(f), sense) for f in fams) + " |")
     print("\n".join(lines))
-    write_json(args.out, {"extra": extra, "cost": cost}, table)
+    write_json(args.out, {"extra": extra, "eval": args.eval, "cost": cost}, table)
 
 
 if __name__ == "__main__":
