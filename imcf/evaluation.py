@@ -84,6 +84,8 @@ def choose_metrics(requested: list[str] | None, why_not: Mapping[str, str]) -> t
         chosen = [m for m in names if not why_not[m]]
         notes = [f"metric {m!r} skipped: {why_not[m]}" for m in names if why_not[m]]
         return chosen, notes
+    if not requested:
+        raise EvaluationError(f"compute=[] asks for no metric; name some of {names}, or compute=null for all supported")
     unknown = [m for m in requested if m not in names]
     if unknown:
         raise EvaluationError(f"unknown metric(s) {unknown}; known: {list(names)}")

@@ -100,6 +100,8 @@ def test_unsupported_metric_is_a_clear_error():
     ]
     with pytest.raises(EvaluationError, match="unknown metric"):
         choose_metrics(["sharpness"], why)
+    with pytest.raises(EvaluationError, match=r"compute=\[\] asks for no metric; name some of \['effectiveness'"):
+        choose_metrics([], why)
 
 
 def test_image_metrics_on_an_attribute_graph_are_refused(tmp_path):
