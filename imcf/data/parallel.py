@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import signal
 import sys
@@ -35,6 +36,7 @@ def _ignore_sigterm() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
+@functools.cache  # the running script does not change: read its source once per process
 def unguarded_main_script() -> str | None:
     """The path of the script `python` runs when its source has no `__main__` guard, else None. A spawned worker
     re-runs such a script's top level (which starts the pool again), so it dies before its first chunk."""
@@ -67,14 +69,15 @@ def map_chunks(
     says why."""
     total, done, out = sum(sizes), 0, []
     every = max(1, -(-len(chunks) // 10))  # at most ten lines
-    unguarded = unguarded_main_script() if workers > 1 else None
+    serial = workers <= 1 or multiprocessing.current_process().daemon
+    unguarded = None if serial else unguarded_main_script()
     if unguarded:
         print(
             f'[imcf] {unguarded} has no `if __name__ == "__main__":` guard, so the {workers}-process rendering '
             "pool cannot spawn workers (each would re-run the script): rendering in this process instead",
             flush=True,
         )
-    if workers <= 1 or unguarded or multiprocessing.current_process().daemon:
+    if serial or unguarded:
         results = map(fn, chunks)
         pool = None
     else:

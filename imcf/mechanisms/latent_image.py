@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes
+from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes, is_number
 from imcf.nn.conv import check_image_shape
 from imcf.nn.critic import LAYOUTS as CRITIC_LAYOUTS
 from imcf.nn.critic import ConditionalCritic
@@ -304,21 +304,23 @@ class LatentImageMechanism(Mechanism):
         latent tensor in `noise_shapes` order (an HVAE's levels, coarsest first)."""
         many = isinstance(value, Sequence) and not isinstance(value, str)
         items = list(value) if many else [value]
-        ok = bool(items) and all(
-            not isinstance(v, bool) and isinstance(v, int | float) and 0.0 <= float(v) <= 1.0 for v in items
-        )
-        if not ok:
+        if not items or not all(is_number(v) and 0.0 <= v <= 1.0 for v in items):
             raise ValueError(
                 f"{node}: abduction.withheld_latent_scale must be a number in [0, 1] or a non-empty list of them "
                 f"(one per latent level), got {value!r}"
             )
         return tuple(float(v) for v in items) if many else float(items[0])
 
+    def latent_scales(self) -> tuple[float, ...]:
+        """`withheld_latent_scale` as one scale per latent tensor (`noise_shapes` order)."""
+        scales = self.withheld_latent_scale
+        return scales if isinstance(scales, tuple) else (scales,) * len(self.noise_shapes())
+
     def check_latent_scales(self) -> None:
         """Called by each family once its latents are built: a list of `withheld_latent_scale`s needs one scale per
         latent tensor (`noise_shapes`)."""
-        scales, shapes = self.withheld_latent_scale, self.noise_shapes()
-        if isinstance(scales, tuple) and len(scales) != len(shapes):
+        scales, shapes = self.latent_scales(), self.noise_shapes()
+        if len(scales) != len(shapes):
             raise ValueError(
                 f"{self.node}: abduction.withheld_latent_scale lists {len(scales)} scales but the mechanism has "
                 f"{len(shapes)} latent tensors (shapes {[list(s) for s in shapes]}, coarsest first)"
@@ -327,10 +329,7 @@ class LatentImageMechanism(Mechanism):
     @property
     def shrinks_withheld(self) -> bool:
         """Whether rows whose withheld parents change get any latent scaled (`withheld_latent_scale` below 1)."""
-        scales = self.withheld_latent_scale
-        return bool(self.withhold_residual_on) and any(
-            v != 1.0 for v in (scales if isinstance(scales, tuple) else (scales,))
-        )
+        return bool(self.withhold_residual_on) and any(v != 1.0 for v in self.latent_scales())
 
     @staticmethod
     def _withheld_parents(spec: Any, parent_kinds: Mapping[str, NodeKind], node: str) -> tuple[str, ...]:
@@ -496,11 +495,9 @@ class LatentImageMechanism(Mechanism):
                 f"{self.node}: abduction.withheld_latent_scale needs latents whose prior mean is 0 "
                 "(latents: exogenous for a parent-conditioned prior)"
             )
-        scales = self.withheld_latent_scale
-        per = scales if isinstance(scales, tuple) else (scales,) * len(noise.latents)
         changed = self._changed_rows(noise, parents, self.withhold_residual_on).flatten()
         latents = []
-        for z, scale in zip(noise.latents, per, strict=True):  # lengths checked by `check_latent_scales`
+        for z, scale in zip(noise.latents, self.latent_scales(), strict=True):  # lengths: `check_latent_scales`
             factor = 1.0 - changed * (1.0 - scale)
             latents.append(z * factor.to(z).view(-1, *[1] * (z.dim() - 1)))
         return replace(noise, latents=latents)
