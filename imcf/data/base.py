@@ -15,13 +15,24 @@ from imcf.config import ConfigError
 SPLITS = ("train", "val", "test")
 
 
+def whole_option(dataset: str, key: str, value: Any, minimum: int | None = None, optional: bool = False) -> int | None:
+    """A dataset option that must be a whole number (at least `minimum`; None allowed when `optional`): the
+    value as an int, or a ConfigError naming `dataset.options.<key>` and what it got. 2.0 passes as 2; 2.5,
+    "abc" and booleans are refused rather than truncated or read as 0/1."""
+    if value is None and optional:
+        return None
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or (minimum is not None and value < minimum):
+        floor = "" if minimum is None else f" >= {minimum}"
+        none = " (or null)" if optional else ""
+        raise ConfigError(f"{dataset}: dataset.options.{key} must be a whole number{floor}{none}, got {value!r}")
+    return int(value)
+
+
 def split_size(dataset: str, sizes: Mapping[str, Any], split: str) -> int:
     """The number of rows `sizes` (the dataset's `sizes` option) gives `split`: a whole number >= 1, or a
     ConfigError naming `dataset.options.sizes.<split>`."""
-    n = sizes.get(split)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"{dataset}: dataset.options.sizes.{split} must be a whole number >= 1, got {n!r}")
-    return n
+    return int(whole_option(dataset, f"sizes.{split}", sizes.get(split), minimum=1))
 
 
 class CausalDataset(Dataset):

@@ -27,7 +27,7 @@ from torchvision.datasets import CelebA
 from torchvision.datasets.utils import check_integrity
 from torchvision.transforms.v2 import functional as TF
 
-from imcf.data.base import CausalDataset
+from imcf.data.base import CausalDataset, whole_option
 from imcf.graph import CausalGraph
 from imcf.io import MissingFileError
 from imcf.registry import DATASETS
@@ -146,7 +146,8 @@ class CelebADataset(CausalDataset):
     ) -> None:
         super().__init__(root, split)
         self.dir = Path(root) / folder
-        self.size, self.crop = int(size), (int(crop) if crop else None)
+        self.size = int(whole_option("celeba", "size", size, minimum=8))
+        self.crop = whole_option("celeba", "crop", crop or None, minimum=1, optional=True)
         if verify_md5:
             self._verify_md5()
         table = read_attributes(self.dir / ATTRIBUTE_FILE)

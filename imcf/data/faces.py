@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from imcf.data.base import SPLITS, CausalDataset, split_size
+from imcf.data.base import SPLITS, CausalDataset, split_size, whole_option
 from imcf.data.cache import CacheError, ensure_writable, load_set, save_set
 from imcf.data.face_drawing import STYLE_FACTORS, render_face
 from imcf.data.parallel import map_chunks
@@ -178,14 +178,13 @@ class FacesDataset(CausalDataset):
         sizes = dict(sizes or {"train": 20000, "val": 2000, "test": 2000})
         if split not in sizes:
             raise KeyError(f"faces: sizes has no entry for split {split!r}: {sizes}")
-        self.n, self.seed, self.size = split_size("faces", sizes, split), int(seed), int(size)
-        if self.size < 16:
-            raise ValueError(f"faces: size must be >= 16, got {size}")
-        self.fixed = {str(k): int(v) for k, v in (fixed or {}).items()}
+        self.n, self.seed = split_size("faces", sizes, split), int(whole_option("faces", "seed", seed))
+        self.size = int(whole_option("faces", "size", size, minimum=16))
+        self.fixed = {str(k): int(whole_option("faces", f"fixed.{k}", v)) for k, v in (fixed or {}).items()}
         derive_attributes({a: np.zeros(1) for a in ATTRIBUTES}, self.fixed)  # validates names and values
         if graph is not None:
             self._check_graph(graph)
-        self.workers = workers
+        self.workers = whole_option("faces", "workers", workers, minimum=1, optional=True)
         self.options = {
             "format_version": FORMAT_VERSION,
             "split": split,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from imcf.data.base import SPLITS, CausalDataset, split_size
+from imcf.data.base import SPLITS, CausalDataset, split_size, whole_option
 from imcf.graph import CausalGraph
 from imcf.mechanisms.linear_gaussian import LinearGaussian
 from imcf.registry import DATASETS
@@ -60,6 +60,7 @@ class LinearGaussianDataset(CausalDataset):
         self.scm = true_linear_scm(graph or DEFAULT_GRAPH, mechanisms or DEFAULT_MECHANISMS)
         sizes = dict(sizes or {"train": 4000, "val": 500, "test": 1000})
         n = split_size("linear_gaussian", sizes, split)
+        seed = int(whole_option("linear_gaussian", "seed", seed))
         gen = torch.Generator().manual_seed(seed * 1000 + SPLITS.index(split))
         self.noise = {v: torch.randn(n, 1, generator=gen) for v in self.scm.graph.nodes}
         self.values = self._render(self.noise, {})

@@ -34,7 +34,7 @@ def test_dataset_sizes_below_one_are_config_errors_naming_the_option(tmp_path):
     from imcf.data.linear import LinearGaussianDataset
     from imcf.data.morphomnist.dataset import MorphoMNIST
 
-    with pytest.raises(ConfigError, match=r"dataset.options.num_samples must be at least 3 .* got -3"):
+    with pytest.raises(ConfigError, match=r"dataset.options.num_samples must be a whole number >= 3 .* got -3"):
         MorphoMNIST(str(tmp_path), "train", num_samples=-3, workers=1)
     with pytest.raises(ConfigError, match=r"faces: dataset.options.sizes.val must be a whole number >= 1, got 0"):
         FacesDataset(str(tmp_path), "val", sizes={"train": 8, "val": 0, "test": 4})
@@ -77,11 +77,17 @@ def test_an_image_size_the_graph_does_not_declare_is_named_when_the_data_are_bui
     [
         ("linear_gausian", {}, r"dataset.name: unknown dataset 'linear_gausian'; registered: \['celeba', 'faces'"),
         ("linear_gaussian", {"bogus": 1}, r"dataset.options: \['bogus'\] are not options of dataset 'linear_gaussian'"),
-        ("linear_gaussian", {"seed": "abc"}, r"dataset.options of 'linear_gaussian' \(test split\): can only"),
-        ("morphomnist", {"upscale": 0}, r"dataset.options of 'morphomnist' \(test split\): upscale must be a positive"),
+        ("linear_gaussian", {"seed": "abc"}, r"dataset.options.seed must be a whole number, got 'abc'"),
+        ("morphomnist", {"upscale": 0}, r"morphomnist: dataset.options.upscale must be a whole number >= 1, got 0"),
+        ("morphomnist", {"upscale": 2.5}, r"dataset.options.upscale must be a whole number >= 1, got 2.5"),
+        ("morphomnist", {"seed": "abc"}, r"morphomnist: dataset.options.seed must be a whole number, got 'abc'"),
+        ("morphomnist", {"num_samples": 2}, r"dataset.options.num_samples must be a whole number >= 3 \(or null\)"),
+        ("morphomnist", {"workers": True}, r"dataset.options.workers must be a whole number >= 1 \(or null\), got True"),
         ("morphomnist", {"val_fraction": -0.2}, r"dataset.options.val_fraction must be in \(0, 1\), got -0.2"),
         ("morphomnist", {"test_fraction": 1.5}, r"dataset.options.test_fraction must be in \(0, 1\), got 1.5"),
-        ("faces", {"size": "big"}, r"dataset.options of 'faces' \(test split\): invalid literal for int\(\)"),
+        ("faces", {"size": "big"}, r"faces: dataset.options.size must be a whole number >= 16, got 'big'"),
+        ("faces", {"fixed": {"eyeglasses": 0.5}}, r"faces: dataset.options.fixed.eyeglasses must be a whole number"),
+        ("faces", {"workers": 0}, r"faces: dataset.options.workers must be a whole number >= 1 \(or null\), got 0"),
     ],
 )
 def test_a_dataset_name_or_option_the_dataset_refuses_is_one_config_error(tmp_path, name, options, message):

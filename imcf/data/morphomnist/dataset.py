@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from imcf.config import ConfigError
-from imcf.data.base import SPLITS, CausalDataset
+from imcf.data.base import SPLITS, CausalDataset, whole_option
 from imcf.data.cache import CacheError, ensure_writable, load_set, save_set
 from imcf.data.idx import read_idx
 from imcf.data.morphomnist.measure import DEFAULT_UPSCALE, MEASURE_SCALE, measure_batch
@@ -270,8 +270,10 @@ class MorphoMNIST(Morphometrics, CausalDataset):
         regenerate: bool = False,
     ) -> None:
         super().__init__(root, split)
-        if int(upscale) < 1:
-            raise ValueError(f"upscale must be a positive integer, got {upscale!r}")
+        num_samples = whole_option("morphomnist", "num_samples", num_samples, minimum=3, optional=True)
+        upscale = whole_option("morphomnist", "upscale", upscale, minimum=1)
+        seed = whole_option("morphomnist", "seed", seed)
+        workers = whole_option("morphomnist", "workers", workers, minimum=1, optional=True)
         for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 < float(frac) < 1.0:
                 raise ValueError(f"dataset.options.{key} must be in (0, 1), got {frac!r}")
