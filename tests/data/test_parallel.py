@@ -82,7 +82,7 @@ def test_an_image_size_the_graph_does_not_declare_is_named_when_the_data_are_bui
         ("morphomnist", {"upscale": 2.5}, r"dataset.options.upscale must be a whole number >= 1, got 2.5"),
         ("morphomnist", {"seed": "abc"}, r"morphomnist: dataset.options.seed must be a whole number, got 'abc'"),
         ("morphomnist", {"num_samples": 2}, r"dataset.options.num_samples must be a whole number >= 3 \(or null\)"),
-        ("morphomnist", {"workers": True}, r"dataset.options.workers must be a whole number >= 1 \(or null\), got True"),
+        ("morphomnist", {"workers": True}, r"options.workers must be a whole number >= 1 \(or null\), got True"),
         ("morphomnist", {"val_fraction": -0.2}, r"dataset.options.val_fraction must be in \(0, 1\), got -0.2"),
         ("morphomnist", {"test_fraction": 1.5}, r"dataset.options.test_fraction must be in \(0, 1\), got 1.5"),
         ("faces", {"size": "big"}, r"faces: dataset.options.size must be a whole number >= 16, got 'big'"),
