@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ def whole_option(dataset: str, key: str, value: Any, minimum: int | None = None,
     "abc" and booleans are refused rather than truncated or read as 0/1."""
     if value is None and optional:
         return None
-    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
     if isinstance(value, bool) or not whole or (minimum is not None and value < minimum):
         floor = "" if minimum is None else f" >= {minimum}"
         none = " (or null)" if optional else ""
