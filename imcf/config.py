@@ -405,7 +405,15 @@ def pick(key: Any, table: Any, default: Any) -> Any:
     family in an experiment file (`${imcf_pick:${oc.select:mechanism.image.family,image},{vae: 2.0e-3},1.0e-3}`)."""
     if not isinstance(table, Mapping):
         raise ConfigError(f"imcf_pick: the table must be a mapping like {{vae: 2.0e-3}}, got {table!r}")
-    return table.get(key, default)
+    value = table.get(key, default)
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    # a list or mapping goes back as a config node: `OmegaConf.resolve` (in place) cannot store a plain list
+    return (
+        OmegaConf.create(list(value) if isinstance(value, tuple) else value)
+        if isinstance(value, (list, tuple, dict))
+        else value
+    )
 
 
 def register_configs() -> None:

@@ -284,6 +284,16 @@ def test_default_experiment_picks_the_image_lr_per_family(family, lr):
     assert cfg.unit_overrides["image"]["optim"]["lr"] == lr
 
 
+@pytest.mark.parametrize(
+    ("overrides", "scale"),
+    [(["experiment=faces_simple"], [0.5, 0.5, 1.0]), (["experiment=faces"], 0.5), (["mechanism/image=hvae"], 0.5)],
+)
+def test_the_hvae_preset_keeps_the_finest_latent_on_the_simple_faces_graph(overrides, scale):
+    """A list picked by `imcf_pick` survives `OmegaConf.resolve` (in place: a plain list failed there)."""
+    cfg = validate(_compose(overrides), TrainConfig)
+    assert cfg.mechanism["image"]["config"]["abduction"]["withheld_latent_scale"] == scale
+
+
 def test_pick_rejects_a_table_that_is_not_a_mapping():
     from omegaconf import OmegaConf
     from omegaconf.errors import InterpolationResolutionError
