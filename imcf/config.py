@@ -406,14 +406,8 @@ def pick(key: Any, table: Any, default: Any) -> Any:
     if not isinstance(table, Mapping):
         raise ConfigError(f"imcf_pick: the table must be a mapping like {{vae: 2.0e-3}}, got {table!r}")
     value = table.get(key, default)
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value)
     # a list or mapping goes back as a config node: `OmegaConf.resolve` (in place) cannot store a plain list
-    return (
-        OmegaConf.create(list(value) if isinstance(value, tuple) else value)
-        if isinstance(value, (list, tuple, dict))
-        else value
-    )
+    return OmegaConf.create(value) if isinstance(value, list | dict | ListConfig | DictConfig) else value
 
 
 def register_configs() -> None:
