@@ -154,6 +154,31 @@ def test_a_scale_per_parent_amplifies_each_parents_change_by_its_own_scale():
     assert torch.equal(per.predict(noise, parents), plain.predict(noise, parents))
 
 
+def test_a_guidance_interval_guides_only_the_steps_inside_it():
+    """[0.5, 1]: the steps at t >= 500 are guided, the rest are the plain conditional model; an interval holding no
+    step of the grid (10 steps: t = 900, 800, ..., 0) is the unguided sampler; [0, 1] is the default."""
+    x, parents = mnist32()
+    x, parents = x[:4], {p: v[:4] for p, v in parents.items()}
+    plain, every = _trained_pair(guidance_scale=4.0)
+    _, half = _trained_pair(guidance_scale=4.0, guidance_interval=[0.5, 1.0])
+    _, none = _trained_pair(guidance_scale=4.0, guidance_interval=[0.95, 1.0])
+    _, whole = _trained_pair(guidance_scale=4.0, guidance_interval=(0, 1))
+    noise = half.abduct(x, parents)
+    cf = {"digit": parents["digit"].roll(1, dims=1), "ink": parents["ink"]}
+    assert torch.equal(none.predict(noise, cf), plain.predict(noise, cf))
+    assert torch.equal(whole.predict(noise, cf), every.predict(noise, cf))
+    with torch.no_grad():
+        feats, base, sample = half.condition(cf, 4), half.condition(parents, 4), noise.x_T
+        half.scheduler.set_timesteps(10)
+        for t in half.scheduler.timesteps:
+            eps = half.guided_eps(sample, t, feats, base) if t >= 500 else half.eps(sample, t, feats)
+            sample = half.scheduler.step(eps, t, sample, eta=0.0).prev_sample
+    out = half.predict(noise, cf)
+    assert torch.equal(out, sample.clamp(-1, 1))
+    assert not torch.allclose(out, plain.predict(noise, cf)) and not torch.allclose(out, every.predict(noise, cf))
+    assert torch.equal(half.predict(noise, parents), plain.predict(noise, parents))  # a null intervention stays exact
+
+
 def test_classic_guidance_and_prior_draws_guide_from_the_null():
     x, parents = mnist32()
     x, parents = x[:4], {p: v[:4] for p, v in parents.items()}
@@ -295,6 +320,10 @@ def test_scm_counterfactual_and_save_load(tmp_path):
         ({"guidance_scale": {"a": 2, "b": 1}, "guidance_from": "null", **SMALL}, "per parent needs guidance_from"),
         ({"guidance_scale": -2.0, **SMALL}, r"guidance_scale must be a number >= 0, got -2.0"),
         ({"guidance_scale": {"a": 2, "b": -1}, **SMALL}, r"guidance_scale.b must be a number >= 0"),
+        ({"guidance_interval": [0.6, 0.4], **SMALL}, r"guidance_interval must be \[lo, hi\].*got \[0.6, 0.4\]"),
+        ({"guidance_interval": [0.5], **SMALL}, r"guidance_interval must be \[lo, hi\]"),
+        ({"guidance_interval": "late", **SMALL}, r"guidance_interval must be \[lo, hi\].*got 'late'"),
+        ({"guidance_interval": [0, 1.5], **SMALL}, r"guidance_interval must be"),
         ({"beta_schedule": "cosine", **SMALL}, r"beta_schedule must be one of .*'squaredcos_cap_v2'.*got 'cosine'"),
         ({"num_train_timesteps": 0, **SMALL}, r"num_train_timesteps must be whole number\(s\) >= 1, got 0"),
         ({"parent_ranges": {"a": [1, 1]}, **SMALL}, r"parent_ranges.a must be \[lo, hi\] with lo < hi"),
