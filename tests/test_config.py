@@ -285,13 +285,20 @@ def test_default_experiment_picks_the_image_lr_per_family(family, lr):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "scale"),
-    [(["experiment=faces_simple"], [0.5, 0.5, 1.0]), (["experiment=faces"], 0.5), (["mechanism/image=hvae"], 0.5)],
+    ("overrides", "scale", "kl"),
+    [
+        (["experiment=faces_simple"], [1.0, 1.0, 1.0], 64.0),
+        (["experiment=faces"], 0.5, 24.0),
+        (["mechanism/image=hvae"], 0.5, 24.0),
+    ],
 )
-def test_the_hvae_preset_keeps_the_finest_latent_on_the_simple_faces_graph(overrides, scale):
-    """A list picked by `imcf_pick` survives `OmegaConf.resolve` (in place: a plain list failed there)."""
+def test_the_hvae_preset_picks_its_kl_weight_and_latent_scales_by_graph(overrides, scale, kl):
+    """A list picked by `imcf_pick` survives `OmegaConf.resolve` (in place: a plain list failed there); the simple
+    faces graph keeps every latent level and weights the KL by 64, every other graph halves them under 24."""
     cfg = validate(_compose(overrides), TrainConfig)
-    assert cfg.mechanism["image"]["config"]["abduction"]["withheld_latent_scale"] == scale
+    config = cfg.mechanism["image"]["config"]
+    assert config["abduction"]["withheld_latent_scale"] == scale
+    assert config["kl_weight"] == kl and isinstance(config["kl_weight"], float)
 
 
 def test_pick_rejects_a_table_that_is_not_a_mapping():
