@@ -43,12 +43,11 @@ import numpy as np
 import torch
 
 import imcf.mechanisms  # noqa: F401  (fills the registry)
-from imcf.config import PredictorConfig
+from imcf.config import PredictorConfig, mechanism_preset
 from imcf.data import morphomnist as mm
 from imcf.data.morphomnist.dataset import MorphoMNIST
 from imcf.evaluators.predictors import AttributePredictor, load_or_train_predictors
 from imcf.graph import CausalGraph
-from imcf.io import read_yaml
 from imcf.metrics.composition import image_l1, null_intervention, repeat
 from imcf.metrics.reversibility import round_trips
 from imcf.registry import MECHANISMS
@@ -67,7 +66,7 @@ def load_split(root: str, split: str, num_samples: int, device: torch.device) ->
 
 
 def build(family: str, config_name: str, graph: CausalGraph) -> Any:
-    spec = read_yaml(ROOT / "configs" / "mechanism" / "image" / f"{config_name}.yaml")
+    spec = mechanism_preset(ROOT / "configs" / "mechanism" / "image" / f"{config_name}.yaml", graph="morphomnist")
     if spec["family"] != family:
         raise ValueError(f"configs/mechanism/image/{config_name}.yaml is for {spec['family']!r}, not {family!r}")
     config = dict(spec["config"])

@@ -410,6 +410,25 @@ def pick(key: Any, table: Any, default: Any) -> Any:
     return OmegaConf.create(value) if isinstance(value, list | dict | ListConfig | DictConfig) else value
 
 
+def mechanism_preset(path: str | Path, graph: str | None = None) -> dict[str, Any]:
+    """A mechanism preset file (e.g. configs/mechanism/image/hvae.yaml) as plain data, with its per-graph settings
+    (`${imcf_pick:${oc.select:graph.name,none},...}`) resolved as a run on the graph named `graph` resolves them
+    (None: every table's default). For code that builds a mechanism from a preset outside train.py."""
+    from imcf.io import read_yaml
+
+    register_configs()
+    spec = read_yaml(path)
+    if not isinstance(spec, Mapping) or "defaults" in spec:
+        raise ConfigError(
+            f"{path}: not a stand-alone mechanism preset (a `defaults` list needs Hydra's composition: "
+            "use train.py's config, e.g. `mechanism/image=<name>`)"
+        )
+    root = {"preset": spec}
+    if graph is not None:
+        root["graph"] = {"name": graph}
+    return OmegaConf.to_container(OmegaConf.create(root), resolve=True)["preset"]  # type: ignore[index]
+
+
 def register_configs() -> None:
     """Register the schemas with Hydra so that composition itself rejects unknown keys (full path named)."""
     from hydra.core.config_store import ConfigStore

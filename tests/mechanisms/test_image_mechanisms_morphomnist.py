@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import imcf.mechanisms  # noqa: F401
+from imcf.config import mechanism_preset
 from imcf.data import morphomnist as mm
 from imcf.data.morphomnist.dataset import MorphoMNIST
 from imcf.evaluators.predictors import AttributePredictor, FrozenPredictor
 from imcf.graph import CausalGraph
-from imcf.io import read_yaml
 from imcf.registry import MECHANISMS
 from imcf.training.finetune import CounterfactualObjective
 from imcf.training.fit import fit_mechanism
@@ -41,7 +41,7 @@ def trained_family(tr, family: str, steps: int = 1500, lr: float = 1e-3, cosine:
     cosine when `cosine`; the weights averaged where the family asks) on the training digits."""
     torch.set_num_threads(1)
     graph = CausalGraph.from_yaml(ROOT / "configs/graph/morphomnist.yaml")
-    spec = read_yaml(ROOT / f"configs/mechanism/image/{family}.yaml")
+    spec = mechanism_preset(ROOT / f"configs/mechanism/image/{family}.yaml", graph="morphomnist")
     config = {**spec["config"], "parent_ranges": {"thickness": [0.5, 6.5], "intensity": [64.0, 255.0]}, **overrides}
     torch.manual_seed(0)
     mech = MECHANISMS[spec["family"]].from_graph(graph, "image", **config)
