@@ -19,7 +19,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, UNet2D
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes
+from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes, is_number
 from imcf.nn.gain import PowerGain, from_shape, to_shape
 from imcf.nn.parents import ParentEncoder
 from imcf.registry import MECHANISMS
@@ -415,7 +415,7 @@ def _interval(node: str, given: Any) -> tuple[float, float]:
         isinstance(given, Sequence)
         and not isinstance(given, str)
         and len(given) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in given)
+        and all(is_number(v) for v in given)
     )
     if not ok or not 0.0 <= given[0] <= given[1] <= 1.0:
         raise ValueError(
