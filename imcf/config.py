@@ -416,8 +416,7 @@ def mechanism_preset(path: str | Path, graph: str | None = None) -> dict[str, An
     (None: every table's default). For code that builds a mechanism from a preset outside train.py."""
     from imcf.io import read_yaml
 
-    register_configs()
-    spec = read_yaml(path)
+    spec = read_yaml(path)  # `imcf_pick` is registered when this module is imported (register_configs below)
     if not isinstance(spec, Mapping) or "defaults" in spec:
         raise ConfigError(
             f"{path}: not a stand-alone mechanism preset (a `defaults` list needs Hydra's composition: "

@@ -65,8 +65,9 @@ class DDIM(Mechanism):
     thickness: 1.25}, factual base): each parent's change is amplified by its own w and a row that changed
     several adds their amplified changes (compositional guidance); a prior draw then uses the largest w.
     `guidance_interval` [lo, hi] limits guidance to the sampling steps whose timestep t has lo <= t / T <= hi
-    (T = num_train_timesteps; Kynkaanniemi et al. 2024): [0.5, 1] guides the noisier half, where the image's coarse
-    content is decided, and lets the plain conditional model draw the detail; the default [0, 1] guides every step.
+    (T = num_train_timesteps; Kynkaanniemi et al. 2024); the other steps use the plain conditional model. The default
+    [0, 1] guides every step; on the simple faces graph the attributes are drawn in the detail half ([0, 0.5] kept the
+    face best, [0.5, 1] lost most of the effect; docs/results.md).
 
     `gain_parents` (continuous, positive; the dataset's `image_gain` reaches it through `models_gain`) act as a
     fixed proportional output gain, x = g * (s + 1) - 1 with g = prod(v / reference): the diffusion models the
