@@ -182,9 +182,14 @@ def test_benchmark_protocol_is_the_default_and_matches_the_schema_defaults():
 
 
 def test_inference_options_from_the_command_line():
+    from omegaconf import OmegaConf
+
     cfg = _compose("+inference.image.guidance_scale=3", "+inference.image.abduction.withheld_latent_scale=1")
     assert cfg.inference.image.guidance_scale == 3 and cfg.inference.image.abduction.withheld_latent_scale == 1
     assert not _compose().inference
+    per_parent = _compose("+inference.image.abduction.withheld_latent_scale={smiling:[0.5,1,1],eyeglasses:1}")
+    scales = OmegaConf.to_container(per_parent.inference.image.abduction.withheld_latent_scale)
+    assert scales == {"smiling": [0.5, 1, 1], "eyeglasses": 1}
 
 
 def test_protocol_and_metric_selection_from_the_command_line():

@@ -129,6 +129,22 @@ def warmup_weight(weight: float, warmup: int, steps: Tensor | int, start: int = 
     return weight * min(1.0, max(0.0, (steps - n / 2) / (n / 2)))
 
 
+LatentScales = float | tuple[float, ...] | dict[str, float | tuple[float, ...]]
+
+
+def _scales(value: Any, what: str, alternative: str) -> float | tuple[float, ...]:
+    """One latent scale in [0, 1] or a non-empty list of them (one per latent level); otherwise an error naming
+    `what` and the value."""
+    many = isinstance(value, Sequence) and not isinstance(value, str)
+    items = list(value) if many else [value]
+    if not items or not all(is_number(v) and 0.0 <= v <= 1.0 for v in items):
+        raise ValueError(
+            f"{what} must be a number in [0, 1] or a non-empty list of them (one per latent level)"
+            f"{', ' + alternative if alternative else ''}, got {value!r}"
+        )
+    return tuple(float(v) for v in items) if many else float(items[0])
+
+
 def parse_options(given: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
     """Defaults updated by `given`; unknown keys raise an error naming them."""
     given = dict(given or {})
@@ -221,7 +237,7 @@ class LatentImageMechanism(Mechanism):
         self.abduct_sample = bool(opts["sample"])
         self.latent_mode = opts["latents"]
         self.withhold_residual_on = self._withheld_parents(opts["withhold_residual_on"], parent_kinds, node)
-        self.withheld_latent_scale = self._latent_scales(opts["withheld_latent_scale"], node)
+        self.withheld_latent_scale = self._latent_scales(opts["withheld_latent_scale"], node, self.withhold_residual_on)
         tol = opts["withheld_residual_tolerance"]
         if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0):
             raise ValueError(f"{node}: abduction.withheld_residual_tolerance must be null or > 0, got {tol!r}")
@@ -299,37 +315,46 @@ class LatentImageMechanism(Mechanism):
         return penalty, {f"dep_{p}": v.detach() for p, v in dep.items()}
 
     @staticmethod
-    def _latent_scales(value: Any, node: str) -> float | tuple[float, ...]:
+    def _latent_scales(value: Any, node: str, withheld: Sequence[str]) -> LatentScales:
         """`abduction.withheld_latent_scale`: one number in [0, 1] for every latent, or a list of them, one per
-        latent tensor in `noise_shapes` order (an HVAE's levels, coarsest first)."""
-        many = isinstance(value, Sequence) and not isinstance(value, str)
-        items = list(value) if many else [value]
-        if not items or not all(is_number(v) and 0.0 <= v <= 1.0 for v in items):
-            raise ValueError(
-                f"{node}: abduction.withheld_latent_scale must be a number in [0, 1] or a non-empty list of them "
-                f"(one per latent level), got {value!r}"
+        latent tensor in `noise_shapes` order (an HVAE's levels, coarsest first); or a mapping from withheld parents
+        to such a number or list, each parent's scales applied to the rows where that parent changes (a withheld
+        parent it does not name keeps its latents: scale 1)."""
+        what = f"{node}: abduction.withheld_latent_scale"
+        if not isinstance(value, Mapping):
+            return _scales(value, what, "or a mapping from withheld parents to either")
+        unknown = [p for p in value if p not in withheld]
+        if unknown:
+            raise KeyError(
+                f"{what} names {unknown}, which are not withheld parents (withhold_residual_on: {list(withheld)})"
             )
-        return tuple(float(v) for v in items) if many else float(items[0])
+        return {str(p): _scales(v, f"{what}[{p}]", "") for p, v in value.items()}
 
-    def latent_scales(self) -> tuple[float, ...]:
-        """`withheld_latent_scale` as one scale per latent tensor (`noise_shapes` order)."""
+    def latent_scales(self, parent: str | None = None) -> tuple[float, ...]:
+        """`withheld_latent_scale` as one scale per latent tensor (`noise_shapes` order): with a scale per parent,
+        that of `parent` (1 where the mapping does not name it)."""
         scales = self.withheld_latent_scale
+        if isinstance(scales, dict):
+            scales = scales.get(parent, 1.0) if parent is not None else 1.0
         return scales if isinstance(scales, tuple) else (scales,) * len(self.noise_shapes())
 
     def check_latent_scales(self) -> None:
         """Called by each family once its latents are built: a list of `withheld_latent_scale`s needs one scale per
         latent tensor (`noise_shapes`)."""
-        scales, shapes = self.latent_scales(), self.noise_shapes()
-        if len(scales) != len(shapes):
-            raise ValueError(
-                f"{self.node}: abduction.withheld_latent_scale lists {len(scales)} scales but the mechanism has "
-                f"{len(shapes)} latent tensors (shapes {[list(s) for s in shapes]}, coarsest first)"
-            )
+        shapes = self.noise_shapes()
+        for parent in (None, *self.withhold_residual_on):
+            scales = self.latent_scales(parent)
+            if len(scales) != len(shapes):
+                of = f" for {parent!r}" if isinstance(self.withheld_latent_scale, dict) else ""
+                raise ValueError(
+                    f"{self.node}: abduction.withheld_latent_scale lists {len(scales)} scales{of} but the mechanism "
+                    f"has {len(shapes)} latent tensors (shapes {[list(s) for s in shapes]}, coarsest first)"
+                )
 
     @property
     def shrinks_withheld(self) -> bool:
         """Whether rows whose withheld parents change get any latent scaled (`withheld_latent_scale` below 1)."""
-        return bool(self.withhold_residual_on) and any(v != 1.0 for v in self.latent_scales())
+        return any(v != 1.0 for p in self.withhold_residual_on for v in self.latent_scales(p))
 
     @staticmethod
     def _withheld_parents(spec: Any, parent_kinds: Mapping[str, NodeKind], node: str) -> tuple[str, ...]:
@@ -495,11 +520,12 @@ class LatentImageMechanism(Mechanism):
                 f"{self.node}: abduction.withheld_latent_scale needs latents whose prior mean is 0 "
                 "(latents: exogenous for a parent-conditioned prior)"
             )
-        changed = self._changed_rows(noise, parents, self.withhold_residual_on).flatten()
-        latents = []
-        for z, scale in zip(noise.latents, self.latent_scales(), strict=True):  # lengths: `check_latent_scales`
-            factor = 1.0 - changed * (1.0 - scale)
-            latents.append(z * factor.to(z).view(-1, *[1] * (z.dim() - 1)))
+        factors = [torch.ones(noise.batch_size, device=z.device) for z in noise.latents]
+        for p in self.withhold_residual_on:  # several changed parents: each level takes the smallest of their scales
+            changed = self._changed_rows(noise, parents, (p,)).flatten()
+            for i, scale in enumerate(self.latent_scales(p)):  # lengths: `check_latent_scales`
+                factors[i] = torch.minimum(factors[i], 1.0 - changed.to(factors[i]) * (1.0 - scale))
+        latents = [z * f.to(z).view(-1, *[1] * (z.dim() - 1)) for z, f in zip(noise.latents, factors, strict=True)]
         return replace(noise, latents=latents)
 
     @staticmethod

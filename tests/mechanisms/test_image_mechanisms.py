@@ -724,6 +724,73 @@ def test_withheld_latent_scale_per_level_shrinks_each_hvae_level_by_its_own_fact
             HierarchicalVAE.from_graph(GRAPH, "image", abduction={"withheld_latent_scale": bad}, **TINY_HVAE)
 
 
+FACES = CausalGraph.from_dict(
+    {
+        "smiling": "binary",
+        "glasses": "binary",
+        "image": {"kind": "image", "shape": [1, 32, 32], "parents": ["smiling", "glasses"]},
+    }
+)
+
+
+def test_withheld_latent_scale_per_parent_shrinks_by_the_changed_parents_scales() -> None:
+    """A mapping {parent: scale or list}: rows where only `smiling` changes are decoded from each level times the
+    smiling scales, rows where only `glasses` changes from the glasses scales, rows where both change from the
+    smaller of the two at each level, unchanged rows are untouched; a withheld parent the mapping leaves out keeps
+    its latents; the single-number form is the mapping that gives every parent that number; non-withheld parents,
+    bad values and wrong lengths are refused naming the parent."""
+    torch.manual_seed(5)
+    exo = {"latents": "exogenous"}
+    per_parent = {"smiling": [0.0, 1.0, 0.5], "glasses": [1.0, 0.25, 0.75]}
+    mech = HierarchicalVAE.from_graph(
+        FACES, "image", abduction={**exo, "withheld_latent_scale": per_parent}, **TINY_HVAE
+    )
+    mech.eval()
+    assert mech.shrinks_withheld and mech.latent_scales("glasses") == (1.0, 0.25, 0.75)
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa = {"smiling": torch.tensor([[0.0], [0.0], [1.0], [1.0]]), "glasses": torch.tensor([[0.0], [1.0], [0.0], [1.0]])}
+    new = {"smiling": torch.tensor([[0.0], [1.0], [1.0], [0.0]]), "glasses": torch.tensor([[0.0], [1.0], [1.0], [0.0]])}
+    # row 0 unchanged, row 1 smiling only, row 2 glasses only, row 3 both
+    expected = {1: [0.0, 1.0, 0.5], 2: [1.0, 0.25, 0.75], 3: [0.0, 0.25, 0.5]}
+    with torch.no_grad():
+        noise = mech.abduct(x, pa)
+        out = mech.predict(noise, new)
+        cond = mech.condition(new, 4)
+        for row, scales in expected.items():
+            shrunk = LatentNoise([u[[row]] * s for u, s in zip(noise.latents, scales)], standardised=True)
+            assert torch.allclose(out[[row]], mech.decode(shrunk, cond[[row]]), atol=1e-6), row
+        assert torch.allclose(out[[0]], x[[0]], atol=1e-5)  # nothing changed: the factual
+        assert torch.allclose(mech.predict(noise, pa), x, atol=1e-5)
+        only = HierarchicalVAE.from_graph(
+            FACES, "image", abduction={**exo, "withheld_latent_scale": {"smiling": 0.5}}, **TINY_HVAE
+        )
+        only.load_state_dict(mech.state_dict())
+        only.eval()
+        unshrunk = mech.decode(noise, cond)  # row 2: glasses changed, residual withheld, latents kept
+        assert torch.allclose(only.predict(only.abduct(x, pa), new)[[2]], unshrunk[[2]], atol=1e-6)
+        one = HierarchicalVAE.from_graph(FACES, "image", abduction={**exo, "withheld_latent_scale": 0.5}, **TINY_HVAE)
+        both = HierarchicalVAE.from_graph(
+            FACES, "image", abduction={**exo, "withheld_latent_scale": {"smiling": 0.5, "glasses": 0.5}}, **TINY_HVAE
+        )
+        one.load_state_dict(mech.state_dict())
+        both.load_state_dict(mech.state_dict())
+        assert torch.equal(one.eval().predict(one.abduct(x, pa), new), both.eval().predict(both.abduct(x, pa), new))
+    with pytest.raises(KeyError, match=r"names \['beard'\], which are not withheld parents"):
+        HierarchicalVAE.from_graph(
+            FACES, "image", abduction={**exo, "withheld_latent_scale": {"beard": 0.5}}, **TINY_HVAE
+        )
+    with pytest.raises(ValueError, match=r"withheld_latent_scale\[glasses\] must be a number in \[0, 1\]"):
+        HierarchicalVAE.from_graph(
+            FACES, "image", abduction={**exo, "withheld_latent_scale": {"glasses": 2}}, **TINY_HVAE
+        )
+    with pytest.raises(ValueError, match=r"lists 2 scales for 'smiling' but the mechanism has 3 latent tensors"):
+        HierarchicalVAE.from_graph(
+            FACES, "image", abduction={**exo, "withheld_latent_scale": {"smiling": [0.5, 1.0]}}, **TINY_HVAE
+        )
+    with pytest.raises(KeyError, match=r"names \['ink'\], which are not withheld parents"):
+        ConditionalVAE.from_graph(GRAPH, "image", abduction={"withheld_latent_scale": {"ink": 0.5}}, **TINY_VAE)
+
+
 def test_withheld_residual_tolerance_keeps_the_factual_where_the_decode_does_not_move() -> None:
     """abduction.withheld_residual_tolerance t: on rows whose digit changes, x' = d' + w (x - d), d the decode of the
     same (halved) latent under the factual parents, w = max(0, 1 - |d' - d| / t) over a 3x3 neighbourhood. With a
