@@ -287,14 +287,15 @@ def test_default_experiment_picks_the_image_lr_per_family(family, lr):
 @pytest.mark.parametrize(
     ("overrides", "scale", "kl"),
     [
-        (["experiment=faces_simple"], [1.0, 1.0, 1.0], 64.0),
+        (["experiment=faces_simple"], {"smiling": [0.5, 1.0, 1.0], "eyeglasses": [1.0, 0.0, 1.0]}, 64.0),
         (["experiment=faces"], 0.5, 24.0),
         (["mechanism/image=hvae"], 0.5, 24.0),
     ],
 )
 def test_the_hvae_preset_picks_its_kl_weight_and_latent_scales_by_graph(overrides, scale, kl):
-    """A list picked by `imcf_pick` survives `OmegaConf.resolve` (in place: a plain list failed there); the simple
-    faces graph keeps every latent level and weights the KL by 64, every other graph halves them under 24."""
+    """A list or mapping picked by `imcf_pick` survives `OmegaConf.resolve` (in place: a plain list failed there);
+    the simple faces graph gives each parent its own scales and weights the KL by 64, every other graph halves the
+    latents under 24."""
     cfg = validate(_compose(overrides), TrainConfig)
     config = cfg.mechanism["image"]["config"]
     assert config["abduction"]["withheld_latent_scale"] == scale
@@ -329,5 +330,9 @@ def test_every_image_preset_builds_outside_train_py_once_resolved_for_a_graph(pa
     MECHANISMS[spec["family"]].from_graph(graph, "image", **spec["config"])
     if spec["family"] == "hvae" and path.stem == "hvae":
         faces = mechanism_preset(path, graph="faces_simple")["config"]
-        assert faces["kl_weight"] == 64.0 and faces["abduction"]["withheld_latent_scale"] == [1.0, 1.0, 1.0]
+        scales = {"smiling": [0.5, 1.0, 1.0], "eyeglasses": [1.0, 0.0, 1.0]}  # a scale per parent, per level
+        assert faces["kl_weight"] == 64.0 and faces["abduction"]["withheld_latent_scale"] == scales
+        faces_graph = CausalGraph.from_yaml(Path(CONFIGS) / "graph/faces_simple.yaml")
+        built = MECHANISMS["hvae"].from_graph(faces_graph, "image", **faces)  # the parents it names exist there
+        assert built.latent_scales("smiling") == (0.5, 1.0, 1.0) and built.shrinks_withheld
         assert mechanism_preset(path)["config"]["kl_weight"] == 24.0  # no graph: every table's default
