@@ -339,13 +339,13 @@ class LatentImageMechanism(Mechanism):
         return scales if isinstance(scales, tuple) else (scales,) * len(self.noise_shapes())
 
     def check_latent_scales(self) -> None:
-        """Called by each family once its latents are built: a list of `withheld_latent_scale`s needs one scale per
-        latent tensor (`noise_shapes`)."""
-        shapes = self.noise_shapes()
-        for parent in (None, *self.withhold_residual_on):
+        """Called by each family once its latents are built: a list of `withheld_latent_scale`s (each parent's, where
+        they are given per parent) needs one scale per latent tensor (`noise_shapes`)."""
+        shapes, given = self.noise_shapes(), self.withheld_latent_scale
+        for parent in given if isinstance(given, dict) else (None,):
             scales = self.latent_scales(parent)
             if len(scales) != len(shapes):
-                of = f" for {parent!r}" if isinstance(self.withheld_latent_scale, dict) else ""
+                of = f" for {parent!r}" if parent is not None else ""
                 raise ValueError(
                     f"{self.node}: abduction.withheld_latent_scale lists {len(scales)} scales{of} but the mechanism "
                     f"has {len(shapes)} latent tensors (shapes {[list(s) for s in shapes]}, coarsest first)"
