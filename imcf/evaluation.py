@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 import imcf.metrics  # noqa: F401  (registers the metrics)
-from imcf import threads
+from imcf import memory, threads
 from imcf.config import ConfigError, EvaluateConfig, FinetunePredictorsConfig, LoggerConfig, report_dir_of, validate
 from imcf.data.base import CausalDataset, sample_mismatch, stack_batch
 from imcf.data.datamodule import build_dataset
@@ -130,6 +130,7 @@ def evaluate(cfg: Any) -> str:
     """Evaluate the run in `cfg.run_dir` (see configs/evaluate.yaml); write the report and return its directory."""
     cfg = validate(cfg, EvaluateConfig)
     threads.apply(threads.plan_for(cfg.threads))  # first: torch takes its inter-op thread count only once
+    memory.keep_freed_memory()  # counterfactual passes free their activations layer by layer (imcf/memory.py)
     scm, run_cfg = load_run(cfg.run_dir)
     if cfg.logger is None:  # log to the training run's loggers
         cfg.logger = OmegaConf.merge(OmegaConf.structured(LoggerConfig), run_cfg.get("logger") or {})
