@@ -81,7 +81,7 @@ def main() -> None:
     if args.worker:
         worker(args.run, args.batch, args.passes, args.worker == "keep")
         return
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     env["OMP_NUM_THREADS"] = "1"
     rows = []
     for mode in ("default", "keep"):

@@ -31,7 +31,7 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 
 
 def probe(mode: str, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     out = subprocess.run(
         [sys.executable, "-c", PROBE, mode], env={**clean, **env}, capture_output=True, text=True, check=True
     ).stdout
@@ -47,6 +47,10 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
     assert kept["faults"] < default["faults"] / 10, (kept, default)
 
 
-def test_a_users_malloc_setting_takes_precedence() -> None:
-    got = probe("keep", MALLOC_TRIM_THRESHOLD_="131072")
+USER_SETTINGS = [{"MALLOC_TRIM_THRESHOLD_": "131072"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}]
+
+
+@pytest.mark.parametrize("env", USER_SETTINGS)
+def test_a_users_heap_setting_takes_precedence(env: dict) -> None:
+    got = probe("keep", **env)
     assert got["applied"] is False and got["faults"] > 20_000, got
