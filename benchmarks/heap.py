@@ -21,19 +21,20 @@ from pathlib import Path
 import torch
 from machine import cpu_model, write_json  # benchmarks/ is on sys.path when a script runs
 
+from imcf.memory import keep_freed_memory, user_heap_setting
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def image_scm(run: str | None):
-    """The run's trained SCM, or the default experiment's with fresh weights (in eval mode)."""
+    """The run's trained SCM (as evaluate.py loads it), or the default experiment's with fresh weights; eval mode."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
-    from imcf.training.run import build_scm, load_pretrained
+    from imcf.evaluation import load_run
+    from imcf.training.run import build_scm
 
     if run:
-        scm, _ = build_scm(OmegaConf.load(Path(run) / "config.yaml"))
-        load_pretrained(scm, "image", str(Path(run) / "image.ckpt"))
+        scm, _ = load_run(run)
     else:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             scm, _ = build_scm(compose(config_name="train"))
@@ -42,8 +43,6 @@ def image_scm(run: str | None):
 
 def worker(run: str | None, batch: int, passes: int, keep: bool) -> None:
     """Time `passes` counterfactual passes after one warm-up pass; print the result as JSON."""
-    from imcf.memory import keep_freed_memory
-
     applied = keep_freed_memory() if keep else False
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -51,9 +50,8 @@ def worker(run: str | None, batch: int, passes: int, keep: bool) -> None:
     mech = scm.mechanisms["image"]
     with torch.no_grad():
         data = scm.sample(batch)
-    x, parents = data["image"], {p: data[p] for p in mech.parents}
-    flipped = {p: v.roll(1, 0) for p, v in parents.items()}  # another row's parents
-    with torch.no_grad():
+        x, parents = data["image"], {p: data[p] for p in mech.parents}
+        flipped = {p: v.roll(1, 0) for p, v in parents.items()}  # another row's parents
         mech.predict(mech.abduct(x, parents), flipped)  # warm-up
         r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for _ in range(passes):
@@ -81,7 +79,7 @@ def main() -> None:
     if args.worker:
         worker(args.run, args.batch, args.passes, args.worker == "keep")
         return
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env = {k: v for k, v in os.environ.items() if not user_heap_setting(k)}
     env["OMP_NUM_THREADS"] = "1"
     rows = []
     for mode in ("default", "keep"):

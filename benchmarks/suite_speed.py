@@ -8,7 +8,6 @@ and the ratio. Whatever else runs on the machine runs beside both (say so when r
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import resource
 import subprocess
@@ -17,6 +16,8 @@ import time
 from pathlib import Path
 
 from machine import cpu_model, write_json  # benchmarks/ is on sys.path when a script runs
+
+from imcf.threads import available_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def main() -> None:
     rows = [{"setting": "one process (-n 0)", **run_suite(["-n", "0", *extra])}]
     rows.append({"setting": "as configured (-n auto)", **run_suite(extra)})
     rows[1]["wall_ratio"] = round(rows[0]["wall_s"] / rows[1]["wall_s"], 2)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus, _ = available_cpus()
     print(f"pytest {' '.join(extra)}; {cpu_model()}, {cpus} CPUs")
     print(f"{'setting':26s} {'wall s':>8s} {'user s':>8s} {'sys s':>7s} {'speed-up':>8s}  summary")
     for r in rows:

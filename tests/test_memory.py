@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from imcf.memory import user_heap_setting
+
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc only"
 )
@@ -31,7 +33,7 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 
 
 def probe(mode: str, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    clean = {k: v for k, v in os.environ.items() if not user_heap_setting(k)}
     out = subprocess.run(
         [sys.executable, "-c", PROBE, mode], env={**clean, **env}, capture_output=True, text=True, check=True
     ).stdout
