@@ -12,8 +12,10 @@ variant: the fit measured = a + b * target + c * factual thickness (c: the share
 thickness MAE (px), the PSNR against the true counterfactual, the share of its squared error that lies where the
 true counterfactual differs from the factual (by more than 2 grey levels: the band the stroke change touches), the
 image L1 (0..255) of the round trip there and back, and the CPU seconds of the counterfactuals; first the PSNR of
-the factual itself (no change) and the band's share of the pixels; writes
-benchmarks/results/residual_transport.json.
+the factual itself (no change), the band's share of the pixels and the morphometrics' own error on the true
+counterfactuals (the floor: the measured thickness of the true image against the target); then, per variant, the
+thickness error by the size and sign of the asked change (target - factual, px: mean signed error and MAE per bin);
+writes benchmarks/results/residual_transport.json.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from imcf.metrics.truth import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = ("thickness", "intensity", "digit", "image")
+#: bins of the asked change (target - factual thickness, px) for the signed-error table
+CHANGE_BINS = (-9.0, -1.0, -0.5, 0.0, 0.5, 1.0, 9.0)
 #: the band: pixels where the true counterfactual differs from the factual by more than 2 grey levels ([-1, 1] units)
 BAND = 2 / 127.5
 
@@ -43,6 +47,17 @@ def counterfactuals(scm, factual: dict, do: dict, batch: int = 100) -> dict:
     parts = [scm.counterfactual({k: v[c] for k, v in factual.items()}, {k: v[c] for k, v in do.items()})
              for c in chunks]  # fmt: skip
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def by_change(change: np.ndarray, error: np.ndarray) -> list[dict]:
+    """Mean signed error and MAE of the measured thickness per bin of the asked change (`CHANGE_BINS`)."""
+    rows = []
+    for lo, hi in zip(CHANGE_BINS[:-1], CHANGE_BINS[1:], strict=True):
+        s = (change >= lo) & (change < hi)
+        if s.any():
+            rows.append({"lo": lo, "hi": hi, "n": int(s.sum()), "signed": float(error[s].mean()),
+                         "mae": float(np.abs(error[s]).mean())})  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -66,7 +81,12 @@ def main() -> None:
     band = (truth - factual["image"]).abs() > BAND
     unchanged = float(psnr(factual["image"], truth).mean())
     share = float(band.float().mean())
-    print(f"the factual itself: PSNR {unchanged:.2f}; the true change touches {share:.1%} of pixels")
+    t, f = target.flatten().numpy(), factual["thickness"].flatten().numpy()
+    floor = float(np.abs(ds.measure(truth)["thickness"].flatten().numpy() - t).mean())
+    print(
+        f"the factual itself: PSNR {unchanged:.2f}; the true change touches {share:.1%} of pixels; "
+        f"the true counterfactuals measure {floor:.3f} px from their targets"
+    )
     rows = []
     for variant in args.variants:
         mode, *settings = variant.split(":")
@@ -84,7 +104,6 @@ def main() -> None:
             cpu = time.process_time() - start
             back = counterfactuals(scm, cf, {"thickness": factual["thickness"]})["image"]
         measured = ds.measure(cf["image"])["thickness"].flatten().numpy()
-        t, f = target.flatten().numpy(), factual["thickness"].flatten().numpy()
         fit = np.linalg.lstsq(np.stack([np.ones(n), t, f], 1), measured, rcond=None)[0]
         err = (cf["image"] - truth) ** 2
         row = {
@@ -95,6 +114,7 @@ def main() -> None:
             "error_in_band": float(err[band].sum() / err.sum()),
             "round_trip_l1": float((back - factual["image"]).abs().mean() * 127.5),
             "cpu_s": round(cpu, 2),
+            "by_change": by_change(t - f, measured - t),
         }
         rows.append(row)
         print(
@@ -103,8 +123,13 @@ def main() -> None:
             f"round trip L1 {row['round_trip_l1']:.2f}  [{cpu:.1f} CPU-s]",
             flush=True,
         )
+        for b in row["by_change"]:
+            print(
+                f"    change in [{b['lo']:+.1f}, {b['hi']:+.1f}) px: {b['n']:4d} digits, "
+                f"signed error {b['signed']:+.3f}, MAE {b['mae']:.3f}"
+            )
     meta = {"run_dir": args.run_dir, "num_samples": n, "split": args.split, "factual_psnr": unchanged,
-            "band_share_of_pixels": share}  # fmt: skip
+            "band_share_of_pixels": share, "truth_thickness_mae": floor}  # fmt: skip
     write_json(args.out, meta, rows)
 
 
