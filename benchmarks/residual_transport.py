@@ -14,7 +14,9 @@ true counterfactual differs from the factual (by more than 2 grey levels: the ba
 image L1 (0..255) of the round trip there and back, and the CPU seconds of the counterfactuals; first the PSNR of
 the factual itself (no change), the band's share of the pixels and the morphometrics' own error on the true
 counterfactuals (the floor: the measured thickness of the true image against the target); then, per variant, the
-thickness error by the size and sign of the asked change (target - factual, px: mean signed error and MAE per bin);
+thickness error by the size and sign of the asked change (target - factual, px: mean signed error and MAE per bin)
+and the measured move minus the asked change (the move from the variant's own image at the factual thickness: the
+factual where the residual is kept, the bare decode with `transported:keep_residual=false`);
 writes benchmarks/results/residual_transport.json.
 """
 
@@ -96,13 +98,16 @@ def main() -> None:
             if name.isupper():  # a module constant, kept for the variants after it
                 setattr(latent_image, name, type(getattr(latent_image, name))(float(value)))
             else:  # an abduction option of this variant
-                options[name] = value
+                options[name] = {"true": True, "false": False}.get(value, value)
         scm.set_inference_options("image", {"abduction": options})
         with torch.no_grad():
             start = time.process_time()
             cf = counterfactuals(scm, factual, {"thickness": target})
             cpu = time.process_time() - start
             back = counterfactuals(scm, cf, {"thickness": factual["thickness"]})["image"]
+            # the variant at the factual thickness: the factual itself where the residual is kept, the bare decode
+            # where it is not (`keep_residual=false`); the move is measured from it
+            still = counterfactuals(scm, factual, {"thickness": factual["thickness"]})["image"]
         measured = ds.measure(cf["image"])["thickness"].flatten().numpy()
         fit = np.linalg.lstsq(np.stack([np.ones(n), t, f], 1), measured, rcond=None)[0]
         err = (cf["image"] - truth) ** 2
@@ -115,6 +120,9 @@ def main() -> None:
             "round_trip_l1": float((back - factual["image"]).abs().mean() * 127.5),
             "cpu_s": round(cpu, 2),
             "by_change": by_change(t - f, measured - t),
+            "move_error_by_change": by_change(
+                t - f, measured - ds.measure(still)["thickness"].flatten().numpy() - (t - f)
+            ),
         }
         rows.append(row)
         print(
@@ -123,10 +131,10 @@ def main() -> None:
             f"round trip L1 {row['round_trip_l1']:.2f}  [{cpu:.1f} CPU-s]",
             flush=True,
         )
-        for b in row["by_change"]:
+        for b, mv in zip(row["by_change"], row["move_error_by_change"], strict=True):
             print(
                 f"    change in [{b['lo']:+.1f}, {b['hi']:+.1f}) px: {b['n']:4d} digits, "
-                f"signed error {b['signed']:+.3f}, MAE {b['mae']:.3f}"
+                f"signed error {b['signed']:+.3f}, MAE {b['mae']:.3f}; move - asked {mv['signed']:+.3f}"
             )
     meta = {"run_dir": args.run_dir, "num_samples": n, "split": args.split, "factual_psnr": unchanged,
             "band_share_of_pixels": share, "truth_thickness_mae": floor}  # fmt: skip
