@@ -28,17 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def image_scm(run: str | None):
     """The run's trained SCM (as evaluate.py loads it), or the default experiment's with fresh weights; eval mode."""
-    from hydra import compose, initialize_config_dir
+    from validation_overhead import default_scm  # benchmarks/ is on sys.path when a script runs
 
     from imcf.evaluation import load_run
-    from imcf.training.run import build_scm
 
     if run:
         scm, _ = load_run(run)
-    else:
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            scm, _ = build_scm(compose(config_name="train"))
-    return scm.eval()
+        return scm.eval()
+    return default_scm("cpu")
 
 
 def worker(run: str | None, batch: int, passes: int, keep: bool) -> None:
