@@ -16,7 +16,8 @@ the factual itself (no change), the band's share of the pixels and the morphomet
 counterfactuals (the floor: the measured thickness of the true image against the target); then, per variant, the
 thickness error by the size and sign of the asked change (target - factual, px: mean signed error and MAE per bin)
 and the measured move minus the asked change (the move from the variant's own image at the factual thickness: the
-factual where the residual is kept, the bare decode with `transported:keep_residual=false`);
+factual where the residual is kept, the bare decode with `transported:keep_residual=false`), and that image's own
+thickness error by bin of the factual thickness (0 where the residual is kept; the decoder's rendering without it);
 writes benchmarks/results/residual_transport.json.
 """
 
@@ -39,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NODES = ("thickness", "intensity", "digit", "image")
 #: bins of the asked change (target - factual thickness, px) for the signed-error table
 CHANGE_BINS = (-9.0, -1.0, -0.5, 0.0, 0.5, 1.0, 9.0)
+#: bins of the factual thickness (px) for the error of the variant's own image at the factual thickness
+FACTUAL_BINS = (0.0, 1.5, 2.5, 3.5, 4.5, 9.0)
 #: the band: pixels where the true counterfactual differs from the factual by more than 2 grey levels ([-1, 1] units)
 BAND = 2 / 127.5
 
@@ -51,10 +54,10 @@ def counterfactuals(scm, factual: dict, do: dict, batch: int = 100) -> dict:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def by_change(change: np.ndarray, error: np.ndarray) -> list[dict]:
-    """Mean signed error and MAE of the measured thickness per bin of the asked change (`CHANGE_BINS`)."""
+def by_change(change: np.ndarray, error: np.ndarray, bins: tuple[float, ...] = CHANGE_BINS) -> list[dict]:
+    """Mean signed error and MAE of the measured thickness per bin of `change` (`CHANGE_BINS`: the asked change)."""
     rows = []
-    for lo, hi in zip(CHANGE_BINS[:-1], CHANGE_BINS[1:], strict=True):
+    for lo, hi in zip(bins[:-1], bins[1:], strict=True):
         s = (change >= lo) & (change < hi)
         if s.any():
             rows.append({"lo": lo, "hi": hi, "n": int(s.sum()), "signed": float(error[s].mean()),
@@ -109,6 +112,7 @@ def main() -> None:
             # where it is not (`keep_residual=false`); the move is measured from it
             still = counterfactuals(scm, factual, {"thickness": factual["thickness"]})["image"]
         measured = ds.measure(cf["image"])["thickness"].flatten().numpy()
+        measured_still = ds.measure(still)["thickness"].flatten().numpy()
         fit = np.linalg.lstsq(np.stack([np.ones(n), t, f], 1), measured, rcond=None)[0]
         err = (cf["image"] - truth) ** 2
         row = {
@@ -120,9 +124,8 @@ def main() -> None:
             "round_trip_l1": float((back - factual["image"]).abs().mean() * 127.5),
             "cpu_s": round(cpu, 2),
             "by_change": by_change(t - f, measured - t),
-            "move_error_by_change": by_change(
-                t - f, measured - ds.measure(still)["thickness"].flatten().numpy() - (t - f)
-            ),
+            "move_error_by_change": by_change(t - f, measured - measured_still - (t - f)),
+            "still_error_by_factual": by_change(f, measured_still - f, FACTUAL_BINS),
         }
         rows.append(row)
         print(
@@ -135,6 +138,11 @@ def main() -> None:
             print(
                 f"    change in [{b['lo']:+.1f}, {b['hi']:+.1f}) px: {b['n']:4d} digits, "
                 f"signed error {b['signed']:+.3f}, MAE {b['mae']:.3f}; move - asked {mv['signed']:+.3f}"
+            )
+        for b in row["still_error_by_factual"]:
+            print(
+                f"    at the factual thickness, factual in [{b['lo']:.1f}, {b['hi']:.1f}) px: {b['n']:4d} digits, "
+                f"measured - factual {b['signed']:+.3f}"
             )
     meta = {"run_dir": args.run_dir, "num_samples": n, "split": args.split, "factual_psnr": unchanged,
             "band_share_of_pixels": share, "truth_thickness_mae": floor}  # fmt: skip
