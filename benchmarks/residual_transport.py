@@ -17,7 +17,8 @@ counterfactuals (the floor: the measured thickness of the true image against the
 thickness error by the size and sign of the asked change (target - factual, px: mean signed error and MAE per bin)
 and the measured move minus the asked change (the move from the variant's own image at the factual thickness: the
 factual where the residual is kept, the bare decode with `transported:keep_residual=false`), and that image's own
-thickness error by bin of the factual thickness (0 where the residual is kept; the decoder's rendering without it);
+thickness error by bin of the factual thickness (about 0 where the residual is kept; the decoder's rendering
+without it);
 writes benchmarks/results/residual_transport.json.
 """
 
