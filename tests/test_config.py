@@ -285,21 +285,23 @@ def test_default_experiment_picks_the_image_lr_per_family(family, lr):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "scale", "kl"),
+    ("overrides", "scale", "kl", "std", "critic"),
     [
-        (["experiment=faces_simple"], {"smiling": [0.5, 1.0, 1.0], "eyeglasses": [1.0, 0.0, 1.0]}, 64.0),
-        (["experiment=faces"], 0.5, 24.0),
-        (["mechanism/image=hvae"], 0.5, 24.0),
+        (["experiment=faces_simple"], {"smiling": [0.5, 1.0, 1.0], "eyeglasses": [1.0, 0.0, 1.0]}, 64.0, 0.1, 0.0),
+        (["experiment=faces"], 0.5, 24.0, 0.1, 0.0),
+        (["mechanism/image=hvae"], 0.625, 36.0, 0.07, 0.02),
     ],
 )
-def test_the_hvae_preset_picks_its_kl_weight_and_latent_scales_by_graph(overrides, scale, kl):
+def test_the_hvae_preset_picks_its_settings_by_graph(overrides, scale, kl, std, critic):
     """A list or mapping picked by `imcf_pick` survives `OmegaConf.resolve` (in place: a plain list failed there);
-    the simple faces graph gives each parent its own scales and weights the KL by 64, every other graph halves the
-    latents under 24."""
+    the simple faces graph gives each parent its own scales and weights the KL by 64, the other faces graph halves
+    the latents under 24, both at pixel std 0.1 without a critic; Morpho-MNIST (and any other graph) trains the
+    sharper std 0.07 under weight 36 with the realism stage and shrinks the latents to 0.625."""
     cfg = validate(_compose(overrides), TrainConfig)
     config = cfg.mechanism["image"]["config"]
     assert config["abduction"]["withheld_latent_scale"] == scale
     assert config["kl_weight"] == kl and isinstance(config["kl_weight"], float)
+    assert config["likelihood_std"] == std and config["adversarial"]["weight"] == critic
 
 
 def test_pick_rejects_a_table_that_is_not_a_mapping():
@@ -335,4 +337,4 @@ def test_every_image_preset_builds_outside_train_py_once_resolved_for_a_graph(pa
         faces_graph = CausalGraph.from_yaml(Path(CONFIGS) / "graph/faces_simple.yaml")
         built = MECHANISMS["hvae"].from_graph(faces_graph, "image", **faces)  # the parents it names exist there
         assert built.latent_scales("smiling") == (0.5, 1.0, 1.0) and built.shrinks_withheld
-        assert mechanism_preset(path)["config"]["kl_weight"] == 24.0  # no graph: every table's default
+        assert mechanism_preset(path)["config"]["kl_weight"] == 36.0  # no graph: every table's default
