@@ -296,12 +296,13 @@ def test_the_hvae_preset_picks_its_settings_by_graph(overrides, scale, kl, std, 
     """A list or mapping picked by `imcf_pick` survives `OmegaConf.resolve` (in place: a plain list failed there);
     the simple faces graph gives each parent its own scales and weights the KL by 64, the other faces graph halves
     the latents under 24, both at pixel std 0.1 without a critic; Morpho-MNIST (and any other graph) trains the
-    sharper std 0.07 under weight 36 with the realism stage and shrinks the latents to 0.625."""
+    sharper std 0.07 under weight 36 with the realism stage on the whole batch and shrinks the latents to 0.625."""
     cfg = validate(_compose(overrides), TrainConfig)
     config = cfg.mechanism["image"]["config"]
     assert config["abduction"]["withheld_latent_scale"] == scale
     assert config["kl_weight"] == kl and isinstance(config["kl_weight"], float)
     assert config["likelihood_std"] == std and config["adversarial"]["weight"] == critic
+    assert config["adversarial"]["fraction"] == 1.0  # the HVAE's critic sees every row (the VAE's: half)
 
 
 def test_pick_rejects_a_table_that_is_not_a_mapping():
