@@ -167,7 +167,7 @@ class ConditionalGAN(LatentImageMechanism):
         parent_ranges: Mapping[str, list[float]] | None = None,
         grad_clip: float | None = 200.0,
         grad_skip: float | None = None,
-        independence_weight: float = 0.0,
+        independence_weight: float | Mapping[str, float] = 0.0,
         independence_warmup: int = 0,
         gain_parents: Sequence[str] | None = None,
         gain_form: str = "proportional",

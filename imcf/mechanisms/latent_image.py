@@ -170,7 +170,9 @@ class LatentImageMechanism(Mechanism):
         weight at N (from the first step it can stall the ELBO before the latent carries anything);
       independence_weight: weight of the normalised HSIC between the abducted latent and each parent
         (`imcf.nn.independence`) added to the training loss: keeps the parents' information out of the
-        noise, so the decoder takes it from the parents (0 = off);
+        noise, so the decoder takes it from the parents (0 = off); one number for every parent, or a mapping
+        {parent: weight} that penalises only the parents it names (e.g. a continuous parent whose do() the
+        latent blurs, leaving the digit's style to the latent);
       gain_parents: parents that act only as an output gain, x = g(gain parents) * (s + 1) - 1, the networks
         modelling the shape s from the latents and the other parents (e.g. a stroke brightness); the residual is
         kept in shape units, so changing only a gain parent rescales the image exactly;
@@ -202,7 +204,7 @@ class LatentImageMechanism(Mechanism):
         parent_ranges: Mapping[str, list[float]] | None = None,
         grad_clip: float | None = 200.0,
         grad_skip: float | None = None,
-        independence_weight: float = 0.0,
+        independence_weight: float | Mapping[str, float] = 0.0,
         independence_warmup: int = 0,
         gain_parents: Sequence[str] | None = None,
         gain_form: str = "mlp",
@@ -243,11 +245,12 @@ class LatentImageMechanism(Mechanism):
             raise ValueError(f"{node}: abduction.withheld_residual_tolerance must be null or > 0, got {tol!r}")
         self.withheld_residual_tolerance = None if tol is None else float(tol)
         family = getattr(type(self), "registry_name", type(self).__name__)
-        check_number(family, node, "independence_weight", independence_weight, 0.0)
+        self.independence_weights = self._independence_weights(independence_weight, parent_kinds, family, node)
         check_sizes(family, node, 0, independence_warmup=independence_warmup)
         check_number(family, node, "grad_clip", grad_clip, 0.0, above=True, null=True)
         check_number(family, node, "grad_skip", grad_skip, 0.0, above=True, null=True)
-        self.independence_weight = float(independence_weight)
+        #: the largest parent's weight: the penalty is on when it is > 0 (the warm-up ramps every parent alike)
+        self.independence_weight = max(self.independence_weights.values(), default=0.0)
         self.independence_warmup = int(independence_warmup)
         if self.independence_warmup > 0:  # steps seen, checkpointed: a resumed run continues the warm-up
             self.register_buffer("independence_steps", torch.zeros((), dtype=torch.long))
@@ -307,12 +310,30 @@ class LatentImageMechanism(Mechanism):
         later one by 0.0002 nats/dim in the seed-1 default run, and would have been the unit's result."""
         if self.independence_weight <= 0 or codes is None or batch_size < 4:
             return 0.0, {}
-        dep = dependence(codes, {p: parents[p] for p in self.parents})
-        weight = self.current_independence_weight() if self.training else self.independence_weight
-        penalty = weight * sum(dep.values())
+        named = {p: w for p, w in self.independence_weights.items() if w > 0}
+        dep = dependence(codes, {p: parents[p] for p in named})
+        ramp = self.current_independence_weight() / self.independence_weight if self.training else 1.0
+        penalty = ramp * sum(named[p] * d for p, d in dep.items())
         if self.training and self.independence_warmup > 0:
             self.independence_steps += 1
         return penalty, {f"dep_{p}": v.detach() for p, v in dep.items()}
+
+    @staticmethod
+    def _independence_weights(
+        value: Any, parent_kinds: Mapping[str, NodeKind], family: str, node: str
+    ) -> dict[str, float]:
+        """`independence_weight` as {parent: weight}: one number >= 0 for every parent, or a mapping from parents
+        to such numbers (the parents it leaves out: 0); an error names the node, the key and the parent."""
+        if not isinstance(value, Mapping):
+            check_number(family, node, "independence_weight", value, 0.0)
+            return {p: float(value) for p in parent_kinds}
+        unknown = [p for p in value if p not in parent_kinds]
+        if unknown:
+            raise ValueError(f"{family} {node!r}: independence_weight names {unknown}, which are not parents of "
+                           f"{node!r} (parents: {sorted(parent_kinds)})")  # fmt: skip
+        for p, w in value.items():
+            check_number(family, node, f"independence_weight.{p}", w, 0.0)
+        return {p: float(value.get(p, 0.0)) for p in parent_kinds}
 
     @staticmethod
     def _latent_scales(value: Any, node: str, withheld: Sequence[str]) -> LatentScales:

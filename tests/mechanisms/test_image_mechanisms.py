@@ -312,6 +312,8 @@ def test_sizes_that_cannot_build_a_network_are_named(family, config, message):
     [
         (ConditionalVAE, {"independence_weight": -1}, r"vae 'image': independence_weight must be a number >= 0"),
         (ConditionalVAE, {"independence_weight": float("nan")}, r"independence_weight must be a number >= 0"),
+        (ConditionalVAE, {"independence_weight": {"ink": -1}}, r"independence_weight.ink must be a number >= 0"),
+        (ConditionalVAE, {"independence_weight": {"stroke": 1}}, r"names \['stroke'\], which are not parents"),
         (ConditionalVAE, {"independence_warmup": -5}, r"independence_warmup must be whole number\(s\) >= 0"),
         (ConditionalVAE, {"grad_clip": -1.0}, r"grad_clip must be a number > 0 or null, got -1.0"),
         (ConditionalVAE, {"grad_skip": 0}, r"grad_skip must be a number > 0 or null, got 0"),
@@ -513,6 +515,28 @@ def test_independence_penalty_is_added_and_logged(family) -> None:
     extra = 2.0 * (b["dep_ink"] + b["dep_digit"])
     assert float(extra) > 0
     assert float(b["loss"].detach()) == pytest.approx(float(a["loss"].detach() + extra), rel=1e-5)
+
+
+@pytest.mark.parametrize("family", [ConditionalVAE, HierarchicalVAE])
+def test_independence_penalty_per_parent_weights_only_the_parents_named(family) -> None:
+    """A mapping penalises the parents it names at their own weights and leaves the others (here the digit, whose
+    style the latent may keep) out of the loss and the log."""
+    cfg = TINY_VAE if family is ConditionalVAE else TINY_HVAE
+    torch.manual_seed(2)
+    plain = family.from_graph(GRAPH, "image", **cfg)
+    torch.manual_seed(2)
+    penal = family.from_graph(GRAPH, "image", independence_weight={"ink": 3.0}, independence_warmup=4, **cfg)
+    assert penal.independence_weights == {"ink": 3.0, "digit": 0.0} and penal.independence_weight == 3.0
+    x = torch.rand(16, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(16, 1), "digit": F.one_hot(torch.arange(16) % 10, 10).float()}
+    penal.independence_steps.fill_(4)  # past the warm-up: the full weight
+    torch.manual_seed(3)
+    a = plain.loss(x, pa)
+    torch.manual_seed(3)
+    b = penal.loss(x, pa)
+    assert "dep_ink" in b and "dep_digit" not in b
+    assert float(b["dep_ink"]) > 0
+    assert float(b["loss"].detach()) == pytest.approx(float(a["loss"].detach() + 3.0 * b["dep_ink"]), rel=1e-5)
 
 
 def test_independence_warmup_ramps_the_weight_and_counts_training_steps_only() -> None:
