@@ -171,8 +171,9 @@ class LatentImageMechanism(Mechanism):
       independence_weight: weight of the normalised HSIC between the abducted latent and each parent
         (`imcf.nn.independence`) added to the training loss: keeps the parents' information out of the
         noise, so the decoder takes it from the parents (0 = off); one number for every parent, or a mapping
-        {parent: weight} that penalises only the parents it names (e.g. a continuous parent whose do() the
-        latent blurs, leaving the digit's style to the latent);
+        from parents or parent kinds (continuous, binary, categorical; gain parents are not in a kind) to
+        weights that penalises only the parents it covers (e.g. {continuous: 1.0}: the stroke width out of the
+        latent, the digit's style left to it);
       gain_parents: parents that act only as an output gain, x = g(gain parents) * (s + 1) - 1, the networks
         modelling the shape s from the latents and the other parents (e.g. a stroke brightness); the residual is
         kept in shape units, so changing only a gain parent rescales the image exactly;
@@ -245,10 +246,13 @@ class LatentImageMechanism(Mechanism):
             raise ValueError(f"{node}: abduction.withheld_residual_tolerance must be null or > 0, got {tol!r}")
         self.withheld_residual_tolerance = None if tol is None else float(tol)
         family = getattr(type(self), "registry_name", type(self).__name__)
-        self.independence_weights = self._independence_weights(independence_weight, parent_kinds, family, node)
         check_sizes(family, node, 0, independence_warmup=independence_warmup)
         check_number(family, node, "grad_clip", grad_clip, 0.0, above=True, null=True)
         check_number(family, node, "grad_skip", grad_skip, 0.0, above=True, null=True)
+        self.gain_parents = self._gain_parents(gain_parents, parent_kinds, node)
+        self.independence_weights = self._independence_weights(
+            independence_weight, parent_kinds, self.gain_parents, family, node
+        )
         #: the largest parent's weight: the penalty is on when it is > 0 (the warm-up ramps every parent alike)
         self.independence_weight = max(self.independence_weights.values(), default=0.0)
         self.independence_warmup = int(independence_warmup)
@@ -259,7 +263,6 @@ class LatentImageMechanism(Mechanism):
         self.grad_clip = grad_clip
         self.grad_skip = grad_skip
         ranges = check_parent_ranges(family, node, parent_kinds, parent_ranges)
-        self.gain_parents = self._gain_parents(gain_parents, parent_kinds, node)
         shape_kinds = {p: k for p, k in parent_kinds.items() if p not in self.gain_parents}
         self.shape_parents = tuple(shape_kinds)
         # the networks see the shape parents; the gain parents act only through the output gain
@@ -310,7 +313,7 @@ class LatentImageMechanism(Mechanism):
         later one by 0.0002 nats/dim in the seed-1 default run, and would have been the unit's result."""
         if self.independence_weight <= 0 or codes is None or batch_size < 4:
             return 0.0, {}
-        named = {p: w for p, w in self.independence_weights.items() if w > 0}
+        named = {p: w for p, w in self.independence_weights.items() if w > 0}  # some, as the weight is > 0
         dep = dependence(codes, {p: parents[p] for p in named})
         ramp = self.current_independence_weight() / self.independence_weight if self.training else 1.0
         penalty = ramp * sum(named[p] * d for p, d in dep.items())
@@ -320,20 +323,27 @@ class LatentImageMechanism(Mechanism):
 
     @staticmethod
     def _independence_weights(
-        value: Any, parent_kinds: Mapping[str, NodeKind], family: str, node: str
+        value: Any, parent_kinds: Mapping[str, NodeKind], gain_parents: Sequence[str], family: str, node: str
     ) -> dict[str, float]:
-        """`independence_weight` as {parent: weight}: one number >= 0 for every parent, or a mapping from parents
-        to such numbers (the parents it leaves out: 0); an error names the node, the key and the parent."""
+        """`independence_weight` as {parent: weight}: one number >= 0 for every parent, or a mapping whose keys are
+        parents or parent kinds (continuous, binary, categorical; a kind covers the parents of that kind that are
+        not named and not gain parents, whose value the gain sets whatever the latent holds); parents left out
+        weigh 0. An error names the node, the key and the parents."""
         if not isinstance(value, Mapping):
             check_number(family, node, "independence_weight", value, 0.0)
             return {p: float(value) for p in parent_kinds}
-        unknown = [p for p in value if p not in parent_kinds]
+        kinds = ("continuous", "binary", "categorical")
+        unknown = [k for k in value if k not in parent_kinds and k not in kinds]
         if unknown:
-            raise ValueError(f"{family} {node!r}: independence_weight names {unknown}, which are not parents of "
-                           f"{node!r} (parents: {sorted(parent_kinds)})")  # fmt: skip
-        for p, w in value.items():
-            check_number(family, node, f"independence_weight.{p}", w, 0.0)
-        return {p: float(value.get(p, 0.0)) for p in parent_kinds}
+            raise ValueError(f"{family} {node!r}: independence_weight names {unknown}, which are neither parents of "
+                             f"{node!r} (parents: {sorted(parent_kinds)}) nor parent kinds {list(kinds)}")  # fmt: skip
+        for key, w in value.items():
+            check_number(family, node, f"independence_weight.{key}", w, 0.0)
+        weights = {}
+        for p, kind in parent_kinds.items():
+            by_kind = value.get(kind.name, 0.0) if p not in gain_parents else 0.0
+            weights[p] = float(value.get(p, by_kind))
+        return weights
 
     @staticmethod
     def _latent_scales(value: Any, node: str, withheld: Sequence[str]) -> LatentScales:

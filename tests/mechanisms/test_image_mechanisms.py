@@ -313,7 +313,7 @@ def test_sizes_that_cannot_build_a_network_are_named(family, config, message):
         (ConditionalVAE, {"independence_weight": -1}, r"vae 'image': independence_weight must be a number >= 0"),
         (ConditionalVAE, {"independence_weight": float("nan")}, r"independence_weight must be a number >= 0"),
         (ConditionalVAE, {"independence_weight": {"ink": -1}}, r"independence_weight.ink must be a number >= 0"),
-        (ConditionalVAE, {"independence_weight": {"stroke": 1}}, r"names \['stroke'\], which are not parents"),
+        (ConditionalVAE, {"independence_weight": {"stroke": 1}}, r"names \['stroke'\], which are neither parents"),
         (ConditionalVAE, {"independence_warmup": -5}, r"independence_warmup must be whole number\(s\) >= 0"),
         (ConditionalVAE, {"grad_clip": -1.0}, r"grad_clip must be a number > 0 or null, got -1.0"),
         (ConditionalVAE, {"grad_skip": 0}, r"grad_skip must be a number > 0 or null, got 0"),
@@ -537,6 +537,23 @@ def test_independence_penalty_per_parent_weights_only_the_parents_named(family) 
     assert "dep_ink" in b and "dep_digit" not in b
     assert float(b["dep_ink"]) > 0
     assert float(b["loss"].detach()) == pytest.approx(float(a["loss"].detach() + 3.0 * b["dep_ink"]), rel=1e-5)
+
+
+def test_independence_weight_by_parent_kind_skips_gain_parents_and_yields_to_names() -> None:
+    """A kind key covers that kind's parents (so a preset need not know a graph's parent names), a parent's own
+    name wins over its kind, and a gain parent is left out of a kind key: the gain sets it whatever the latent holds."""
+    by_kind = ConditionalVAE.from_graph(GRAPH, "image", independence_weight={"continuous": 2.0}, **TINY_VAE)
+    assert by_kind.independence_weights == {"ink": 2.0, "digit": 0.0}
+    both = ConditionalVAE.from_graph(GRAPH, "image", independence_weight={"categorical": 1.0, "ink": 0.5}, **TINY_VAE)
+    assert both.independence_weights == {"ink": 0.5, "digit": 1.0} and both.independence_weight == 1.0
+    gain = ConditionalVAE.from_graph(
+        GRAPH, "image", independence_weight={"continuous": 2.0}, gain_parents=["ink"], gain_form="proportional",
+        **TINY_VAE,
+    )  # fmt: skip
+    assert gain.independence_weights == {"ink": 0.0, "digit": 0.0} and gain.independence_weight == 0.0
+    x = torch.rand(8, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(8, 1) + 0.5, "digit": F.one_hot(torch.arange(8), 10).float()}
+    assert not any(k.startswith("dep_") for k in gain.loss(x, pa))  # nothing left to penalise: off
 
 
 def test_independence_warmup_ramps_the_weight_and_counts_training_steps_only() -> None:
