@@ -305,6 +305,27 @@ def test_the_hvae_preset_picks_its_settings_by_graph(overrides, scale, kl, std, 
     assert config["adversarial"]["fraction"] == 1.0  # the HVAE's critic sees every row (the VAE's: half)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "weights"),
+    [
+        (["mechanism/image=hvae"], {"thickness": 1.0, "intensity": 0.0, "digit": 0.0}),
+        (["experiment=faces_simple"], None),  # binary parents only: nothing for {continuous: 1.0} to cover
+    ],
+)
+def test_the_hvae_preset_penalises_the_stroke_width_alone(overrides, weights):
+    """The preset's `independence_weight: {continuous: 1.0}` covers Morpho-MNIST's thickness, not its digit (whose
+    style the latents keep) nor its intensity (the gain); on the faces' binary parents it is off."""
+    from imcf.training.run import build_scm
+
+    cfg = _compose(overrides)
+    scm, _ = build_scm(cfg)
+    image = scm.mechanisms["image"]
+    if weights is None:
+        assert image.independence_weight == 0.0 and set(image.independence_weights.values()) == {0.0}
+    else:
+        assert image.independence_weights == weights and image.independence_warmup == 800
+
+
 def test_pick_rejects_a_table_that_is_not_a_mapping():
     from omegaconf import OmegaConf
     from omegaconf.errors import InterpolationResolutionError
