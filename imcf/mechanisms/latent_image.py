@@ -256,7 +256,8 @@ class LatentImageMechanism(Mechanism):
         #: the largest parent's weight: the penalty is on when it is > 0 (the warm-up ramps every parent alike)
         self.independence_weight = max(self.independence_weights.values(), default=0.0)
         self.independence_warmup = int(independence_warmup)
-        if self.independence_warmup > 0:  # steps seen, checkpointed: a resumed run continues the warm-up
+        if self.independence_warmup > 0 and self.independence_weight > 0:  # steps seen, checkpointed: a resumed run
+            # continues the warm-up (none where no parent is penalised: the faces' checkpoints keep their keys)
             self.register_buffer("independence_steps", torch.zeros((), dtype=torch.long))
         # honest: only the residual makes predict(abduct(x, pa), pa) == x
         self.exact_abduction = self.keep_residual
@@ -298,7 +299,7 @@ class LatentImageMechanism(Mechanism):
 
     def current_independence_weight(self) -> float:
         """The independence penalty's weight at this training step (`independence_warmup`)."""
-        steps = getattr(self, "independence_steps", 0)  # the buffer exists only under a warm-up
+        steps = getattr(self, "independence_steps", 0)  # the buffer exists only under a penalty's warm-up
         return warmup_weight(self.independence_weight, self.independence_warmup, steps)
 
     def independence_penalty(

@@ -551,6 +551,7 @@ def test_independence_weight_by_parent_kind_skips_gain_parents_and_yields_to_nam
         **TINY_VAE,
     )  # fmt: skip
     assert gain.independence_weights == {"ink": 0.0, "digit": 0.0} and gain.independence_weight == 0.0
+    assert "independence_steps" not in gain.state_dict()  # no counter: checkpoints without a penalty keep their keys
     x = torch.rand(8, 1, 32, 32) * 2 - 1
     pa = {"ink": torch.rand(8, 1) + 0.5, "digit": F.one_hot(torch.arange(8), 10).float()}
     assert not any(k.startswith("dep_") for k in gain.loss(x, pa))  # nothing left to penalise: off
