@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from imcf.graph import NodeKind
+from imcf.graph import KINDS, NodeKind
 from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes, is_number
 from imcf.nn.conv import check_image_shape
 from imcf.nn.critic import LAYOUTS as CRITIC_LAYOUTS
@@ -333,7 +333,7 @@ class LatentImageMechanism(Mechanism):
         if not isinstance(value, Mapping):
             check_number(family, node, "independence_weight", value, 0.0)
             return {p: float(value) for p in parent_kinds}
-        kinds = ("continuous", "binary", "categorical")
+        kinds = tuple(k for k in KINDS if k != "image")  # the kinds a parent of an image can have
         unknown = [k for k in value if k not in parent_kinds and k not in kinds]
         if unknown:
             raise ValueError(f"{family} {node!r}: independence_weight names {unknown}, which are neither parents of "
