@@ -28,9 +28,11 @@ def gaussian_kl(q_loc: Tensor, q_scale: Tensor, p_loc: Tensor, p_scale: Tensor) 
 
 class TopDownBlock(nn.Module):
     """One latent level: prior net on [h, pa], posterior net on [h, encoder features, pa], z projected back
-    into h, then a residual block. `z_dim == 0` makes it a plain residual block (no latent)."""
+    into h, then a residual block. `z_dim == 0` makes it a plain residual block (no latent). `film` lets the
+    parents modulate that residual block too (FiLM, starting as the identity): the parents then reach every
+    resolution, the latent-free full-resolution levels included."""
 
-    def __init__(self, width: int, z_dim: int, cond_dim: int, out_scale: float) -> None:
+    def __init__(self, width: int, z_dim: int, cond_dim: int, out_scale: float, film: bool = False) -> None:
         super().__init__()
         self.z_dim = z_dim
         if z_dim:
@@ -40,7 +42,7 @@ class TopDownBlock(nn.Module):
             with torch.no_grad():
                 self.z_proj.weight.mul_(out_scale)
                 self.prior.conv2.weight[2 * z_dim :].mul_(0.0)  # the prior's h update starts at zero
-        self.res = ResBlock(width, out_scale=out_scale)
+        self.res = ResBlock(width, cond_dim=cond_dim if film else 0, out_scale=out_scale)
 
     def forward(
         self,
@@ -53,8 +55,9 @@ class TopDownBlock(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Posterior path when `enc` is given (z sampled or its mean), else `code` as z (or as standardised
         prior noise), else a prior sample. Returns the new h and {z, u (standardised z), kl}."""
+        emb = cond_map[:, :, 0, 0] if self.res.film is not None else None
         if not self.z_dim:
-            return self.res(h), {}
+            return self.res(h, emb), {}
         p_loc, p_raw, h_add = self.prior(torch.cat([h, cond_map], 1)).split([self.z_dim, self.z_dim, h.shape[1]], dim=1)
         p_scale = F.softplus(p_raw) + _MIN_SCALE
         stats: dict[str, Tensor] = {}
@@ -70,7 +73,7 @@ class TopDownBlock(nn.Module):
             z = p_loc + p_scale * torch.randn_like(p_loc)
         stats["z"] = z
         stats["u"] = (z - p_loc) / p_scale
-        h = self.res(h + h_add + self.z_proj(z))
+        h = self.res(h + h_add + self.z_proj(z), emb)
         return h, stats
 
 
@@ -81,7 +84,8 @@ class HierarchicalVAE(ELBOImageMechanism):
     Config (besides `LatentImageMechanism`'s): widths (per resolution, full resolution first; resolution i
     is H / 2**i), latent_dims (latent channels per resolution; 0 = no latent there), blocks (top-down
     blocks per resolution, an int or a list), enc_blocks (encoder residual blocks per resolution),
-    cond_dim (parent embedding size), likelihood, likelihood_std. Per-level KL terms are logged as
+    cond_dim (parent embedding size), film (the parents also modulate every top-down residual block, so they
+    reach the latent-free levels), likelihood, likelihood_std. Per-level KL terms are logged as
     `kl_<resolution>`.
     """
 
@@ -102,6 +106,7 @@ class HierarchicalVAE(ELBOImageMechanism):
         blocks: int | Sequence[int] = 1,
         enc_blocks: int = 1,
         cond_dim: int = 16,
+        film: bool = False,
         likelihood: str = "discretized_gaussian",
         likelihood_std: float | None = None,
         **common: Any,
@@ -136,7 +141,10 @@ class HierarchicalVAE(ELBOImageMechanism):
             for i in range(n - 1)
         )
         self.stages = nn.ModuleList(
-            nn.ModuleList(TopDownBlock(widths[i], latent_dims[i], self.cond_dim, out_scale) for _ in range(blocks[i]))
+            nn.ModuleList(
+                TopDownBlock(widths[i], latent_dims[i], self.cond_dim, out_scale, film=bool(film))
+                for _ in range(blocks[i])
+            )
             for i in range(n)
         )
         self.likelihood = ImageLikelihood(widths[0], self.channels, likelihood, likelihood_std)
