@@ -894,3 +894,23 @@ def test_a_checkpoint_loads_under_other_abduction_settings(tmp_path) -> None:
     wider = {**specs, "image": {"family": "vae", "config": {**TINY_VAE, "latent_dim": 8}}}
     with pytest.raises(CheckpointError, match="latent_dim"):
         SCM.build(graph, wider).load_unit(tmp_path / "image.ckpt")
+
+
+def test_hvae_film_starts_as_the_plain_model_and_reaches_the_latent_free_level() -> None:
+    config = {**TINY_HVAE, "latent_dims": [0, 2, 4]}
+    torch.manual_seed(0)
+    plain = HierarchicalVAE.from_graph(GRAPH, "image", abduction={"keep_residual": False}, **config)
+    film = HierarchicalVAE.from_graph(GRAPH, "image", abduction={"keep_residual": False}, film=True, **config)
+    missing, unexpected = film.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".res.film." in k for k in missing)
+    assert len(missing) == 2 * len(config["widths"])  # one FiLM per top-down block, the latent-free one included
+    plain.eval(), film.eval()
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(4, 1), "digit": F.one_hot(torch.arange(4), 10).float()}
+    with torch.no_grad():  # FiLM starts as the identity: the same model
+        torch.testing.assert_close(film.predict(film.abduct(x, pa), pa), plain.predict(plain.abduct(x, pa), pa))
+    film.train()
+    film.loss(x, pa)["loss"].backward()
+    finest = film.stages[0][0]
+    assert finest.z_dim == 0 and finest.res.film.weight.grad.abs().sum() > 0  # the parents reach 32x32
+    assert not any("film" in k for k in plain.state_dict())  # off by default: old checkpoints load
