@@ -116,6 +116,8 @@ class HierarchicalVAE(ELBOImageMechanism):
         check_sizes("hvae", node, 0, blocks=blocks)
         check_sizes("hvae", node, 0, latent_dims=latent_dims)
         check_sizes("hvae", node, cond_dim=cond_dim)  # 0 would ignore the parents
+        if not isinstance(film, bool):  # a string "false" would read as true
+            raise ValueError(f"hvae {node!r}: film must be true or false, got {film!r}")
         if not any(int(z) for z in latent_dims):
             raise ValueError(f"hvae {node!r}: latent_dims must have a latent at some resolution, got {latent_dims!r}")
         widths = [int(w) for w in widths]
@@ -142,8 +144,7 @@ class HierarchicalVAE(ELBOImageMechanism):
         )
         self.stages = nn.ModuleList(
             nn.ModuleList(
-                TopDownBlock(widths[i], latent_dims[i], self.cond_dim, out_scale, film=bool(film))
-                for _ in range(blocks[i])
+                TopDownBlock(widths[i], latent_dims[i], self.cond_dim, out_scale, film=film) for _ in range(blocks[i])
             )
             for i in range(n)
         )

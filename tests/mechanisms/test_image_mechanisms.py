@@ -322,6 +322,7 @@ def test_sizes_that_cannot_build_a_network_are_named(family, config, message):
         (ConditionalVAE, {"parent_ranges": {"ink": "0,1"}}, r"parent_ranges.ink must be \[lo, hi\]"),
         (ConditionalVAE, {"parent_ranges": {"colour": [0, 1]}}, r"parent_ranges given for non-parent 'colour'"),
         (HierarchicalVAE, {"cond_dim": 0}, r"hvae 'image': cond_dim must be whole number\(s\) >= 1, got 0"),
+        (HierarchicalVAE, {"film": "false"}, r"hvae 'image': film must be true or false, got 'false'"),
         (ConditionalGAN, {"disc_lr_scale": -1}, r"gan 'image': disc_lr_scale must be a number > 0, got -1"),
         (ConditionalGAN, {"betas": [2, 3]}, r"gan 'image': betas must be two numbers in \[0, 1\)"),
         (ConditionalGAN, {"betas": [0.5]}, r"gan 'image': betas must be two numbers"),
