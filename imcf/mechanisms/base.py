@@ -206,6 +206,13 @@ def check_number(
         raise ValueError(f"{family} {node!r}: {key} must be a number {bound}, got {value!r}")
 
 
+def check_flag(family: str, node: str, key: str, value: Any) -> bool:
+    """`value` if it is a bool; else a ValueError naming the option (a string "false" would read as true)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{family} {node!r}: {key} must be true or false, got {value!r}")
+    return value
+
+
 def check_parent_ranges(
     family: str, node: str, parent_kinds: Mapping[str, NodeKind], given: Mapping[str, Any] | None
 ) -> dict[str, tuple[float, float]]:

@@ -19,7 +19,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, UNet2D
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes, is_number
+from imcf.mechanisms.base import Mechanism, check_flag, check_number, check_parent_ranges, check_sizes, is_number
 from imcf.nn.gain import PowerGain, from_shape, to_shape
 from imcf.nn.parents import ParentEncoder
 from imcf.registry import MECHANISMS
@@ -139,13 +139,14 @@ class DDIM(Mechanism):
                                            guidance_from)  # fmt: skip
         self.guidance_interval = _interval(node, guidance_interval)
         self.num_inference_steps = int(num_inference_steps)
-        self.clamp_output = bool(clamp_output)
+        self.clamp_output = check_flag("ddim", node, "clamp_output", clamp_output)
+        check_flag("ddim", node, "attention", attention)
         ranges = check_parent_ranges("ddim", node, parent_kinds, parent_ranges)
         self.gain_parents = self._gain_parents(node, parent_kinds, gain_parents or ())
         # the network sees the shape parents; gain parents act only through the output gain
         self.shape_parents = tuple(p for p in parent_kinds if p not in self.gain_parents)
         shape_kinds = {p: parent_kinds[p] for p in self.shape_parents}
-        self.parent_maps = bool(parent_maps) and bool(self.shape_parents)
+        self.parent_maps = check_flag("ddim", node, "parent_maps", parent_maps) and bool(self.shape_parents)
         # gain g = prod(v / reference): the upper end of the parent's range if given, else its training mean
         reference = [float(ranges[p][1]) if p in ranges else 0.0 for p in self.gain_parents]
         self.register_buffer("gain_reference", torch.tensor(reference))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import check_sizes
+from imcf.mechanisms.base import check_flag, check_sizes
 from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
 from imcf.nn.conv import ConvEncoder, ResBlock, broadcast_cond, cpu_layout
 from imcf.nn.likelihood import ImageLikelihood
@@ -116,8 +116,7 @@ class HierarchicalVAE(ELBOImageMechanism):
         check_sizes("hvae", node, 0, blocks=blocks)
         check_sizes("hvae", node, 0, latent_dims=latent_dims)
         check_sizes("hvae", node, cond_dim=cond_dim)  # 0 would ignore the parents
-        if not isinstance(film, bool):  # a string "false" would read as true
-            raise ValueError(f"hvae {node!r}: film must be true or false, got {film!r}")
+        check_flag("hvae", node, "film", film)
         if not any(int(z) for z in latent_dims):
             raise ValueError(f"hvae {node!r}: latent_dims must have a latent at some resolution, got {latent_dims!r}")
         widths = [int(w) for w in widths]

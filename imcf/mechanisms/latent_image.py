@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from imcf.graph import KINDS, NodeKind
-from imcf.mechanisms.base import Mechanism, check_number, check_parent_ranges, check_sizes, is_number
+from imcf.mechanisms.base import Mechanism, check_flag, check_number, check_parent_ranges, check_sizes, is_number
 from imcf.nn.conv import check_image_shape
 from imcf.nn.critic import LAYOUTS as CRITIC_LAYOUTS
 from imcf.nn.critic import ConditionalCritic
@@ -214,6 +214,7 @@ class LatentImageMechanism(Mechanism):
         if kind.name != "image":
             raise ValueError(f"{type(self).__name__} needs an image node; {node!r} is {kind}")
         self.channels, self.size, _ = check_image_shape(kind.shape, node)
+        family = getattr(type(self), "registry_name", type(self).__name__)
         opts = parse_options(
             abduction,
             {
@@ -230,14 +231,14 @@ class LatentImageMechanism(Mechanism):
         )
         if opts["latents"] not in ("fixed", "exogenous"):
             raise ValueError(f"{node}: abduction.latents must be fixed or exogenous, got {opts['latents']!r}")
-        self.keep_residual = bool(opts["keep_residual"])
+        self.keep_residual = check_flag(family, node, "abduction.keep_residual", opts["keep_residual"])
         if opts["residual"] not in RESIDUAL_MODES:
             raise ValueError(f"{node}: abduction.residual must be one of {RESIDUAL_MODES}, got {opts['residual']!r}")
         self.residual_mode = opts["residual"]
         if opts["resample"] not in RESAMPLE_MODES:
             raise ValueError(f"{node}: abduction.resample must be one of {RESAMPLE_MODES}, got {opts['resample']!r}")
         self.resample = opts["resample"]
-        self.abduct_sample = bool(opts["sample"])
+        self.abduct_sample = check_flag(family, node, "abduction.sample", opts["sample"])
         self.latent_mode = opts["latents"]
         self.withhold_residual_on = self._withheld_parents(opts["withhold_residual_on"], parent_kinds, node)
         self.withheld_latent_scale = self._latent_scales(opts["withheld_latent_scale"], node, self.withhold_residual_on)
@@ -245,7 +246,6 @@ class LatentImageMechanism(Mechanism):
         if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0):
             raise ValueError(f"{node}: abduction.withheld_residual_tolerance must be null or > 0, got {tol!r}")
         self.withheld_residual_tolerance = None if tol is None else float(tol)
-        family = getattr(type(self), "registry_name", type(self).__name__)
         check_sizes(family, node, 0, independence_warmup=independence_warmup)
         check_number(family, node, "grad_clip", grad_clip, 0.0, above=True, null=True)
         check_number(family, node, "grad_skip", grad_skip, 0.0, above=True, null=True)
@@ -671,6 +671,8 @@ class ELBOImageMechanism(LatentImageMechanism):
             },
             f"{node}: counterfactual_finetune",
         )
+        for key in ("enabled", "gain_parents"):
+            check_flag(family, node, f"counterfactual_finetune.{key}", self.counterfactual_finetune[key])
 
     @abstractmethod
     def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:

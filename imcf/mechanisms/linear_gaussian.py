@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import Mechanism
+from imcf.mechanisms.base import Mechanism, check_flag
 from imcf.registry import MECHANISMS
 
 
@@ -42,6 +42,7 @@ class LinearGaussian(Mechanism):
             raise ValueError(f"linear_gaussian needs a continuous node; {node!r} is {kind}")
         if sigma <= 0:
             raise ValueError(f"linear_gaussian {node!r}: sigma must be > 0, got {sigma}")
+        check_flag("linear_gaussian", node, "learnable", learnable)
         w = torch.zeros(self.parent_dim)
         if weights:
             unknown = set(weights) - set(self.parents)

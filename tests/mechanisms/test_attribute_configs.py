@@ -46,3 +46,16 @@ def test_configs_build_an_scm_that_samples_and_answers_counterfactuals(attribute
     assert cf["beard"].shape == (32, 1) and torch.all(cf["style"].sum(1) == 1)
     loaded = SCM.load(scm.save(tmp_path / "run")).eval()
     assert loaded.mechanism_specs() == scm.mechanism_specs()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"sigma": 0.0}, r"linear_gaussian 'thickness': sigma must be > 0, got 0.0"),
+        ({"learnable": "false"}, r"linear_gaussian 'thickness': learnable must be true or false, got 'false'"),
+    ],
+)
+def test_linear_gaussian_options_are_checked(config, message):
+    """A string "false" for `learnable` once read as true (the parameters trained when asked to stay fixed)."""
+    with pytest.raises(ValueError, match=message):
+        SCM.build(GRAPH, {"thickness": {"family": "linear_gaussian", "config": config}})

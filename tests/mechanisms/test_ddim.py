@@ -327,6 +327,9 @@ def test_scm_counterfactual_and_save_load(tmp_path):
         ({"beta_schedule": "cosine", **SMALL}, r"beta_schedule must be one of .*'squaredcos_cap_v2'.*got 'cosine'"),
         ({"num_train_timesteps": 0, **SMALL}, r"num_train_timesteps must be whole number\(s\) >= 1, got 0"),
         ({"parent_ranges": {"a": [1, 1]}, **SMALL}, r"parent_ranges.a must be \[lo, hi\] with lo < hi"),
+        ({"clamp_output": "false", **SMALL}, r"ddim 'x': clamp_output must be true or false, got 'false'"),
+        ({"parent_maps": "true", **SMALL}, r"ddim 'x': parent_maps must be true or false"),
+        ({"attention": 0, **SMALL}, r"ddim 'x': attention must be true or false, got 0"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):
