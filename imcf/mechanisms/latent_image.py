@@ -242,6 +242,10 @@ class LatentImageMechanism(Mechanism):
         self.latent_mode = opts["latents"]
         self.withhold_residual_on = self._withheld_parents(opts["withhold_residual_on"], parent_kinds, node)
         self.withheld_latent_scale = self._latent_scales(opts["withheld_latent_scale"], node, self.withhold_residual_on)
+        # every latent-scale option, checked against the latents once the family has built them
+        self._scale_options: list[tuple[str, LatentScales]] = [
+            ("abduction.withheld_latent_scale", self.withheld_latent_scale)
+        ]
         tol = opts["withheld_residual_tolerance"]
         if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0):
             raise ValueError(f"{node}: abduction.withheld_residual_tolerance must be null or > 0, got {tol!r}")
@@ -347,12 +351,14 @@ class LatentImageMechanism(Mechanism):
         return weights
 
     @staticmethod
-    def _latent_scales(value: Any, node: str, withheld: Sequence[str]) -> LatentScales:
-        """`abduction.withheld_latent_scale`: one number in [0, 1] for every latent, or a list of them, one per
-        latent tensor in `noise_shapes` order (an HVAE's levels, coarsest first); or a mapping from withheld parents
-        to such a number or list, each parent's scales applied to the rows where that parent changes (a withheld
-        parent it does not name keeps its latents: scale 1)."""
-        what = f"{node}: abduction.withheld_latent_scale"
+    def _latent_scales(
+        value: Any, node: str, withheld: Sequence[str], key: str = "abduction.withheld_latent_scale"
+    ) -> LatentScales:
+        """`abduction.withheld_latent_scale` (or another option `key` of its form): one number in [0, 1] for every
+        latent, or a list of them, one per latent tensor in `noise_shapes` order (an HVAE's levels, coarsest
+        first); or a mapping from withheld parents to such a number or list, each parent's scales applied to the
+        rows where that parent changes (a withheld parent it does not name keeps its latents: scale 1)."""
+        what = f"{node}: {key}"
         if not isinstance(value, Mapping):
             return _scales(value, what, "or a mapping from withheld parents to either")
         unknown = [p for p in value if p not in withheld]
@@ -362,26 +368,28 @@ class LatentImageMechanism(Mechanism):
             )
         return {str(p): _scales(v, f"{what}[{p}]", "") for p, v in value.items()}
 
-    def latent_scales(self, parent: str | None = None) -> tuple[float, ...]:
-        """`withheld_latent_scale` as one scale per latent tensor (`noise_shapes` order): with a scale per parent,
-        that of `parent` (1 where the mapping does not name it)."""
-        scales = self.withheld_latent_scale
+    def latent_scales(self, parent: str | None = None, scales: LatentScales | None = None) -> tuple[float, ...]:
+        """`withheld_latent_scale` (or `scales` of its form) as one scale per latent tensor (`noise_shapes` order):
+        with a scale per parent, that of `parent` (1 where the mapping does not name it)."""
+        scales = self.withheld_latent_scale if scales is None else scales
         if isinstance(scales, dict):
             scales = scales.get(parent, 1.0) if parent is not None else 1.0
         return scales if isinstance(scales, tuple) else (scales,) * len(self.noise_shapes())
 
     def check_latent_scales(self) -> None:
         """Called by each family once its latents are built: a list of `withheld_latent_scale`s (each parent's, where
-        they are given per parent) needs one scale per latent tensor (`noise_shapes`)."""
-        shapes, given = self.noise_shapes(), self.withheld_latent_scale
-        for parent in given if isinstance(given, dict) else (None,):
-            scales = self.latent_scales(parent)
-            if len(scales) != len(shapes):
-                of = f" for {parent!r}" if parent is not None else ""
-                raise ValueError(
-                    f"{self.node}: abduction.withheld_latent_scale lists {len(scales)} scales{of} but the mechanism "
-                    f"has {len(shapes)} latent tensors (shapes {[list(s) for s in shapes]}, coarsest first)"
-                )
+        they are given per parent; the same for `adversarial.latent_scale`) needs one scale per latent tensor
+        (`noise_shapes`)."""
+        shapes = self.noise_shapes()
+        for key, given in self._scale_options:
+            for parent in given if isinstance(given, dict) else (None,):
+                scales = self.latent_scales(parent, given)
+                if len(scales) != len(shapes):
+                    of = f" for {parent!r}" if parent is not None else ""
+                    raise ValueError(
+                        f"{self.node}: {key} lists {len(scales)} scales{of} but the mechanism "
+                        f"has {len(shapes)} latent tensors (shapes {[list(s) for s in shapes]}, coarsest first)"
+                    )
 
     @property
     def shrinks_withheld(self) -> bool:
@@ -544,9 +552,11 @@ class LatentImageMechanism(Mechanism):
         keep = (1.0 - moved / self.withheld_residual_tolerance).clamp(min=0.0)
         return keep * (noise.extras["shape"] - reference)
 
-    def _shrink_withheld(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> LatentNoise:
-        """Rows whose withheld parents change get their latents scaled by `withheld_latent_scale` toward 0, the
-        prior mean of the codes: the part of the parent the latent still holds then weighs less."""
+    def _shrink_withheld(
+        self, noise: LatentNoise, parents: Mapping[str, Tensor], scales: LatentScales | None = None
+    ) -> LatentNoise:
+        """Rows whose withheld parents change get their latents scaled by `withheld_latent_scale` (or `scales`)
+        toward 0, the prior mean of the codes: the part of the parent the latent still holds then weighs less."""
         if not (noise.standardised or self.latents_centred):
             raise ValueError(
                 f"{self.node}: abduction.withheld_latent_scale needs latents whose prior mean is 0 "
@@ -555,7 +565,7 @@ class LatentImageMechanism(Mechanism):
         factors = [torch.ones(noise.batch_size, device=z.device) for z in noise.latents]
         for p in self.withhold_residual_on:  # several changed parents: each level takes the smallest of their scales
             changed = self._changed_rows(noise, parents, (p,)).flatten()
-            for i, scale in enumerate(self.latent_scales(p)):  # lengths: `check_latent_scales`
+            for i, scale in enumerate(self.latent_scales(p, scales)):  # lengths: `check_latent_scales`
                 factors[i] = torch.minimum(factors[i], 1.0 - changed.to(factors[i]) * (1.0 - scale))
         latents = [z * f.to(z).view(-1, *[1] * (z.dim() - 1)) for z, f in zip(noise.latents, factors, strict=True)]
         return replace(noise, latents=latents)
@@ -608,8 +618,9 @@ class ELBOImageMechanism(LatentImageMechanism):
     Config beyond `LatentImageMechanism`'s: kl_weight; counterfactual_finetune: {enabled, weight, elbo_bound,
     lagrange_init, lagrange_lr_scale, gain_parents (false: the output gain is neither judged by the predictors nor
     trained: an exact rescaling the likelihood fits better than a predictor reads it)}; adversarial: {weight,
-    start, warmup, fraction, widths, hidden, layout}, a realism term for counterfactual decodes
-    (`adversarial_terms`; weight 0: off, no critic is built).
+    start, warmup, fraction, widths, hidden, layout, latent_scale}, a realism term for counterfactual decodes
+    (`adversarial_terms`; weight 0: off, no critic is built; latent_scale: the critic's decodes shrunk by this
+    instead of `abduction.withheld_latent_scale`, same forms; null: that one).
     """
 
     finetunable = True
@@ -638,9 +649,17 @@ class ELBOImageMechanism(LatentImageMechanism):
                 "widths": [16, 32, 64],
                 "hidden": 64,
                 "layout": "residual",
+                "latent_scale": None,
             },
             f"{node}: adversarial",
         )
+        # the scale of the critic's decodes (null: the abduction's), e.g. trained at one scale and answered at another
+        self.critic_latent_scale: LatentScales | None = None
+        if adv["latent_scale"] is not None:
+            self.critic_latent_scale = self._latent_scales(
+                adv["latent_scale"], node, self.withhold_residual_on, "adversarial.latent_scale"
+            )
+            self._scale_options.append(("adversarial.latent_scale", self.critic_latent_scale))
         family = getattr(type(self), "registry_name", type(self).__name__)
         check_number(family, node, "adversarial.weight", adv["weight"], 0.0)
         check_number(family, node, "adversarial.fraction", adv["fraction"], 0.0, above=True)
@@ -714,7 +733,8 @@ class ELBOImageMechanism(LatentImageMechanism):
 
         The first `fraction` of the rows are abducted (posterior mean, no gradient to the encoder) and decoded
         under the parents of the next row (a random intervention on every parent, with the latents of rows whose
-        withheld parents change shrunk by `withheld_latent_scale`, as `predict` answers). A conditional critic
+        withheld parents change shrunk by `adversarial.latent_scale`, by default `withheld_latent_scale` as
+        `predict` answers). A conditional critic
         (`ConditionalCritic`) learns to tell those decodes from real shapes under their own parents (logistic
         loss); the decoder gets the non-saturating loss -log D(decode) through a critic whose weights take no
         gradient from it, so one optimiser step trains both. Returns {"loss": weight * generator loss + critic
@@ -734,8 +754,9 @@ class ELBOImageMechanism(LatentImageMechanism):
             noise = self.encode_latents(shape, cond)
         noise.extras["parents"] = parents
         moved = {p: v.roll(1, 0) for p, v in parents.items()}
-        if self.shrinks_withheld:
-            noise = self._shrink_withheld(noise, moved)
+        scales = self.critic_latent_scale
+        if any(v != 1.0 for p in self.withhold_residual_on for v in self.latent_scales(p, scales)):
+            noise = self._shrink_withheld(noise, moved, scales)
         cond_cf = cond.roll(1, 0)  # the features are per row: the rolled parents' features
         fake = self._decode_shape(noise, cond_cf, gain is not None)
         self.critic.requires_grad_(False)  # the decoder's loss trains the decoder only

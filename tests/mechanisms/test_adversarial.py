@@ -104,11 +104,37 @@ def test_no_critic_without_a_weight_and_bad_options_are_named() -> None:
         ({"weight": 1, "hidden": 0}, r"adversarial.hidden must be whole number"),
         ({"weight": 1, "layout": "dcgan"}, r"vae 'image': adversarial.layout must be one of"),
         ({"weight": 1, "layout": "strided", "widths": [8, 8, 8, 8, 8, 8]}, r"critic widths .* divisible by 64"),
+        ({"weight": 1, "latent_scale": 1.5}, r"image: adversarial.latent_scale must be a number in \[0, 1\].*got 1.5"),
+        ({"weight": 1, "latent_scale": [0.5, 0.5]}, r"adversarial.latent_scale lists 2 scales but the mechanism has 1"),
     ]:
         with pytest.raises(ValueError, match=message):
             ConditionalVAE.from_graph(GRAPH, "image", adversarial=bad, **VAE)
     with pytest.raises(KeyError, match=r"adversarial: unknown key\(s\) \['wieght'\]"):
         ConditionalVAE.from_graph(GRAPH, "image", adversarial={"wieght": 1}, **VAE)
+
+
+@pytest.mark.parametrize("family", [ConditionalVAE, HierarchicalVAE])
+def test_the_critic_decodes_at_its_own_latent_scale(family) -> None:
+    """`adversarial.latent_scale` replaces the abduction's `withheld_latent_scale` for the critic's decodes alone:
+    trained at 0.5 and answered at 1 gives the critic's terms of trained and answered at 0.5; null follows the
+    abduction; and the scale matters (1 there differs)."""
+    x, pa = batch()
+
+    def terms(abduction: float, critic: float | None) -> tuple[float, float, float]:
+        torch.manual_seed(0)
+        base = TINY_VAE if family is ConditionalVAE else TINY_HVAE
+        cfg = {**base, "abduction": {"withheld_latent_scale": abduction}}
+        if family is HierarchicalVAE:
+            cfg["abduction"]["latents"] = "exogenous"
+        adversarial = {"weight": 1.0, "start": 0, "warmup": 0, "latent_scale": critic}
+        mech = family.from_graph(GRAPH, "image", adversarial=adversarial, **cfg)
+        assert mech.latent_scales("digit") == (abduction,) * len(mech.noise_shapes())  # predict's is unchanged
+        got = mech.adversarial_terms(x, pa, mech.condition(pa, x.shape[0]))
+        return float(got["adv_g"]), float(got["adv_d"]), float(got["loss"].detach())
+
+    assert terms(1.0, 0.5) == pytest.approx(terms(0.5, None))
+    assert terms(0.5, 0.5) == pytest.approx(terms(0.5, None))
+    assert terms(0.5, 1.0) != pytest.approx(terms(0.5, None))
 
 
 def test_the_warmup_ramp_is_off_for_half_then_linear_to_the_weight() -> None:
