@@ -284,25 +284,30 @@ def test_default_experiment_picks_the_image_lr_per_family(family, lr):
     assert cfg.unit_overrides["image"]["optim"]["lr"] == lr
 
 
+FACES_SIMPLE_SCALES = {"smiling": [0.5, 1.0, 1.0], "eyeglasses": [1.0, 0.0, 1.0]}
+
+
 @pytest.mark.parametrize(
-    ("overrides", "scale", "kl", "std", "critic"),
+    ("overrides", "scale", "kl", "std", "critic", "film", "critic_scale"),
     [
-        (["experiment=faces_simple"], {"smiling": [0.5, 1.0, 1.0], "eyeglasses": [1.0, 0.0, 1.0]}, 64.0, 0.1, 0.0),
-        (["experiment=faces"], 0.5, 24.0, 0.1, 0.0),
-        (["mechanism/image=hvae"], 0.625, 36.0, 0.07, 0.02),
+        (["experiment=faces_simple"], FACES_SIMPLE_SCALES, 64.0, 0.1, 0.0, False, None),
+        (["experiment=faces"], 0.5, 24.0, 0.1, 0.0, False, None),
+        (["mechanism/image=hvae"], 0.5, 30.0, 0.07, 0.02, True, 0.625),
     ],
 )
-def test_the_hvae_preset_picks_its_settings_by_graph(overrides, scale, kl, std, critic):
+def test_the_hvae_preset_picks_its_settings_by_graph(overrides, scale, kl, std, critic, film, critic_scale):
     """A list or mapping picked by `imcf_pick` survives `OmegaConf.resolve` (in place: a plain list failed there);
     the simple faces graph gives each parent its own scales and weights the KL by 64, the other faces graph halves
     the latents under 24, both at pixel std 0.1 without a critic; Morpho-MNIST (and any other graph) trains the
-    sharper std 0.07 under weight 36 with the realism stage on the whole batch and shrinks the latents to 0.625."""
+    sharper std 0.07 with FiLM under weight 30 with the realism stage on the whole batch, its decodes shrunk to
+    0.625, and answers with the digit's latents halved."""
     cfg = validate(_compose(overrides), TrainConfig)
     config = cfg.mechanism["image"]["config"]
     assert config["abduction"]["withheld_latent_scale"] == scale
     assert config["kl_weight"] == kl and isinstance(config["kl_weight"], float)
     assert config["likelihood_std"] == std and config["adversarial"]["weight"] == critic
     assert config["adversarial"]["fraction"] == 1.0  # the HVAE's critic sees every row (the VAE's: half)
+    assert config["film"] is film and config["adversarial"]["latent_scale"] == critic_scale
 
 
 @pytest.mark.parametrize(
@@ -359,4 +364,4 @@ def test_every_image_preset_builds_outside_train_py_once_resolved_for_a_graph(pa
         faces_graph = CausalGraph.from_yaml(Path(CONFIGS) / "graph/faces_simple.yaml")
         built = MECHANISMS["hvae"].from_graph(faces_graph, "image", **faces)  # the parents it names exist there
         assert built.latent_scales("smiling") == (0.5, 1.0, 1.0) and built.shrinks_withheld
-        assert mechanism_preset(path)["config"]["kl_weight"] == 36.0  # no graph: every table's default
+        assert mechanism_preset(path)["config"]["kl_weight"] == 30.0  # no graph: every table's default
