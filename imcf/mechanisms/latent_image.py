@@ -394,7 +394,11 @@ class LatentImageMechanism(Mechanism):
     @property
     def shrinks_withheld(self) -> bool:
         """Whether rows whose withheld parents change get any latent scaled (`withheld_latent_scale` below 1)."""
-        return any(v != 1.0 for p in self.withhold_residual_on for v in self.latent_scales(p))
+        return self._shrinks(None)
+
+    def _shrinks(self, scales: LatentScales | None) -> bool:
+        """Whether `scales` (None: `withheld_latent_scale`) scale any latent of a withheld parent's rows."""
+        return any(v != 1.0 for p in self.withhold_residual_on for v in self.latent_scales(p, scales))
 
     @staticmethod
     def _withheld_parents(spec: Any, parent_kinds: Mapping[str, NodeKind], node: str) -> tuple[str, ...]:
@@ -754,9 +758,8 @@ class ELBOImageMechanism(LatentImageMechanism):
             noise = self.encode_latents(shape, cond)
         noise.extras["parents"] = parents
         moved = {p: v.roll(1, 0) for p, v in parents.items()}
-        scales = self.critic_latent_scale
-        if any(v != 1.0 for p in self.withhold_residual_on for v in self.latent_scales(p, scales)):
-            noise = self._shrink_withheld(noise, moved, scales)
+        if self._shrinks(self.critic_latent_scale):
+            noise = self._shrink_withheld(noise, moved, self.critic_latent_scale)
         cond_cf = cond.roll(1, 0)  # the features are per row: the rolled parents' features
         fake = self._decode_shape(noise, cond_cf, gain is not None)
         self.critic.requires_grad_(False)  # the decoder's loss trains the decoder only
