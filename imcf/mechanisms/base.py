@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -50,11 +51,26 @@ class Mechanism(nn.Module, ABC):
         `extra_parents` are pseudo-parents (shared confounder noise of the node's c-component); they are not
         part of `config`, the component re-creates them.
         """
+        cls.check_option_types(node, kwargs)
         kinds = {p: graph.kinds[p] for p in graph.parents(node)}
         kinds.update(extra_parents or {})
         mech = cls(node, graph.kinds[node], kinds, **kwargs)
         mech.config = dict(kwargs)
         return mech
+
+    @classmethod
+    def check_option_types(cls, node: str, config: Mapping[str, Any]) -> None:
+        """Raise ValueError naming the option where `config` gives a string or a bool for an option whose default
+        is a number (`kl_weight: abc` or a quoted `"30"` would otherwise fail deep inside, or read as 1 for `true`)."""
+        defaults: dict[str, Any] = {}
+        for klass in cls.__mro__:  # the family's own options first, then those it passes on to its bases
+            if "__init__" in vars(klass):
+                for p in inspect.signature(vars(klass)["__init__"]).parameters.values():
+                    defaults.setdefault(p.name, p.default)
+        family = getattr(cls, "registry_name", cls.__name__)
+        for key, value in config.items():
+            if is_number(defaults.get(key)) and isinstance(value, str | bool):
+                raise ValueError(f"{family} {node!r}: {key} must be a number, got {value!r}")
 
     @classmethod
     def abduction_assumption_for(cls, config: Mapping[str, Any] | None = None) -> str:

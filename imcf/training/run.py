@@ -394,6 +394,9 @@ def _train(cfg: DictConfig, guard: SignalGuard, plan: ThreadPlan) -> dict[str, A
     stray = [u for u in cfg.unit_overrides if u not in names]
     if stray:
         raise ConfigError(f"unit_overrides names unknown unit(s) {stray}; units of this graph: {names}")
+    for unit in units:  # every unit's settings checked before data generation, not when its turn comes
+        if not unit.pretrained:
+            unit_settings(cfg, unit)
     tuned = finetune_nodes(scm, [n for u in units if not u.pretrained for n in u.nodes], specs)
     dm = CausalDataModule(
         cfg.dataset.name,

@@ -300,3 +300,12 @@ def test_learning_rate_warm_up_and_cosine_schedule(tmp_path):
     assert abs(state["_last_lr"][0] - state["base_lrs"][0] * 21 / 40) < 1e-12
     with pytest.raises(Exception, match="optim.scheduler must be 'cosine' or null"):
         train(_cfg(tmp_path / "b", "evaluate_after=false", "units=[x1]", "optim.scheduler=linear"))
+
+
+def test_a_bad_unit_override_is_named_before_any_data_or_unit(tmp_path):
+    """A unit's override was checked when its turn came: after the data were generated and the units before it
+    trained (`unit_overrides.image.optim.scheduler=linear` failed only once the image unit started)."""
+    bad = "+unit_overrides={x4: {optim: {scheduler: linear}}}"
+    with pytest.raises(ConfigError, match="unit_overrides.x4.optim.scheduler must be 'cosine' or null"):
+        train(_cfg(tmp_path, "evaluate_after=false", bad))
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run" / "checkpoints").exists()
