@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
@@ -62,6 +62,18 @@ def load_cached(path: str | Path, spec: Mapping[str, Any], what: str) -> dict[st
                 f"{key}={want.get(key)!r}; delete the file or point {what}.path elsewhere"
             )
     return ckpt
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def seeded(seed: int, build: Callable[[], M]) -> M:
+    """`build()` with torch's generator seeded by `seed` (and restored afterwards): an evaluator model's initial
+    weights come from its seed, not from whatever the process drew before (a model trained after a training run
+    and one trained by evaluate.py alone differed, and so did every score read with them)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 def model_spec(

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imcf.data.datamodule import build_dataset
-from imcf.evaluators.cache import fit_from_config, load_or_fit, model_spec
+from imcf.evaluators.cache import fit_from_config, load_or_fit, model_spec, seeded
 from imcf.nn.conv import ConvDecoder, ConvEncoder, num_stages_for
 
 Posterior = tuple[Tensor, Tensor]  # (loc, logscale), each (N, D)
@@ -88,9 +88,10 @@ def load_or_train_vae(
     `cfg` is a MinimalityConfig (path, latent_dim, width, max_epochs, batch_size, lr, max_train_samples);
     `fingerprint` (`imcf.evaluators.cache.dataset_fingerprint`) ties the cache to the dataset's content.
     """
-    spec = model_spec("vae", 1, dataset, options, fingerprint, image_node, image_shape, cfg, seed,
+    # version 2: initial weights from the seed (`seeded`)
+    spec = model_spec("vae", 2, dataset, options, fingerprint, image_node, image_shape, cfg, seed,
                       latent_dim=int(cfg.latent_dim))  # fmt: skip
-    vae = LatentVAE(image_shape, int(cfg.latent_dim), int(cfg.width), image_node=image_node)
+    vae = seeded(seed, lambda: LatentVAE(image_shape, int(cfg.latent_dim), int(cfg.width), image_node=image_node))
 
     def train() -> dict[str, Any]:
         print(f"[imcf] training the minimality VAE for {dataset}/{image_node}")

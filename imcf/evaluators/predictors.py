@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imcf.data.base import stack_batch
 from imcf.data.datamodule import build_dataset
-from imcf.evaluators.cache import fit_from_config, load_or_fit, model_spec, subset
+from imcf.evaluators.cache import fit_from_config, load_or_fit, model_spec, seeded, subset
 from imcf.graph import NodeKind
 from imcf.nn.parents import ParentEncoder
 from imcf.scores import absolute_error, correct, f1_score, labels
@@ -316,12 +316,13 @@ def load_or_train_predictors(
     Returns (model in eval mode on CPU, test-set quality, cache file).
     """
     inputs = {t: [x for x in v if x in targets] for t, v in dict(cfg.inputs or {}).items() if t in targets}
-    # version 2: BatchNorm body, grey-level path, shifted training images, cosine learning rate
-    spec = model_spec("predictors", 2, dataset, options, fingerprint, image_node, image_shape, cfg, seed,
+    # version 2: BatchNorm body, grey-level path, shifted training images, cosine learning rate; 3: initial weights
+    # from the seed (`seeded`)
+    spec = model_spec("predictors", 3, dataset, options, fingerprint, image_node, image_shape, cfg, seed,
                       targets=dict(targets), inputs=inputs, label_smoothing=float(cfg.label_smoothing))  # fmt: skip
-    model = AttributePredictor(
+    model = seeded(seed, lambda: AttributePredictor(
         image_shape, targets, inputs, int(cfg.width), image_node, label_smoothing=float(cfg.label_smoothing)
-    )
+    ))  # fmt: skip
 
     def train() -> dict[str, Any]:
         print(f"[imcf] training anti-causal predictors for {dataset}/{image_node} ({list(targets)})")
