@@ -59,14 +59,22 @@ class Mechanism(nn.Module, ABC):
         return mech
 
     @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """Every constructor option of the family (its own, then those it passes on to its bases) with its default
+        (`inspect.Parameter.empty` where it has none)."""
+        defaults: dict[str, Any] = {}
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                for p in inspect.signature(vars(klass)["__init__"]).parameters.values():
+                    if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self":
+                        defaults.setdefault(p.name, p.default)
+        return defaults
+
+    @classmethod
     def check_option_types(cls, node: str, config: Mapping[str, Any]) -> None:
         """Raise ValueError naming the option where `config` gives a string or a bool for an option whose default
         is a number (`kl_weight: abc` or a quoted `"30"` would otherwise fail deep inside, or read as 1 for `true`)."""
-        defaults: dict[str, Any] = {}
-        for klass in cls.__mro__:  # the family's own options first, then those it passes on to its bases
-            if "__init__" in vars(klass):
-                for p in inspect.signature(vars(klass)["__init__"]).parameters.values():
-                    defaults.setdefault(p.name, p.default)
+        defaults = cls.option_defaults()
         family = getattr(cls, "registry_name", cls.__name__)
         for key, value in config.items():
             if is_number(defaults.get(key)) and isinstance(value, str | bool):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 import pkgutil
 
 import pytest
@@ -105,23 +104,13 @@ def test_missing_parent_is_named(case: ContractCase):
         case.mechanism.abduct(case.x, partial)
 
 
-def _numeric_options(family: type) -> list[str]:
-    """The constructor options of `family` (its own and its bases') whose default is a number."""
-    names: dict[str, object] = {}
-    for klass in family.__mro__:
-        if "__init__" in vars(klass):
-            for p in inspect.signature(vars(klass)["__init__"]).parameters.values():
-                names.setdefault(p.name, p.default)
-    return [k for k, v in names.items() if isinstance(v, int | float) and not isinstance(v, bool)]
-
-
 @pytest.mark.parametrize("family", sorted(FACTORIES))
 def test_a_string_or_bool_for_a_numeric_option_is_named(family: str):
     """`kl_weight=abc` failed as "could not convert string to float: 'abc'" (no option named), a quoted "30" or a
     `true` for a number was read silently by some families: every numeric option of every family is checked."""
     case = FACTORIES[family][0]()
     cls = MECHANISMS[family]
-    options = _numeric_options(cls)
+    options = [k for k, v in cls.option_defaults().items() if isinstance(v, int | float) and not isinstance(v, bool)]
     assert options, f"{family}: no numeric options found"
     for key in options:
         for bad in ("abc", "30", True):
