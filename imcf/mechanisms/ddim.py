@@ -439,13 +439,12 @@ def _check_options(
     beta_schedule: str,
 ) -> None:
     """ValueError naming the node and the option for a DDIM configuration that cannot work."""
-    check_sizes("ddim", node, num_train_timesteps=num_train_timesteps, num_inference_steps=num_inference_steps)
+    check_sizes("ddim", node, num_train_timesteps=num_train_timesteps, num_inference_steps=num_inference_steps,
+                block_out_channels=block_out_channels, norm_num_groups=norm_num_groups)  # fmt: skip
     if beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"ddim {node!r}: beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
     _, height, width = kind.shape  # type: ignore[misc]
-    levels = len(block_out_channels)
-    if levels < 1:
-        raise ValueError(f"ddim {node!r}: block_out_channels must name at least one level")
+    levels = len(block_out_channels)  # >= 1: check_sizes refuses an empty list
     factor = 2 ** (levels - 1)
     if height % factor or width % factor:
         raise ValueError(

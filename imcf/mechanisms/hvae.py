@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import check_flag, check_sizes
+from imcf.mechanisms.base import check_flag, check_number, check_sizes
 from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
 from imcf.nn.conv import ConvEncoder, ResBlock, broadcast_cond, cpu_layout
 from imcf.nn.likelihood import ImageLikelihood
@@ -147,6 +147,7 @@ class HierarchicalVAE(ELBOImageMechanism):
             )
             for i in range(n)
         )
+        check_number("hvae", node, "likelihood_std", likelihood_std, 0.0, above=True, null=True)
         self.likelihood = ImageLikelihood(widths[0], self.channels, likelihood, likelihood_std)
         self.check_latent_scales()
 

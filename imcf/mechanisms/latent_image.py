@@ -146,7 +146,10 @@ def _scales(value: Any, what: str, alternative: str) -> float | tuple[float, ...
 
 
 def parse_options(given: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """Defaults updated by `given`; unknown keys raise an error naming them."""
+    """Defaults updated by `given`; unknown keys raise an error naming them, and so does a `given` that is not a
+    mapping (`abduction: abc`)."""
+    if given is not None and not isinstance(given, Mapping):
+        raise ValueError(f"{what} must be a mapping of options (known: {sorted(defaults)}), got {given!r}")
     given = dict(given or {})
     unknown = set(given) - set(defaults)
     if unknown:

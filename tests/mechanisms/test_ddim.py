@@ -307,6 +307,8 @@ def test_scm_counterfactual_and_save_load(tmp_path):
     [
         ({"block_out_channels": [8, 16, 16, 16, 16, 16, 16]}, "divisible by 2"),
         ({"block_out_channels": [12, 16], "norm_num_groups": 8}, "norm_num_groups"),
+        ({"block_out_channels": "abc"}, r"ddim 'x': block_out_channels must be whole number\(s\) >= 1, got 'abc'"),
+        ({"block_out_channels": []}, r"ddim 'x': block_out_channels must be whole number\(s\) >= 1, got \[\]"),
         ({"cfg_dropout": 1.0, **SMALL}, "cfg_dropout"),
         ({"num_inference_steps": 0, **SMALL}, "num_inference_steps"),
         ({"guidance_from": "uncond", **SMALL}, "guidance_from"),
