@@ -365,3 +365,29 @@ def test_every_image_preset_builds_outside_train_py_once_resolved_for_a_graph(pa
         built = MECHANISMS["hvae"].from_graph(faces_graph, "image", **faces)  # the parents it names exist there
         assert built.latent_scales("smiling") == (0.5, 1.0, 1.0) and built.shrinks_withheld
         assert mechanism_preset(path)["config"]["kl_weight"] == 30.0  # no graph: every table's default
+
+
+def test_the_datas_parent_ranges_follow_the_graphs_parents():
+    """Morpho-MNIST's node_config gives the image ranges for thickness and intensity; a graph whose image has no
+    intensity parent was refused (`vae 'image': parent_ranges given for non-parent 'intensity'`). The data's ranges
+    are kept for the parents the graph gives; a range the user sets for a non-parent is still refused."""
+    from imcf.scm import SCM
+
+    g = CausalGraph.from_dict(
+        {
+            "thickness": "continuous",
+            "intensity": "continuous",
+            "digit": "categorical(10)",
+            "image": {"kind": "image", "shape": [1, 32, 32], "parents": ["thickness", "digit"]},
+        }
+    )
+    implied = {"image": {"parent_ranges": {"thickness": [0.5, 7.0], "intensity": [64, 255]}}}
+    mech = {"attribute": {"family": "flow"}, "discrete": {"family": "discrete"}}
+    for family in ("vae", "hvae", "gan", "ddim"):
+        specs = mechanism_specs(g, {**mech, "image": {"family": family}}, [], implied)
+        assert specs["image"].config["parent_ranges"] == {"thickness": [0.5, 7.0]}, family
+    SCM.build(g, {n: {"family": s.family, "config": s.config} for n, s in specs.items()})
+    own = {**mech, "image": {"family": "vae", "config": {"parent_ranges": {"intensity": [64, 255]}}}}
+    with pytest.raises(ValueError, match="parent_ranges given for non-parent 'intensity'"):
+        specs = mechanism_specs(g, own, [], implied)
+        SCM.build(g, {n: {"family": s.family, "config": s.config} for n, s in specs.items()})

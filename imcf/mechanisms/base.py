@@ -242,6 +242,8 @@ def check_parent_ranges(
 ) -> dict[str, tuple[float, float]]:
     """`parent_ranges` as {parent: (lo, hi)}: every key a parent, every value two finite numbers lo < hi;
     a ValueError names the parent otherwise."""
+    if given is not None and not isinstance(given, Mapping):
+        raise ValueError(f"{family} {node!r}: parent_ranges must be a mapping {{parent: [lo, hi]}}, got {given!r}")
     ranges: dict[str, tuple[float, float]] = {}
     for parent, value in (given or {}).items():
         if parent not in parent_kinds:

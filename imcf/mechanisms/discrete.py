@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import Mechanism
+from imcf.mechanisms.base import Mechanism, check_parent_ranges, check_sizes
 from imcf.nn.parents import ParentEncoder
 from imcf.registry import MECHANISMS
 
@@ -86,12 +86,15 @@ class DiscreteMechanism(Mechanism):
             raise ValueError(f"discrete mechanism needs a binary or categorical node; {node!r} is {kind}")
         if mode not in MODES:
             raise ValueError(f"discrete {node!r}: mode must be one of {MODES}, got {mode!r}")
+        check_sizes("discrete", node, hidden=hidden)
+        check_sizes("discrete", node, 0, num_layers=num_layers)
+        ranges = check_parent_ranges("discrete", node, parent_kinds, parent_ranges)
         self.mode = mode
         self.binary = kind.name == "binary"
         self.num_classes = 2 if self.binary else int(kind.num_classes)
         out = 1 if self.binary else self.num_classes
         if parent_kinds:
-            self.encoder = ParentEncoder(parent_kinds, {p: tuple(r) for p, r in (parent_ranges or {}).items()})
+            self.encoder = ParentEncoder(parent_kinds, ranges)
             dims = [self.encoder.dim] + [hidden] * num_layers
             layers: list[nn.Module] = []
             for a, b in zip(dims[:-1], dims[1:]):

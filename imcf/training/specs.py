@@ -74,6 +74,8 @@ def mechanism_specs(
         same_family = override.get("family", base.get("family")) == base.get("family")
         implied = dict((node_config or {}).get(node) or {})
         config = dict((base.get("config") or {}) if same_family else {})
+        if isinstance(implied.get("parent_ranges"), dict):  # the data's ranges, of the parents this graph gives
+            implied["parent_ranges"] = {p: r for p, r in implied["parent_ranges"].items() if p in graph.parents(node)}
         for k, v in implied.items():
             if _family_takes(spec["family"], k):  # a mapping (parent_ranges) keeps the entries already set
                 config[k] = {**v, **config[k]} if isinstance(v, dict) and isinstance(config.get(k), dict) else v

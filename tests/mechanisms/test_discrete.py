@@ -217,3 +217,20 @@ def test_nodes_sharing_a_seed_draw_independent_noise():
     male = DiscreteMechanism.from_graph(GRAPH, "male", mode="threshold", seed=0)
     a, b = young.sample_noise(2000), male.sample_noise(2000)
     assert abs(torch.corrcoef(torch.cat([a, b], 1).T)[0, 1].item()) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"hidden": 0}, r"discrete 'd': hidden must be whole number\(s\) >= 1, got 0"),
+        ({"num_layers": -1}, r"discrete 'd': num_layers must be whole number\(s\) >= 0, got -1"),
+        ({"parent_ranges": "abc"}, r"discrete 'd': parent_ranges must be a mapping \{parent: \[lo, hi\]\}, got 'abc'"),
+        ({"parent_ranges": {"t": [3, 1]}}, r"discrete 'd': parent_ranges.t must be \[lo, hi\] with lo < hi"),
+    ],
+)
+def test_discrete_options_that_cannot_build_are_named(config, message):
+    """hidden 0 and num_layers -1 built silently (a head with no hidden units, a linear one); a string for
+    parent_ranges failed as `'str' object has no attribute 'items'`."""
+    g = CausalGraph.from_dict({"t": "continuous", "d": {"kind": "categorical(3)", "parents": ["t"]}})
+    with pytest.raises(ValueError, match=message):
+        DiscreteMechanism.from_graph(g, "d", **config)
