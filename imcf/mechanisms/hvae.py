@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import check_flag, check_number, check_sizes
+from imcf.mechanisms.base import check_flag, check_sizes
 from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
 from imcf.nn.conv import ConvEncoder, ResBlock, broadcast_cond, cpu_layout
-from imcf.nn.likelihood import ImageLikelihood
 from imcf.registry import MECHANISMS
 
 _MIN_SCALE = 1e-3
@@ -147,8 +146,7 @@ class HierarchicalVAE(ELBOImageMechanism):
             )
             for i in range(n)
         )
-        check_number("hvae", node, "likelihood_std", likelihood_std, 0.0, above=True, null=True)
-        self.likelihood = ImageLikelihood(widths[0], self.channels, likelihood, likelihood_std)
+        self.likelihood = self.build_likelihood(widths[0], likelihood, likelihood_std)
         self.check_latent_scales()
 
     def _embed(self, cond: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ from imcf.nn.critic import LAYOUTS as CRITIC_LAYOUTS
 from imcf.nn.critic import ConditionalCritic
 from imcf.nn.gain import PowerGain, from_shape, to_shape
 from imcf.nn.independence import dependence
+from imcf.nn.likelihood import ImageLikelihood
 from imcf.nn.parents import ParentEncoder
 
 #: `abduction.residual: relative`: where both decodes are lit (value + 1 > ON) the residual is scaled by
@@ -699,6 +700,13 @@ class ELBOImageMechanism(LatentImageMechanism):
         )
         for key in ("enabled", "gain_parents"):
             check_flag(family, node, f"counterfactual_finetune.{key}", self.counterfactual_finetune[key])
+
+    def build_likelihood(self, width: int, likelihood: str, likelihood_std: float | None) -> ImageLikelihood:
+        """The pixel likelihood on the decoder's `width` output features; a `likelihood_std` that is not a number
+        > 0 or null is named with the family and node."""
+        family = getattr(type(self), "registry_name", type(self).__name__)
+        check_number(family, self.node, "likelihood_std", likelihood_std, 0.0, above=True, null=True)
+        return ImageLikelihood(width, self.channels, likelihood, likelihood_std)
 
     @abstractmethod
     def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:

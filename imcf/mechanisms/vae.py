@@ -9,10 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from imcf.graph import NodeKind
-from imcf.mechanisms.base import check_number, check_sizes
+from imcf.mechanisms.base import check_sizes
 from imcf.mechanisms.latent_image import ELBOImageMechanism, LatentNoise
 from imcf.nn.conv import ConvDecoder, ConvEncoder, broadcast_cond
-from imcf.nn.likelihood import ImageLikelihood
 from imcf.registry import MECHANISMS
 
 
@@ -58,8 +57,7 @@ class ConditionalVAE(ELBOImageMechanism):
         self.to_posterior = nn.Linear(flat + d, 2 * self.latent_dim)
         self.from_latent = nn.Linear(self.latent_dim + d, flat)
         self.decoder = ConvDecoder(widths, blocks, cond_dim=d)
-        check_number("vae", node, "likelihood_std", likelihood_std, 0.0, above=True, null=True)
-        self.likelihood = ImageLikelihood(widths[0], self.channels, likelihood, likelihood_std)
+        self.likelihood = self.build_likelihood(widths[0], likelihood, likelihood_std)
         self.check_latent_scales()
 
     def posterior(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
