@@ -444,8 +444,9 @@ class LatentImageMechanism(Mechanism):
         """Per-sample shapes of the latent tensors."""
 
     # ----- the contract -----
-    def condition(self, parents: Mapping[str, Tensor], batch_size: int) -> Tensor:
-        """Parents -> (B, D) normalised features of the shape parents (all but `gain_parents`; (B, 0) if none)."""
+    def condition(self, parents: Mapping[str, Tensor], batch_size: int, update: bool = True) -> Tensor:
+        """Parents -> (B, D) normalised features of the shape parents (all but `gain_parents`; (B, 0) if none);
+        `update=False` leaves the encoder's running statistics as they are (in training, too)."""
         missing = [p for p in self.parents if p not in parents]
         if missing:
             raise KeyError(f"mechanism of {self.node!r} needs parents {missing}; got {sorted(parents)}")
@@ -457,7 +458,8 @@ class LatentImageMechanism(Mechanism):
                 )
         if self.parent_encoder is None:
             return torch.zeros(batch_size, 0, device=self.device)
-        return self.parent_encoder({p: parents[p] for p in self.shape_parents}).to(self._device_anchor.dtype)
+        features = self.parent_encoder({p: parents[p] for p in self.shape_parents}, update=update)
+        return features.to(self._device_anchor.dtype)
 
     def gain(self, parents: Mapping[str, Tensor]) -> Tensor | None:
         """The output gain g(gain parents) > 0 as (B, C, 1, 1), or None without `gain_parents`.
@@ -626,9 +628,10 @@ class ELBOImageMechanism(LatentImageMechanism):
     Config beyond `LatentImageMechanism`'s: kl_weight; counterfactual_finetune: {enabled, weight, elbo_bound,
     lagrange_init, lagrange_lr_scale, gain_parents (false: the output gain is neither judged by the predictors nor
     trained: an exact rescaling the likelihood fits better than a predictor reads it)}; adversarial: {weight,
-    start, warmup, fraction, widths, hidden, layout, latent_scale}, a realism term for counterfactual decodes
-    (`adversarial_terms`; weight 0: off, no critic is built; latent_scale: the critic's decodes shrunk by this
-    instead of `abduction.withheld_latent_scale`, same forms; null: that one).
+    start, warmup, fraction, widths, hidden, layout, latent_scale, parents}, a realism term for counterfactual
+    decodes (`adversarial_terms`; weight 0: off, no critic is built; latent_scale: the critic's decodes shrunk by
+    this instead of `abduction.withheld_latent_scale`, same forms; null: that one; parents: the parents moved in
+    the critic's decodes, the others kept factual; null: every parent).
     """
 
     finetunable = True
@@ -658,6 +661,7 @@ class ELBOImageMechanism(LatentImageMechanism):
                 "hidden": 64,
                 "layout": "residual",
                 "latent_scale": None,
+                "parents": None,
             },
             f"{node}: adversarial",
         )
@@ -678,6 +682,22 @@ class ELBOImageMechanism(LatentImageMechanism):
             raise ValueError(
                 f"{family} {node!r}: adversarial.layout must be one of {CRITIC_LAYOUTS}, got {adv['layout']!r}"
             )
+        # the parents an intervention moves in the critic's decodes (null: every parent)
+        self.critic_parents: tuple[str, ...] = self.parents
+        if adv["parents"] is not None:
+            names = adv["parents"]
+            if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+                raise ValueError(
+                    f"{family} {node!r}: adversarial.parents must be a non-empty list of parent names or null, "
+                    f"got {names!r}"
+                )
+            unknown = [p for p in names if p not in self.parents]
+            if unknown:
+                raise ValueError(
+                    f"{family} {node!r}: adversarial.parents {unknown} are not parents of {node!r} "
+                    f"(its parents: {list(self.parents)})"
+                )
+            self.critic_parents = tuple(names)
         self.critic = None
         if adv["weight"] > 0:
             check_sizes(family, node, **{"adversarial.widths": adv["widths"], "adversarial.hidden": adv["hidden"]})
@@ -747,7 +767,8 @@ class ELBOImageMechanism(LatentImageMechanism):
         """The realism term of one training batch (`adversarial.weight` > 0).
 
         The first `fraction` of the rows are abducted (posterior mean, no gradient to the encoder) and decoded
-        under the parents of the next row (a random intervention on every parent, with the latents of rows whose
+        under the parents of the next row (a random intervention on every parent, or on `adversarial.parents`
+        alone with the others kept, with the latents of rows whose
         withheld parents change shrunk by `adversarial.latent_scale`, by default `withheld_latent_scale` as
         `predict` answers). A conditional critic
         (`ConditionalCritic`) learns to tell those decodes from real shapes under their own parents (logistic
@@ -768,10 +789,13 @@ class ELBOImageMechanism(LatentImageMechanism):
         with torch.no_grad():
             noise = self.encode_latents(shape, cond)
         noise.extras["parents"] = parents
-        moved = {p: v.roll(1, 0) for p, v in parents.items()}
+        moved = {p: v.roll(1, 0) if p in self.critic_parents else v for p, v in parents.items()}
         if self._shrinks(self.critic_latent_scale):
             noise = self._shrink_withheld(noise, moved, self.critic_latent_scale)
-        cond_cf = cond.roll(1, 0)  # the features are per row: the rolled parents' features
+        if set(self.critic_parents) >= set(self.shape_parents):
+            cond_cf = cond.roll(1, 0)  # the features are per row: the rolled parents' features
+        else:  # some parents kept: their features, the running statistics left as they are
+            cond_cf = self.condition(moved, n, update=False).detach()
         fake = self._decode_shape(noise, cond_cf, gain is not None)
         self.critic.requires_grad_(False)  # the decoder's loss trains the decoder only
         try:

@@ -109,6 +109,13 @@ def test_no_critic_without_a_weight_and_bad_options_are_named() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             ConditionalVAE.from_graph(GRAPH, "image", adversarial=bad, **VAE)
+    for bad, message in [
+        (["dgit"], r"vae 'image': adversarial.parents \['dgit'\] are not parents of 'image' \(its parents: "),
+        ("digit", r"adversarial.parents must be a non-empty list of parent names or null, got 'digit'"),
+        ([], r"adversarial.parents must be a non-empty list"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ConditionalVAE.from_graph(GRAPH, "image", adversarial={"weight": 1, "parents": bad}, **VAE)
     with pytest.raises(KeyError, match=r"adversarial: unknown key\(s\) \['wieght'\]"):
         ConditionalVAE.from_graph(GRAPH, "image", adversarial={"wieght": 1}, **VAE)
 
@@ -135,6 +142,41 @@ def test_the_critic_decodes_at_its_own_latent_scale(family) -> None:
     assert terms(1.0, 0.5) == pytest.approx(terms(0.5, None))
     assert terms(0.5, 0.5) == pytest.approx(terms(0.5, None))
     assert terms(0.5, 1.0) != pytest.approx(terms(0.5, None))
+
+
+@pytest.mark.parametrize("family", [ConditionalVAE, HierarchicalVAE])
+def test_the_critic_moves_only_its_parents_and_keeps_the_others_factual(family) -> None:
+    """`adversarial.parents: [digit]`: the critic's decodes are conditioned on the next row's digit and the row's
+    own ink (the features of those parents, the running statistics untouched); naming every parent is the
+    default (null); and moving the digit alone differs from moving both."""
+    x, pa = batch()
+    pa["ink"] = pa["ink"] * 3
+
+    def run(parents: list[str] | None) -> tuple[tuple[float, float], list[torch.Tensor], torch.nn.Module]:
+        torch.manual_seed(0)
+        cfg = {**(VAE if family is ConditionalVAE else TINY_HVAE)}
+        adversarial = {"weight": 1.0, "start": 0, "warmup": 0, "fraction": 1.0, "parents": parents}
+        mech = family.from_graph(GRAPH, "image", adversarial=adversarial, **cfg)
+        mech.condition(pa, x.shape[0])  # running statistics of the ink from one batch
+        seen: list[torch.Tensor] = []
+        forward = mech.critic.forward
+        mech.critic.forward = lambda image, cond: seen.append(cond.detach().clone()) or forward(image, cond)
+        stats = {k: v.clone() for k, v in mech.parent_encoder.state_dict().items()}
+        got = mech.adversarial_terms(x, pa, mech.condition(pa, x.shape[0], update=False))
+        assert all(torch.equal(stats[k], v) for k, v in mech.parent_encoder.state_dict().items())
+        return (float(got["adv_g"]), float(got["adv_d"])), seen, mech
+
+    both, seen_all, _ = run(None)
+    assert run(["digit", "ink"])[0] == pytest.approx(both)
+    digit_only, seen, mech = run(["digit"])
+    assert digit_only != pytest.approx(both)
+    assert mech.critic_parents == ("digit",)
+    moved = {"ink": pa["ink"], "digit": pa["digit"].roll(1, 0)}
+    fake_cond = seen[0]  # the decoder's loss, then the critic's: real under the row's own parents, then fake
+    torch.testing.assert_close(fake_cond, mech.condition(moved, x.shape[0], update=False))
+    torch.testing.assert_close(seen[1], mech.condition(pa, x.shape[0], update=False))
+    torch.testing.assert_close(seen_all[0], mech.condition(pa, x.shape[0], update=False).roll(1, 0))
+    assert not torch.allclose(fake_cond, seen_all[0])
 
 
 def test_the_warmup_ramp_is_off_for_half_then_linear_to_the_weight() -> None:
