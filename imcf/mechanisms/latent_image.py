@@ -631,7 +631,8 @@ class ELBOImageMechanism(LatentImageMechanism):
     start, warmup, fraction, widths, hidden, layout, latent_scale, parents}, a realism term for counterfactual
     decodes (`adversarial_terms`; weight 0: off, no critic is built; latent_scale: the critic's decodes shrunk by
     this instead of `abduction.withheld_latent_scale`, same forms; null: that one; parents: the parents moved in
-    the critic's decodes, the others kept factual; null: every parent).
+    the critic's decodes, the others kept factual; null: every parent; lr_scale: the critic's learning rate over
+    the unit's, its own optimiser group: a two-timescale critic).
     """
 
     finetunable = True
@@ -662,6 +663,7 @@ class ELBOImageMechanism(LatentImageMechanism):
                 "layout": "residual",
                 "latent_scale": None,
                 "parents": None,
+                "lr_scale": 1.0,
             },
             f"{node}: adversarial",
         )
@@ -675,6 +677,7 @@ class ELBOImageMechanism(LatentImageMechanism):
         family = getattr(type(self), "registry_name", type(self).__name__)
         check_number(family, node, "adversarial.weight", adv["weight"], 0.0)
         check_number(family, node, "adversarial.fraction", adv["fraction"], 0.0, above=True)
+        check_number(family, node, "adversarial.lr_scale", adv["lr_scale"], 0.0, above=True)
         if adv["fraction"] > 1:
             raise ValueError(f"{family} {node!r}: adversarial.fraction must be in (0, 1], got {adv['fraction']!r}")
         check_sizes(family, node, 0, **{"adversarial.warmup": adv["warmup"], "adversarial.start": adv["start"]})
@@ -720,6 +723,16 @@ class ELBOImageMechanism(LatentImageMechanism):
         )
         for key in ("enabled", "gain_parents"):
             check_flag(family, node, f"counterfactual_finetune.{key}", self.counterfactual_finetune[key])
+
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Every trainable parameter at `lr`, the critic's (if any) in a group of its own at `lr *
+        adversarial.lr_scale`."""
+        if self.critic is None:
+            return super().optimizer_groups(lr)
+        critic = [p for p in self.critic.parameters() if p.requires_grad]
+        ids = {id(p) for p in critic}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest, "lr": lr}, {"params": critic, "lr": lr * float(self.adversarial["lr_scale"])}]
 
     def build_likelihood(self, width: int, likelihood: str, likelihood_std: float | None) -> ImageLikelihood:
         """The pixel likelihood on the decoder's `width` output features; a `likelihood_std` that is not a number

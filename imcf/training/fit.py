@@ -40,7 +40,7 @@ def fit_mechanism(
     params = list(mech.parameters())
     averaged = [p.detach().clone() for p in params] if decay else None
     gen = torch.Generator().manual_seed(seed)
-    groups = [{"params": list(mech.parameters()), "lr": lr}, *(objective.optimizer_groups(lr) if objective else [])]
+    groups = [*mech.optimizer_groups(lr), *(objective.optimizer_groups(lr) if objective else [])]
     opt = torch.optim.Adam(groups, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
     n = x.shape[0]

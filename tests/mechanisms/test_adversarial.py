@@ -14,6 +14,8 @@ from imcf.mechanisms.hvae import HierarchicalVAE
 from imcf.mechanisms.latent_image import warmup_weight
 from imcf.mechanisms.vae import ConditionalVAE
 from imcf.nn.critic import ConditionalCritic
+from imcf.training.fit import fit_mechanism
+from imcf.training.module import UnitModule
 from tests.mechanisms.test_image_mechanisms import GRAPH, TINY_HVAE, TINY_VAE
 
 VAE = {**TINY_VAE, "abduction": {"withheld_latent_scale": 0.5}}
@@ -116,6 +118,8 @@ def test_no_critic_without_a_weight_and_bad_options_are_named() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             ConditionalVAE.from_graph(GRAPH, "image", adversarial={"weight": 1, "parents": bad}, **VAE)
+    with pytest.raises(ValueError, match=r"vae 'image': adversarial.lr_scale must be a number > 0"):
+        ConditionalVAE.from_graph(GRAPH, "image", adversarial={"weight": 1, "lr_scale": 0}, **VAE)
     with pytest.raises(KeyError, match=r"adversarial: unknown key\(s\) \['wieght'\]"):
         ConditionalVAE.from_graph(GRAPH, "image", adversarial={"wieght": 1}, **VAE)
 
@@ -177,6 +181,35 @@ def test_the_critic_moves_only_its_parents_and_keeps_the_others_factual(family) 
     torch.testing.assert_close(seen[1], mech.condition(pa, x.shape[0], update=False))
     torch.testing.assert_close(seen_all[0], mech.condition(pa, x.shape[0], update=False).roll(1, 0))
     assert not torch.allclose(fake_cond, seen_all[0])
+
+
+def test_a_two_timescale_critic_takes_its_own_learning_rate() -> None:
+    """`adversarial.lr_scale: 4`: the critic is a group of its own at 4x the rate, so Adam's first step (about the
+    rate times the gradient's sign per weight) moves it 4x as far, and every other weight as at 1."""
+
+    def first_step(scale: float) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        adversarial = {"weight": 1.0, "start": 0, "warmup": 0, "lr_scale": scale}
+        mech = ConditionalVAE.from_graph(GRAPH, "image", adversarial=adversarial, **VAE)
+        groups = mech.optimizer_groups(1e-3)
+        assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-3 * scale)]
+        assert {id(p) for p in groups[1]["params"]} == {id(p) for p in mech.critic.parameters()}
+        unit = UnitModule({"image": mech}, {"lr": 1e-3}).configure_optimizers()  # train.py's optimiser too
+        assert [g["lr"] for g in unit.param_groups] == [1e-3, pytest.approx(1e-3 * scale)]
+        before = {k: p.detach().clone() for k, p in mech.named_parameters()}
+        x, pa = batch()
+        fit_mechanism(mech, x, pa, steps=1, batch_size=8)
+        moved = {k: (p.detach() - before[k]).abs().sum() for k, p in mech.named_parameters()}
+        return {k: v for k, v in moved.items() if k.startswith("critic.")}, {
+            k: v for k, v in moved.items() if not k.startswith("critic.")
+        }
+
+    (critic1, rest1), (critic4, rest4) = first_step(1.0), first_step(4.0)
+    assert sum(critic1.values()) > 0
+    for k in critic1:
+        torch.testing.assert_close(critic4[k], 4 * critic1[k], rtol=1e-3, atol=1e-9)
+    for k in rest1:
+        torch.testing.assert_close(rest4[k], rest1[k])
 
 
 def test_the_warmup_ramp_is_off_for_half_then_linear_to_the_weight() -> None:
