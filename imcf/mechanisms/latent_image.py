@@ -725,9 +725,9 @@ class ELBOImageMechanism(LatentImageMechanism):
             check_flag(family, node, f"counterfactual_finetune.{key}", self.counterfactual_finetune[key])
 
     def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Every trainable parameter at `lr`, the critic's (if any) in a group of its own at `lr *
-        adversarial.lr_scale`."""
-        if self.critic is None:
+        """Every trainable parameter at `lr`, the critic's in a group of its own at `lr * adversarial.lr_scale`
+        where that is not 1 (at 1 one group, the layout of optimiser states checkpointed before the option)."""
+        if self.critic is None or float(self.adversarial["lr_scale"]) == 1.0:
             return super().optimizer_groups(lr)
         critic = [p for p in self.critic.parameters() if p.requires_grad]
         ids = {id(p) for p in critic}

@@ -185,17 +185,20 @@ def test_the_critic_moves_only_its_parents_and_keeps_the_others_factual(family) 
 
 def test_a_two_timescale_critic_takes_its_own_learning_rate() -> None:
     """`adversarial.lr_scale: 4`: the critic is a group of its own at 4x the rate, so Adam's first step (about the
-    rate times the gradient's sign per weight) moves it 4x as far, and every other weight as at 1."""
+    rate times the gradient's sign per weight) moves it 4x as far, and every other weight as at 1 (one group)."""
 
     def first_step(scale: float) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         torch.manual_seed(0)
         adversarial = {"weight": 1.0, "start": 0, "warmup": 0, "lr_scale": scale}
         mech = ConditionalVAE.from_graph(GRAPH, "image", adversarial=adversarial, **VAE)
         groups = mech.optimizer_groups(1e-3)
-        assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-3 * scale)]
-        assert {id(p) for p in groups[1]["params"]} == {id(p) for p in mech.critic.parameters()}
         unit = UnitModule({"image": mech}, {"lr": 1e-3}).configure_optimizers()  # train.py's optimiser too
-        assert [g["lr"] for g in unit.param_groups] == [1e-3, pytest.approx(1e-3 * scale)]
+        if scale == 1:  # one group, as checkpoints written before the option hold it
+            assert len(groups) == 1 and len(unit.param_groups) == 1
+        else:
+            assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-3 * scale)]
+            assert {id(p) for p in groups[1]["params"]} == {id(p) for p in mech.critic.parameters()}
+            assert [g["lr"] for g in unit.param_groups] == [1e-3, pytest.approx(1e-3 * scale)]
         before = {k: p.detach().clone() for k, p in mech.named_parameters()}
         x, pa = batch()
         fit_mechanism(mech, x, pa, steps=1, batch_size=8)
