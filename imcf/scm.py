@@ -207,7 +207,7 @@ class SCM(nn.Module):
 
         key = tuple(sorted(do))
         if key not in self.verdicts:
-            families = {n: getattr(type(m), "registry_name", type(m).__name__) for n, m in self.mechanisms.items()}
+            families = {n: m.family_name() for n, m in self.mechanisms.items()}
             self.verdicts[key] = counterfactual_verdict(self.graph, key, families)
             if self.verdicts[key].get("warning"):
                 warnings.warn(f"do({', '.join(key)}): {self.verdicts[key]['warning']}", stacklevel=3)

@@ -71,11 +71,16 @@ class Mechanism(nn.Module, ABC):
         return defaults
 
     @classmethod
+    def family_name(cls) -> str:
+        """The family's registry name (`vae`, `hvae`, ...), else its class name: how messages name the family."""
+        return getattr(cls, "registry_name", cls.__name__)
+
+    @classmethod
     def check_option_types(cls, node: str, config: Mapping[str, Any]) -> None:
         """Raise ValueError naming the option where `config` gives a string or a bool for an option whose default
         is a number (`kl_weight: abc` or a quoted `"30"` would otherwise fail deep inside, or read as 1 for `true`)."""
         defaults = cls.option_defaults()
-        family = getattr(cls, "registry_name", cls.__name__)
+        family = cls.family_name()
         for key, value in config.items():
             if is_number(defaults.get(key)) and isinstance(value, str | bool):
                 raise ValueError(f"{family} {node!r}: {key} must be a number, got {value!r}")

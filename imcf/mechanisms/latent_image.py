@@ -218,7 +218,7 @@ class LatentImageMechanism(Mechanism):
         if kind.name != "image":
             raise ValueError(f"{type(self).__name__} needs an image node; {node!r} is {kind}")
         self.channels, self.size, _ = check_image_shape(kind.shape, node)
-        family = getattr(type(self), "registry_name", type(self).__name__)
+        family = self.family_name()
         opts = parse_options(
             abduction,
             {
@@ -674,7 +674,7 @@ class ELBOImageMechanism(LatentImageMechanism):
                 adv["latent_scale"], node, self.withhold_residual_on, "adversarial.latent_scale"
             )
             self._scale_options.append(("adversarial.latent_scale", self.critic_latent_scale))
-        family = getattr(type(self), "registry_name", type(self).__name__)
+        family = self.family_name()
         check_number(family, node, "adversarial.weight", adv["weight"], 0.0)
         check_number(family, node, "adversarial.fraction", adv["fraction"], 0.0, above=True)
         check_number(family, node, "adversarial.lr_scale", adv["lr_scale"], 0.0, above=True)
@@ -737,7 +737,7 @@ class ELBOImageMechanism(LatentImageMechanism):
     def build_likelihood(self, width: int, likelihood: str, likelihood_std: float | None) -> ImageLikelihood:
         """The pixel likelihood on the decoder's `width` output features; a `likelihood_std` that is not a number
         > 0 or null is named with the family and node."""
-        family = getattr(type(self), "registry_name", type(self).__name__)
+        family = self.family_name()
         check_number(family, self.node, "likelihood_std", likelihood_std, 0.0, above=True, null=True)
         return ImageLikelihood(width, self.channels, likelihood, likelihood_std)
 
