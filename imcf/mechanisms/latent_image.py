@@ -185,7 +185,8 @@ class LatentImageMechanism(Mechanism):
         and b per parent and channel, continuous positive parents) | proportional (g = prod v / ref, fixed: a
         brightness that scales every pixel, exactly; the likelihood cannot tell a gain that bends from a shape
         that follows a correlated shape parent, so the learned forms drift off it);
-      likelihood ("discretized_gaussian" | "gaussian"), likelihood_std (null = learned) where the family has one,
+      likelihood ("discretized_gaussian" | "gaussian" | "laplace"), likelihood_std (null = learned) where the family
+      has one,
       parent_ranges ({parent: [lo, hi]} fixed normalisation for continuous parents),
       grad_clip (max grad norm), grad_skip (skip updates whose grad norm exceeds it; null = never).
     """
