@@ -626,14 +626,15 @@ class ELBOImageMechanism(LatentImageMechanism):
     """A latent image family with a likelihood (VAE, HVAE): trained on the negative ELBO (plus the independence
     penalty), which also bounds counterfactual fine-tuning (`imcf.training.finetune`).
 
-    Config beyond `LatentImageMechanism`'s: kl_weight; counterfactual_finetune: {enabled, weight, elbo_bound,
-    lagrange_init, lagrange_lr_scale, gain_parents (false: the output gain is neither judged by the predictors nor
-    trained: an exact rescaling the likelihood fits better than a predictor reads it)}; adversarial: {weight,
-    start, warmup, fraction, widths, hidden, layout, latent_scale, parents}, a realism term for counterfactual
-    decodes (`adversarial_terms`; weight 0: off, no critic is built; latent_scale: the critic's decodes shrunk by
-    this instead of `abduction.withheld_latent_scale`, same forms; null: that one; parents: the parents moved in
-    the critic's decodes, the others kept factual; null: every parent; lr_scale: the critic's learning rate over
-    the unit's, its own optimiser group: a two-timescale critic).
+    Config beyond `LatentImageMechanism`'s: kl_weight; kl_warmup (training steps over which the KL's weight rises
+    linearly from 0 to kl_weight; 0: none; validation always scores the full weight); counterfactual_finetune:
+    {enabled, weight, elbo_bound, lagrange_init, lagrange_lr_scale, gain_parents (false: the output gain is neither
+    judged by the predictors nor trained: an exact rescaling the likelihood fits better than a predictor reads it)};
+    adversarial: {weight, start, warmup, fraction, widths, hidden, layout, latent_scale, parents}, a realism term
+    for counterfactual decodes (`adversarial_terms`; weight 0: off, no critic is built; latent_scale: the critic's
+    decodes shrunk by this instead of `abduction.withheld_latent_scale`, same forms; null: that one; parents: the
+    parents moved in the critic's decodes, the others kept factual; null: every parent; lr_scale: the critic's
+    learning rate over the unit's, its own optimiser group: a two-timescale critic).
     """
 
     finetunable = True
@@ -644,6 +645,7 @@ class ELBOImageMechanism(LatentImageMechanism):
         kind: NodeKind,
         parent_kinds: Mapping[str, NodeKind],
         kl_weight: float = 1.0,
+        kl_warmup: int = 0,
         counterfactual_finetune: Mapping[str, Any] | None = None,
         adversarial: Mapping[str, Any] | None = None,
         **kwargs: Any,
@@ -652,6 +654,10 @@ class ELBOImageMechanism(LatentImageMechanism):
         if float(kl_weight) < 0:
             raise ValueError(f"{type(self).__name__} {node!r}: kl_weight must be >= 0, got {kl_weight}")
         self.kl_weight = float(kl_weight)
+        check_sizes(self.family_name(), node, 0, kl_warmup=kl_warmup)
+        self.kl_warmup = int(kl_warmup)
+        if self.kl_warmup > 0:  # steps seen, checkpointed: a resumed run continues the ramp
+            self.register_buffer("kl_steps", torch.zeros((), dtype=torch.long))
         self.adversarial = adv = parse_options(
             adversarial,
             {
@@ -758,6 +764,10 @@ class ELBOImageMechanism(LatentImageMechanism):
         nll, kl = terms["nll"].mean() / dims, terms["kl"].mean() / dims
         elbo_loss = nll + self.kl_weight * kl
         out = {"loss": elbo_loss, "nll": nll.detach(), "kl": kl.detach()}
+        if self.kl_warmup > 0 and self.training:  # validation scores the full weight, the objective the run ends on
+            out["loss"] = nll + self.current_kl_weight() * kl
+            out["kl_weight"] = x.new_tensor(self.current_kl_weight())
+            self.kl_steps += 1
         for k, v in terms.items():
             if k.startswith("kl_"):
                 out[k] = v.mean().detach() / dims
@@ -770,6 +780,14 @@ class ELBOImageMechanism(LatentImageMechanism):
             out.update(adv)
         out["elbo"] = elbo_loss  # the bound counterfactual fine-tuning keeps (imcf.training.finetune)
         return out
+
+    def current_kl_weight(self) -> float:
+        """The KL's weight at this training step: rising linearly from 0 to `kl_weight` over the first `kl_warmup`
+        steps (a KL warm-up: the latents are put to use before their price is paid in full, against a posterior
+        that collapses onto the prior early in training), `kl_weight` after them and without a warm-up."""
+        if self.kl_warmup <= 0:
+            return self.kl_weight
+        return self.kl_weight * min(1.0, int(self.kl_steps) / self.kl_warmup)
 
     def current_adversarial_weight(self) -> float:
         """The adversarial term's weight at this training step: 0 for the first `start` + `warmup` / 2 steps,

@@ -609,6 +609,33 @@ def test_independence_warmup_ramps_the_weight_and_counts_training_steps_only() -
     assert "independence_steps" in mech.state_dict()  # a resumed run continues where it was
 
 
+@pytest.mark.parametrize("family", ["vae", "hvae"])
+def test_kl_warmup_ramps_the_kl_weight_in_training_and_validation_scores_it_in_full(family) -> None:
+    """`kl_warmup: 4`: the training loss weighs the KL by 0, 1/4, 2/4, 3/4, then all of `kl_weight`; the step
+    counter is checkpointed and only training advances it; validation and the ELBO bound take the full weight."""
+    cls, cfg = (ConditionalVAE, TINY_VAE) if family == "vae" else (HierarchicalVAE, TINY_HVAE)
+    mech = cls.from_graph(GRAPH, "image", kl_weight=2.0, kl_warmup=4, independence_weight=0.0, **cfg)
+    x = torch.rand(8, 1, 32, 32) * 2 - 1
+    pa = {"ink": torch.rand(8, 1), "digit": F.one_hot(torch.arange(8), 10).float()}
+    for step in range(6):
+        torch.manual_seed(0)
+        out = mech.loss(x, pa)
+        w = 2.0 * min(1.0, step / 4)
+        assert float(out["kl_weight"]) == w
+        assert out["loss"].item() == pytest.approx((out["nll"] + w * out["kl"]).item(), rel=1e-6)
+        assert out["elbo"].item() == pytest.approx((out["nll"] + 2.0 * out["kl"]).item(), rel=1e-6)
+        assert float(out["kl"]) > 0  # the ramp is not read off a zero KL
+    mech.eval()
+    with torch.no_grad():
+        val = mech.loss(x, pa)
+    assert float(val["loss"]) == pytest.approx(float(val["nll"] + 2.0 * val["kl"]), rel=1e-6)
+    assert int(mech.kl_steps) == 6 and "kl_steps" in mech.state_dict()
+    plain = cls.from_graph(GRAPH, "image", kl_weight=2.0, independence_weight=0.0, **cfg)
+    assert "kl_steps" not in plain.state_dict()  # no counter: checkpoints without a warm-up keep their keys
+    with pytest.raises(ValueError, match=f"{family} 'image'.*kl_warmup"):
+        cls.from_graph(GRAPH, "image", kl_warmup=-1, **cfg)
+
+
 def test_validation_scores_the_penalty_at_its_full_weight_during_the_warmup() -> None:
     """The validation loss picks a unit's best epoch: an epoch inside the warm-up must not look better for
     being penalised less (the seed-1 default run once nearly kept a pre-penalty epoch that ignores do(digit))."""
