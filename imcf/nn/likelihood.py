@@ -51,7 +51,7 @@ _LOG_PROBS = {
 
 
 class ImageLikelihood(nn.Module):
-    """Decoder features (B, F, H, W) -> per-pixel Gaussian over (B, C, H, W) images in [-1, 1].
+    """Decoder features (B, F, H, W) -> a per-pixel location and scale over (B, C, H, W) images in [-1, 1].
 
     `kind`: "discretized_gaussian" (default; bounded likelihood, no variance collapse on flat
     backgrounds), "gaussian" or "laplace" (an L1 loss: decodes centred on the median). `std`: the pixel noise's
