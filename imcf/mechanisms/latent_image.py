@@ -765,8 +765,9 @@ class ELBOImageMechanism(LatentImageMechanism):
         elbo_loss = nll + self.kl_weight * kl
         out = {"loss": elbo_loss, "nll": nll.detach(), "kl": kl.detach()}
         if self.kl_warmup > 0 and self.training:  # validation scores the full weight, the objective the run ends on
-            out["loss"] = nll + self.current_kl_weight() * kl
-            out["kl_weight"] = x.new_tensor(self.current_kl_weight())
+            weight = self.current_kl_weight()
+            out["loss"] = nll + weight * kl
+            out["kl_weight"] = x.new_tensor(weight)
             self.kl_steps += 1
         for k, v in terms.items():
             if k.startswith("kl_"):
