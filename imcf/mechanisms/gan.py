@@ -189,6 +189,8 @@ class ConditionalGAN(LatentImageMechanism):
             gain_parents=gain_parents,
             gain_form=gain_form,
         )
+        if self.refine["steps"]:
+            raise self.no_critic_error()
         if self.abduct_sample:
             raise ValueError(f"gan {node!r}: abduction.sample needs a stochastic encoder; the GAN's is deterministic")
         if loss not in ADVERSARIAL_LOSSES:
