@@ -5,11 +5,17 @@ predict of the same batch (the image under its factual and its counterfactual pa
 Per query, the two timings alternate over `--repeats` rounds and medians are reported, in CPU time of this process
 (other jobs on the machine disturb it less than wall time); the ratio is the counterfactual's overhead.
 
-    python benchmarks/counterfactual_overhead.py [--batch 256] [--repeats 10] [--threads 1] [--device cpu]
+Another model: train.py overrides, e.g. `mechanism/image=hvae --tag hvae`. Where the image mechanism answers with
+`abduction.refine` (steps > 0), a third timing is interleaved: the bare image abduct + predict of the same model
+with the refinement off, and `refine_ratio` is the bare cost with it over the bare cost without it.
+
+    python benchmarks/counterfactual_overhead.py [overrides ...] [--tag T] [--batch 256] [--repeats 10]
+        [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 
 import torch
@@ -25,6 +31,11 @@ def main() -> None:
     args, scm, sync, factual, queries = setup(__doc__.splitlines()[0])
     b = args.batch
     image = scm.mechanisms["image"]
+    plain = None  # the same weights answering without the refinement
+    if getattr(image, "refine", {}).get("steps"):
+        plain_scm = copy.deepcopy(scm)
+        plain_scm.set_inference_options("image", {"abduction": {"refine": {"steps": 0}}})
+        plain = plain_scm.mechanisms["image"]
     rows = []
     for name, do in queries.items():
         with torch.no_grad():
@@ -40,10 +51,15 @@ def main() -> None:
         def bare(factual_pa=factual_pa, cf_pa=cf_pa):
             image.predict(image.abduct(factual["image"], factual_pa), cf_pa)
 
-        full, alone = [], []
+        @torch.no_grad()
+        def unrefined(factual_pa=factual_pa, cf_pa=cf_pa):
+            plain.predict(plain.abduct(factual["image"], factual_pa), cf_pa)
+
+        timed = {query: [], bare: []} | ({unrefined: []} if plain is not None else {})
         for r in range(args.repeats):
-            for first in (query, bare) if r % 2 == 0 else (bare, query):
-                (full if first is query else alone).append(cpu_seconds(first, sync))
+            for fn in list(timed) if r % 2 == 0 else list(timed)[::-1]:
+                timed[fn].append(cpu_seconds(fn, sync))
+        full, alone = timed[query], timed[bare]
         row = {
             "query": name,
             "counterfactual_ms": 1e3 * statistics.median(full),
@@ -51,15 +67,23 @@ def main() -> None:
         }
         row["ratio"] = row["counterfactual_ms"] / row["image_abduct_predict_ms"]
         row["counterfactuals_per_cpu_s"] = b / statistics.median(full)
+        if plain is not None:
+            row["image_unrefined_ms"] = 1e3 * statistics.median(timed[unrefined])
+            row["refine_ratio"] = row["image_abduct_predict_ms"] / row["image_unrefined_ms"]
         rows.append(row)
 
     machine = machine_info(args.device)
-    print(f"default model, batch {b}, {args.repeats} repeats, {args.threads} thread(s); {machine['cpu']}")
-    print(f"{'query':15s} {'counterfactual':>15s} {'image abduct+predict':>21s} {'ratio':>6s} {'CF / CPU-s':>11s}")
+    model = " ".join(args.overrides) or "default"
+    print(f"model {model}, batch {b}, {args.repeats} repeats, {args.threads} thread(s); {machine['cpu']}")
+    extra = f" {'unrefined':>12s} {'refine x':>8s}" if plain is not None else ""
+    print(
+        f"{'query':15s} {'counterfactual':>15s} {'image abduct+predict':>21s} {'ratio':>6s} {'CF / CPU-s':>11s}{extra}"
+    )
     for r in rows:
+        more = f" {r['image_unrefined_ms']:9.1f} ms {r['refine_ratio']:8.2f}" if plain is not None else ""
         print(
             f"{r['query']:15s} {r['counterfactual_ms']:12.1f} ms {r['image_abduct_predict_ms']:18.1f} ms "
-            f"{r['ratio']:6.2f} {r['counterfactuals_per_cpu_s']:11.0f}"
+            f"{r['ratio']:6.2f} {r['counterfactuals_per_cpu_s']:11.0f}{more}"
         )
     write_results("counterfactual_overhead", args, machine, rows)
 

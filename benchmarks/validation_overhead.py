@@ -34,10 +34,11 @@ from imcf.training.run import build_scm
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
 
-def default_scm(device: str) -> SCM:
-    """The default experiment's SCM with fresh weights, in eval mode."""
+def default_scm(device: str, overrides: list[str] | None = None) -> SCM:
+    """The default experiment's SCM (with train.py `overrides`, e.g. mechanism/image=hvae) with fresh weights, in
+    eval mode."""
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose(config_name="train")
+        cfg = compose(config_name="train", overrides=list(overrides or []))
     scm, _ = build_scm(cfg)
     return scm.to(device).eval()
 
@@ -59,9 +60,12 @@ def needed_nodes(scm: SCM, do: dict) -> set[str]:
 
 
 def setup(description: str) -> tuple[argparse.Namespace, SCM, Any, dict, dict]:
-    """Shared by the query benchmarks: arguments (--batch, --repeats, --threads, --device), the default SCM, a
-    device sync, a factual batch `scm.sample(batch)` and the three queries."""
+    """Shared by the query benchmarks: arguments (--batch, --repeats, --threads, --device, --tag and train.py
+    overrides of the model, e.g. mechanism/image=hvae), the default SCM, a device sync, a factual batch
+    `scm.sample(batch)` and the three queries."""
     ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("overrides", nargs="*", help="train.py overrides of the model (default: the default experiment)")
+    ap.add_argument("--tag", default="", help="suffix of the results JSON's name (e.g. hvae)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
@@ -69,7 +73,7 @@ def setup(description: str) -> tuple[argparse.Namespace, SCM, Any, dict, dict]:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    scm = default_scm(args.device)
+    scm = default_scm(args.device, args.overrides)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     b = args.batch
     with torch.no_grad():
@@ -93,8 +97,9 @@ def machine_info(device: str) -> dict[str, Any]:
 
 
 def write_results(name: str, args: argparse.Namespace, machine: dict[str, Any], rows: list[dict]) -> None:
-    """benchmarks/results/<name>[_gpu].json with the arguments, the machine and the rows."""
-    dest = Path(__file__).parent / "results" / f"{name}{'' if args.device == 'cpu' else '_gpu'}.json"
+    """benchmarks/results/<name>[_<tag>][_gpu].json with the arguments, the machine and the rows."""
+    tag = f"_{args.tag}" if getattr(args, "tag", "") else ""
+    dest = Path(__file__).parent / "results" / f"{name}{tag}{'' if args.device == 'cpu' else '_gpu'}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps({**vars(args), "machine": machine, "results": rows}, indent=2) + "\n")
     print(f"\nwrote {dest}")
