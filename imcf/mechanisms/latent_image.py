@@ -622,10 +622,11 @@ class LatentImageMechanism(Mechanism):
         start = [z[rows].detach() for z in noise.latents]
         sub = replace(noise, latents=[z.clone().requires_grad_(True) for z in start], residual=None, extras={})
         rate, proximity = float(self.refine["rate"]), float(self.refine["proximity"])
+        cond = cond[rows]
         with torch.enable_grad():
             for _ in range(int(self.refine["steps"])):
-                decoded = self._decode_shape(sub, cond[rows], gained)
-                loss = nn.functional.softplus(-self.realism_logits(decoded, cond[rows])).sum()
+                decoded = self._decode_shape(sub, cond, gained)
+                loss = nn.functional.softplus(-self.realism_logits(decoded, cond)).sum()
                 for z, z0 in zip(sub.latents, start, strict=True):
                     loss = loss + 0.5 * proximity * ((z - z0) ** 2).sum()
                 grads = torch.autograd.grad(loss, sub.latents)
