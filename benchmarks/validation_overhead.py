@@ -98,7 +98,7 @@ def machine_info(device: str) -> dict[str, Any]:
 
 def write_results(name: str, args: argparse.Namespace, machine: dict[str, Any], rows: list[dict]) -> None:
     """benchmarks/results/<name>[_<tag>][_gpu].json with the arguments, the machine and the rows."""
-    tag = f"_{args.tag}" if getattr(args, "tag", "") else ""
+    tag = f"_{args.tag}" if args.tag else ""
     dest = Path(__file__).parent / "results" / f"{name}{tag}{'' if args.device == 'cpu' else '_gpu'}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps({**vars(args), "machine": machine, "results": rows}, indent=2) + "\n")
