@@ -187,8 +187,8 @@ class HierarchicalVAE(ELBOImageMechanism):
         key = "u" if self.latent_mode == "exogenous" else "z"
         return LatentNoise([s[key] for s in stats], standardised=self.latent_mode == "exogenous")
 
-    def decode_loc(self, noise: LatentNoise, cond: Tensor) -> Tensor:
-        return self.top_down(cond, noise=noise)[0]
+    def decode_dist(self, noise: LatentNoise, cond: Tensor) -> tuple[Tensor, Tensor]:
+        return self.top_down(cond, noise=noise)[:2]
 
     def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:
         loc, log_scale, stats = self.top_down(cond, acts=self.encoder(self.to_shape(x, gain)), sample=True)

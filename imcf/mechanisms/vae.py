@@ -77,8 +77,8 @@ class ConditionalVAE(ELBOImageMechanism):
         # the prior is N(0, I) whatever the parents, so the latent is its own standardised coordinate
         return LatentNoise([z], standardised=self.latent_mode == "exogenous")
 
-    def decode_loc(self, noise: LatentNoise, cond: Tensor) -> Tensor:
-        return self._decode(noise.latents[0], cond)[0]
+    def decode_dist(self, noise: LatentNoise, cond: Tensor) -> tuple[Tensor, Tensor]:
+        return self._decode(noise.latents[0], cond)
 
     def elbo(self, x: Tensor, cond: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:
         mu, logvar = self.posterior(self.to_shape(x, gain), cond)

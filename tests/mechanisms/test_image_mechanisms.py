@@ -351,7 +351,7 @@ def test_sizes_that_cannot_build_a_network_are_named(family, config, message):
         (HierarchicalVAE, {"film": "false"}, r"hvae 'image': film must be true or false, got 'false'"),
         (ConditionalVAE, {"likelihood_std": "abc"}, r"vae 'image': likelihood_std must be a number > 0 or null, g"),
         (HierarchicalVAE, {"likelihood_std": -1}, r"hvae 'image': likelihood_std must be a number > 0 or null"),
-        (ConditionalVAE, {"abduction": "abc"}, r"image: abduction must be a mapping of options \(known: \['keep_r"),
+        (ConditionalVAE, {"abduction": "abc"}, r"image: abduction must be a mapping of options \(known: \['fit', 'k"),
         (ConditionalGAN, {"encoder_finetune": [1]}, r"image: encoder_finetune must be a mapping of options"),
         (ConditionalVAE, {"abduction": {"keep_residual": "false"}}, r"vae 'image': abduction.keep_residual must be tr"),
         (HierarchicalVAE, {"abduction": {"sample": 1}}, r"hvae 'image': abduction.sample must be true or false, got 1"),

@@ -1,0 +1,135 @@
+"""`abduction.fit`: the encoder's latents fitted to the image under the model's own likelihood (a maximum a
+posteriori abduction; ELBOImageMechanism)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from imcf.mechanisms.discrete import DiscreteMechanism
+from imcf.mechanisms.gan import ConditionalGAN
+from imcf.mechanisms.hvae import HierarchicalVAE
+from imcf.mechanisms.latent_image import LatentNoise
+from imcf.mechanisms.linear_gaussian import LinearGaussian
+from imcf.mechanisms.vae import ConditionalVAE
+from imcf.scm import SCM
+from tests.mechanisms.test_image_mechanisms import GRAPH, TINY_HVAE, TINY_VAE
+
+CONFIGS = {
+    ConditionalVAE: {**TINY_VAE, "abduction": {}},
+    HierarchicalVAE: {**TINY_HVAE, "abduction": {"latents": "exogenous"}},
+}
+FAMILIES = [ConditionalVAE, HierarchicalVAE]
+
+
+def build(family, **fit):
+    """A model of `family` abducting with `abduction.fit` = `fit`; the same weights at every call."""
+    torch.manual_seed(3)
+    cfg = CONFIGS[family]
+    return family.from_graph(GRAPH, "image", **{**cfg, "abduction": {**cfg["abduction"], "fit": fit}}).eval()
+
+
+def query(n: int = 6):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(n, 1, 32, 32, generator=g) * 2 - 1
+    pa = {"ink": torch.rand(n, 1, generator=g), "digit": F.one_hot(torch.arange(n) % 10, 10).float()}
+    return x, pa
+
+
+def neg_log_joint(mech, x, pa, latents, prior=1.0) -> torch.Tensor:
+    """(B,) -log p(x | z, pa) + prior / 2 |z|^2, the objective `abduction.fit` descends."""
+    noise = LatentNoise(list(latents), standardised=mech.latent_mode == "exogenous")
+    cond = mech.condition(pa, x.shape[0])
+    nll = -mech.image_log_likelihood(x, noise, cond, mech.gain(pa))
+    return nll + 0.5 * prior * sum((z * z).flatten(1).sum(1) for z in latents)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_step_is_adams_first_step_on_the_log_joint(family) -> None:
+    """steps 1, rate r: Adam's first step is z1 = z0 - r * g / (|g| + 1e-8) elementwise, g the gradient of the
+    negative log joint at the encoder's latents z0, computed here by hand."""
+    x, pa = query()
+    plain, fitted = build(family), build(family, steps=1, rate=0.02, prior=0.5)
+    with torch.no_grad():
+        z0 = plain.abduct(x, pa).latents
+        got = fitted.abduct(x, pa).latents
+    leaves = [z.clone().requires_grad_(True) for z in z0]
+    grads = torch.autograd.grad(neg_log_joint(plain, x, pa, leaves, prior=0.5).sum(), leaves)
+    for z, g, new in zip(z0, grads, got, strict=True):
+        assert torch.allclose(new, z - 0.02 * g / (g.abs() + 1e-8), atol=1e-6)
+        assert not torch.allclose(new, z)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_steps_lower_the_negative_log_joint_of_every_row_and_rows_are_fitted_alone(family) -> None:
+    """Twenty steps lower each row's negative log joint below the encoder's; a row fitted in a batch gets the
+    latents it gets alone (the loss is a sum over rows, Adam is elementwise)."""
+    x, pa = query()
+    plain, fitted = build(family), build(family, steps=20, rate=0.05)
+    with torch.no_grad():
+        start = neg_log_joint(plain, x, pa, plain.abduct(x, pa).latents)
+        batch = fitted.abduct(x, pa).latents
+        end = neg_log_joint(plain, x, pa, batch)
+        alone = fitted.abduct(x[2:3], {p: v[2:3] for p, v in pa.items()}).latents
+    assert (end < start).all()
+    for b, a in zip(batch, alone, strict=True):
+        assert torch.allclose(b[2:3], a, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fitted_abduction_stays_exact_and_carries_more_of_the_image(family) -> None:
+    """The residual is taken against the fitted decode, so a null intervention still returns the image; the
+    fitted decode is closer to the image than the encoder's (the residual smaller)."""
+    x, pa = query()
+    plain, fitted = build(family), build(family, steps=20, rate=0.05)
+    with torch.no_grad():
+        noise = fitted.abduct(x, pa)
+        assert torch.allclose(fitted.predict(noise, pa), x, atol=1e-5)
+        base = plain.abduct(x, pa)
+    assert noise.residual.pow(2).mean() < base.residual.pow(2).mean()
+
+
+def test_fit_is_skipped_in_training_mode() -> None:
+    """Training (counterfactual fine-tuning, the realism stage) abducts with the encoder's latents."""
+    x, pa = query()
+    plain, fitted = build(ConditionalVAE), build(ConditionalVAE, steps=5)
+    plain.train()
+    fitted.train()
+    with torch.no_grad():
+        assert torch.equal(fitted.abduct(x, pa).latents[0], plain.abduct(x, pa).latents[0])
+
+
+def test_fit_needs_a_likelihood_and_prior_centred_latents_and_bad_values_are_named() -> None:
+    """The GAN (no likelihood) and an HVAE with fixed latents (a parent-conditioned prior) refuse steps > 0 when
+    built; bad numbers and unknown keys are named."""
+    with pytest.raises(ValueError, match=r"gan 'image': abduction.fit.steps > 0 fits the latents under the model's"):
+        ConditionalGAN.from_graph(GRAPH, "image", abduction={"fit": {"steps": 3}})
+    with pytest.raises(ValueError, match=r"hvae 'image': abduction.fit.steps > 0 needs latents whose prior is N"):
+        HierarchicalVAE.from_graph(GRAPH, "image", **TINY_HVAE, abduction={"fit": {"steps": 3}, "latents": "fixed"})
+    for bad, message in [
+        ({"steps": -1}, r"vae 'image': abduction.fit.steps must be whole number\(s\) >= 0"),
+        ({"rate": 0}, r"vae 'image': abduction.fit.rate must be a number > 0"),
+        ({"prior": -1}, r"vae 'image': abduction.fit.prior must be a number >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            build(ConditionalVAE, **bad)
+    with pytest.raises(KeyError, match=r"abduction.fit: unknown key\(s\) \['step'\]"):
+        build(ConditionalVAE, step=3)
+
+
+def test_fit_is_an_inference_option_of_a_trained_model() -> None:
+    """Set on a built SCM (as `evaluate.py +inference.image.abduction.fit.steps=N` does) it keeps the weights;
+    the null intervention still returns the factual image and a do(ink) answer changes."""
+    mechs = {"ink": LinearGaussian.from_graph(GRAPH, "ink"), "digit": DiscreteMechanism.from_graph(GRAPH, "digit")}
+    scm = SCM(GRAPH, {**mechs, "image": build(ConditionalVAE)}).eval()
+    x, pa = query()
+    factual = {**pa, "image": x}
+    weights = {k: v.clone() for k, v in scm.mechanisms["image"].state_dict().items()}
+    before = scm.counterfactual(factual, {"ink": pa["ink"] + 0.5})["image"]
+    scm.set_inference_options("image", {"abduction": {"fit": {"steps": 10, "rate": 0.05}}})
+    assert scm.mechanisms["image"].fit == {"steps": 10, "rate": 0.05, "prior": 1.0}
+    assert all(torch.equal(v, weights[k]) for k, v in scm.mechanisms["image"].state_dict().items())
+    assert torch.allclose(scm.counterfactual(factual, {})["image"], x, atol=1e-5)
+    after = scm.counterfactual(factual, {"ink": pa["ink"] + 0.5})["image"]
+    assert not torch.allclose(after, before, atol=1e-4)
