@@ -273,8 +273,11 @@ class LatentImageMechanism(Mechanism):
                 f"{family} {node!r}: abduction.refine.rate * abduction.refine.proximity must be < 2 (each step would "
                 f"overshoot the abducted latents), got {self.refine['rate']!r} * {self.refine['proximity']!r}"
             )
-        self.fit = parse_options(opts["fit"], {"steps": 0, "rate": 0.05, "prior": 1.0}, f"{node}: abduction.fit")
+        self.fit = parse_options(
+            opts["fit"], {"steps": 0, "rate": 0.05, "prior": 1.0, "withheld": False}, f"{node}: abduction.fit"
+        )
         check_sizes(family, node, 0, **{"abduction.fit.steps": self.fit["steps"]})
+        check_flag(family, node, "abduction.fit.withheld", self.fit["withheld"])
         check_number(family, node, "abduction.fit.rate", self.fit["rate"], 0.0, above=True)
         check_number(family, node, "abduction.fit.prior", self.fit["prior"], 0.0)
         if self.fit["steps"] and not self.has_likelihood:
@@ -524,7 +527,10 @@ class LatentImageMechanism(Mechanism):
         shape = self.to_shape(x, gain)
         noise = self.encode_latents(shape, cond)
         if self.fit["steps"] and not self.training:
-            noise = self._fit_latents(noise, x, cond, gain)
+            fitted = self._fit_latents(noise, x, cond, gain)
+            if not self.fit["withheld"] and self.withhold_residual_on:  # what `_answering_latents` answers with
+                fitted.extras["encoder_latents"] = noise.latents
+            noise = fitted
         noise.extras["parents"] = {p: parents[p] for p in self.parents}  # the factual ones, for what predict compares
         if self.keep_residual:
             decoded = self._decode_shape(noise, cond, gain is not None)
@@ -550,6 +556,8 @@ class LatentImageMechanism(Mechanism):
 
     def predict(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> Tensor:
         gain = self.gain(parents)
+        if "encoder_latents" in noise.extras:
+            noise = self._answering_latents(noise, parents)
         if self.shrinks_withheld and "parents" in noise.extras:
             noise = self._shrink_withheld(noise, parents)
         cond = self.condition(parents, noise.batch_size)
@@ -616,6 +624,17 @@ class LatentImageMechanism(Mechanism):
             for i, scale in enumerate(self.latent_scales(p, scales)):  # lengths: `check_latent_scales`
                 factors[i] = torch.minimum(factors[i], 1.0 - changed.to(factors[i]) * (1.0 - scale))
         latents = [z * f.to(z).view(-1, *[1] * (z.dim() - 1)) for z, f in zip(noise.latents, factors, strict=True)]
+        return replace(noise, latents=latents)
+
+    def _answering_latents(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> LatentNoise:
+        """`abduction.fit` with `withheld: false`: rows whose withheld parents change (redrawn from their latents,
+        the residual withheld) take the encoder's latents, the others the fitted ones. The fit chases the factual's
+        own strokes, which a digit of another class does not share."""
+        rows = self._changed_rows(noise, parents, self.withhold_residual_on).bool()
+        latents = [
+            torch.where(rows.view(-1, *[1] * (z.dim() - 1)), e, z)
+            for z, e in zip(noise.latents, noise.extras["encoder_latents"], strict=True)
+        ]
         return replace(noise, latents=latents)
 
     def image_log_likelihood(self, x: Tensor, noise: LatentNoise, cond: Tensor, gain: Tensor | None) -> Tensor:

@@ -90,6 +90,26 @@ def test_fitted_abduction_stays_exact_and_carries_more_of_the_image(family) -> N
     assert noise.residual.pow(2).mean() < base.residual.pow(2).mean()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_whose_digit_changes_answer_from_the_encoders_latents(family) -> None:
+    """`withheld: false` (default): a row whose withheld parent (the digit) changes is redrawn from the encoder's
+    latents, exactly the unfitted model's answer; the other rows use the fitted ones. `withheld: true` redraws
+    it from the fitted latents."""
+    x, pa = query()
+    new = {**pa, "digit": F.one_hot(torch.tensor([0, 5, 2, 7, 4, 9]), 10).float()}  # rows 1, 3, 5 change
+    new["ink"] = pa["ink"] + 0.3  # every row's shape changes
+    plain, fitted = build(family), build(family, steps=10, rate=0.05)
+    everywhere = build(family, steps=10, rate=0.05, withheld=True)
+    with torch.no_grad():
+        base = plain.predict(plain.abduct(x, pa), new)
+        got = fitted.predict(fitted.abduct(x, pa), new)
+        all_fitted = everywhere.predict(everywhere.abduct(x, pa), new)
+    assert torch.allclose(got[[1, 3, 5]], base[[1, 3, 5]], atol=1e-6)
+    assert not torch.equal(got[[0, 2, 4]], base[[0, 2, 4]])
+    assert torch.allclose(got[[0, 2, 4]], all_fitted[[0, 2, 4]], atol=1e-6)
+    assert not torch.allclose(all_fitted[[1, 3, 5]], base[[1, 3, 5]], atol=1e-4)
+
+
 def test_fit_is_skipped_in_training_mode() -> None:
     """Training (counterfactual fine-tuning, the realism stage) abducts with the encoder's latents."""
     x, pa = query()
@@ -111,6 +131,7 @@ def test_fit_needs_a_likelihood_and_prior_centred_latents_and_bad_values_are_nam
         ({"steps": -1}, r"vae 'image': abduction.fit.steps must be whole number\(s\) >= 0"),
         ({"rate": 0}, r"vae 'image': abduction.fit.rate must be a number > 0"),
         ({"prior": -1}, r"vae 'image': abduction.fit.prior must be a number >= 0"),
+        ({"withheld": "no"}, r"vae 'image': abduction.fit.withheld must be true or false"),
     ]:
         with pytest.raises(ValueError, match=message):
             build(ConditionalVAE, **bad)
@@ -128,7 +149,7 @@ def test_fit_is_an_inference_option_of_a_trained_model() -> None:
     weights = {k: v.clone() for k, v in scm.mechanisms["image"].state_dict().items()}
     before = scm.counterfactual(factual, {"ink": pa["ink"] + 0.5})["image"]
     scm.set_inference_options("image", {"abduction": {"fit": {"steps": 10, "rate": 0.05}}})
-    assert scm.mechanisms["image"].fit == {"steps": 10, "rate": 0.05, "prior": 1.0}
+    assert scm.mechanisms["image"].fit == {"steps": 10, "rate": 0.05, "prior": 1.0, "withheld": False}
     assert all(torch.equal(v, weights[k]) for k, v in scm.mechanisms["image"].state_dict().items())
     assert torch.allclose(scm.counterfactual(factual, {})["image"], x, atol=1e-5)
     after = scm.counterfactual(factual, {"ink": pa["ink"] + 0.5})["image"]
