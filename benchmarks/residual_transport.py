@@ -7,9 +7,10 @@ against the true counterfactual: the development loop of the transported residua
 Each digit of the split is sent to the thickness of another one (a fixed random permutation), intensity following
 the run's flow. A variant is a residual mode, optionally with `:NAME=VALUE` settings of the module constants of
 `imcf.mechanisms.latent_image` (TRANSPORT_EPS, TRANSPORT_MAX, TRANSPORT_POOL, TRANSPORT_STEPS), kept for the
-variants after it, and `:option=value` abduction options of that variant alone (`resample=bicubic`). Prints per
-variant: the fit measured = a + b * target + c * factual thickness (c: the share of the factual kept), the
-thickness MAE (px), the PSNR against the true counterfactual, the share of its squared error that lies where the
+variants after it, and `:option=value` abduction options of that variant (`resample=bicubic`, `fit.steps=10`; the
+model keeps them for the variants after it unless they set them again). Prints per variant: the fit measured =
+a + b * target + c * factual thickness (c: the share of the factual kept), the thickness MAE (px), the PSNR
+against the true counterfactual, the share of its squared error that lies where the
 true counterfactual differs from the factual (by more than 2 grey levels: the band the stroke change touches), the
 image L1 (0..255) of the round trip there and back, and the CPU seconds of the counterfactuals; first the PSNR of
 the factual itself (no change), the band's share of the pixels and the morphometrics' own error on the true
@@ -53,6 +54,16 @@ def counterfactuals(scm, factual: dict, do: dict, batch: int = 100) -> dict:
     parts = [scm.counterfactual({k: v[c] for k, v in factual.items()}, {k: v[c] for k, v in do.items()})
              for c in chunks]  # fmt: skip
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _number(value: str) -> int | float | str:
+    """A variant setting's value: an int or float where it reads as one, else the string."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def by_change(change: np.ndarray, error: np.ndarray, bins: tuple[float, ...] = CHANGE_BINS) -> list[dict]:
@@ -101,8 +112,12 @@ def main() -> None:
             name, value = setting.split("=")
             if name.isupper():  # a module constant, kept for the variants after it
                 setattr(latent_image, name, type(getattr(latent_image, name))(float(value)))
-            else:  # an abduction option of this variant
-                options[name] = {"true": True, "false": False}.get(value, value)
+            else:  # an abduction option of this variant; `fit.steps=10`: a key of a nested option
+                *outer, key = name.split(".")
+                into = options
+                for part in outer:
+                    into = into.setdefault(part, {})
+                into[key] = {"true": True, "false": False}.get(value, _number(value))
         scm.set_inference_options("image", {"abduction": options})
         with torch.no_grad():
             start = time.process_time()

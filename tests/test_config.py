@@ -288,19 +288,22 @@ FACES_SIMPLE_SCALES = {"smiling": [0.5, 1.0, 1.0], "eyeglasses": [1.0, 0.0, 1.0]
 
 
 @pytest.mark.parametrize(
-    ("overrides", "scale", "kl", "std", "critic", "film", "critic_scale", "refine"),
+    ("overrides", "scale", "kl", "std", "critic", "film", "critic_scale", "refine", "fit"),
     [
-        (["experiment=faces_simple"], FACES_SIMPLE_SCALES, 64.0, 0.1, 0.0, False, None, 0),
-        (["experiment=faces"], 0.5, 24.0, 0.1, 0.0, False, None, 0),
-        (["mechanism/image=hvae"], 0.5, 30.0, 0.07, 0.02, True, 0.625, 3),
+        (["experiment=faces_simple"], FACES_SIMPLE_SCALES, 64.0, 0.1, 0.0, False, None, 0, 0),
+        (["experiment=faces"], 0.5, 24.0, 0.1, 0.0, False, None, 0, 0),
+        (["mechanism/image=hvae"], 0.5, 30.0, 0.07, 0.02, True, 0.625, 3, 10),
     ],
 )
-def test_the_hvae_preset_picks_its_settings_by_graph(overrides, scale, kl, std, critic, film, critic_scale, refine):
+def test_the_hvae_preset_picks_its_settings_by_graph(
+    overrides, scale, kl, std, critic, film, critic_scale, refine, fit
+):
     """A list or mapping picked by `imcf_pick` survives `OmegaConf.resolve` (in place: a plain list failed there);
     the simple faces graph gives each parent its own scales and weights the KL by 64, the other faces graph halves
     the latents under 24, both at pixel std 0.1 without a critic; Morpho-MNIST (and any other graph) trains the
     sharper std 0.07 with FiLM under weight 30 with the realism stage on the whole batch, its decodes shrunk to
-    0.625, and answers with the digit's latents halved, refined by 3 steps on the critic (none without a critic)."""
+    0.625, and answers with the digit's latents halved, refined by 3 steps on the critic (none without a critic),
+    its latents fitted by 10 steps (none on the faces' graphs, where it was not measured)."""
     cfg = validate(_compose(overrides), TrainConfig)
     config = cfg.mechanism["image"]["config"]
     assert config["abduction"]["withheld_latent_scale"] == scale
@@ -309,6 +312,7 @@ def test_the_hvae_preset_picks_its_settings_by_graph(overrides, scale, kl, std, 
     assert config["adversarial"]["fraction"] == 1.0  # the HVAE's critic sees every row (the VAE's: half)
     assert config["film"] is film and config["adversarial"]["latent_scale"] == critic_scale
     assert config["abduction"]["refine"]["steps"] == refine
+    assert config["abduction"]["fit"]["steps"] == fit and config["abduction"]["fit"]["withheld"] is False
 
 
 @pytest.mark.parametrize(
