@@ -171,8 +171,9 @@ class LatentImageMechanism(Mechanism):
           standardised coordinates of the conditional prior, re-mapped under the new parents;
         residual: additive | relative | tone | transported, how the residual meets a new decode (RESIDUAL_MODES);
         resample: bilinear | bicubic, how `transported` reads the residual between pixels (`_warp`);
-        fit: {steps, rate, prior}, the encoder's latents fitted to the image by `steps` Adam steps under the
-          model's likelihood (`_fit_latents`; families with one; answering only, skipped in training mode).
+        fit: {steps, rate, prior, withheld}, the encoder's latents fitted to the image by `steps` Adam steps under
+          the model's likelihood (`_fit_latents`; families with one; answering only, skipped in training mode);
+          withheld: false answers rows whose withheld parents change from the encoder's latents.
       independence_warmup: N training steps: the penalty is off for the first N / 2 and rises linearly to its
         weight at N (from the first step it can stall the ELBO before the latent carries anything);
       independence_weight: weight of the normalised HSIC between the abducted latent and each parent
