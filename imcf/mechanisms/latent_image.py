@@ -282,10 +282,7 @@ class LatentImageMechanism(Mechanism):
         check_number(family, node, "abduction.fit.rate", self.fit["rate"], 0.0, above=True)
         check_number(family, node, "abduction.fit.prior", self.fit["prior"], 0.0)
         if self.fit["steps"] and not self.has_likelihood:
-            raise ValueError(
-                f"{family} {node!r}: abduction.fit.steps > 0 fits the latents under the model's likelihood, which "
-                "this family does not have (the VAE and HVAE do)"
-            )
+            raise self.no_likelihood_error()
         if self.fit["steps"] and self.latent_mode != "exogenous" and not self.latents_centred:
             raise ValueError(
                 f"{family} {node!r}: abduction.fit.steps > 0 needs latents whose prior is N(0, I): "
@@ -640,8 +637,15 @@ class LatentImageMechanism(Mechanism):
 
     def image_log_likelihood(self, x: Tensor, noise: LatentNoise, cond: Tensor, gain: Tensor | None) -> Tensor:
         """(B,) log p(x | latents, parents) in nats under the family's likelihood, for `abduction.fit`; families
-        without one (`has_likelihood` False) refuse the option when built."""
-        raise NotImplementedError(f"{self.family_name()} has no likelihood")
+        without one (`has_likelihood` False) refuse the option when built (`no_likelihood_error`)."""
+        raise self.no_likelihood_error()
+
+    def no_likelihood_error(self) -> ValueError:
+        """The error for `abduction.fit` on a family without a likelihood."""
+        return ValueError(
+            f"{self.family_name()} {self.node!r}: abduction.fit.steps > 0 fits the latents under the model's "
+            "likelihood, which this family does not have (the VAE and HVAE do)"
+        )
 
     def _fit_latents(self, noise: LatentNoise, x: Tensor, cond: Tensor, gain: Tensor | None) -> LatentNoise:
         """`abduction.fit`: the encoder's latents taken as the start of `steps` Adam steps of size `rate` on
