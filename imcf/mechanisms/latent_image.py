@@ -172,8 +172,9 @@ class LatentImageMechanism(Mechanism):
         residual: additive | relative | tone | transported, how the residual meets a new decode (RESIDUAL_MODES);
         resample: bilinear | bicubic, how `transported` reads the residual between pixels (`_warp`);
         fit: {steps, rate, prior, withheld}, the encoder's latents fitted to the image by `steps` Adam steps under
-          the model's likelihood (`_fit_latents`; families with one; answering only, skipped in training mode);
-          withheld: false answers rows whose withheld parents change from the encoder's latents.
+          the model's likelihood (`_fit_latents`; families with one; answering only, skipped in training mode),
+          run by `predict` on the rows whose answer it can change (`_fit_answering_rows`); withheld: false
+          answers rows whose withheld parents change from the encoder's latents.
       independence_warmup: N training steps: the penalty is off for the first N / 2 and rises linearly to its
         weight at N (from the first step it can stall the ELBO before the latent carries anything);
       independence_weight: weight of the normalised HSIC between the abducted latent and each parent
@@ -519,16 +520,20 @@ class LatentImageMechanism(Mechanism):
             )
 
     def abduct(self, x: Tensor, parents: Mapping[str, Tensor]) -> LatentNoise:
+        noise = self._abduct(x, parents, fit=False)
+        if self.fit["steps"] and not self.training:  # fitted where it can change the answer: `_fit_answering_rows`
+            noise.extras["fit_image"] = x
+        return noise
+
+    def _abduct(self, x: Tensor, parents: Mapping[str, Tensor], fit: bool) -> LatentNoise:
+        """The encoder's latents (fitted to `x` by `_fit_latents` if `fit`) and the residual against their decode."""
         self._check_image(x)
         cond = self.condition(parents, x.shape[0])
         gain = self.gain(parents)
         shape = self.to_shape(x, gain)
         noise = self.encode_latents(shape, cond)
-        if self.fit["steps"] and not self.training:
-            fitted = self._fit_latents(noise, x, cond, gain)
-            if not self.fit["withheld"] and self.withhold_residual_on:  # what `_answering_latents` answers with
-                fitted.extras["encoder_latents"] = noise.latents
-            noise = fitted
+        if fit:
+            noise = self._fit_latents(noise, x, cond, gain)
         noise.extras["parents"] = {p: parents[p] for p in self.parents}  # the factual ones, for what predict compares
         if self.keep_residual:
             decoded = self._decode_shape(noise, cond, gain is not None)
@@ -554,8 +559,8 @@ class LatentImageMechanism(Mechanism):
 
     def predict(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> Tensor:
         gain = self.gain(parents)
-        if "encoder_latents" in noise.extras:
-            noise = self._answering_latents(noise, parents)
+        if "fit_image" in noise.extras:
+            noise = self._fit_answering_rows(noise, parents)
         if self.shrinks_withheld and "parents" in noise.extras:
             noise = self._shrink_withheld(noise, parents)
         cond = self.condition(parents, noise.batch_size)
@@ -624,16 +629,39 @@ class LatentImageMechanism(Mechanism):
         latents = [z * f.to(z).view(-1, *[1] * (z.dim() - 1)) for z, f in zip(noise.latents, factors, strict=True)]
         return replace(noise, latents=latents)
 
-    def _answering_latents(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> LatentNoise:
-        """`abduction.fit` with `withheld: false`: rows whose withheld parents change (redrawn from their latents,
-        the residual withheld) take the encoder's latents, the others the fitted ones. The fit chases the factual's
-        own strokes, which a digit of another class does not share."""
-        rows = self._changed_rows(noise, parents, self.withhold_residual_on).bool()
-        latents = [
-            torch.where(rows.view(-1, *[1] * (z.dim() - 1)), e, z)
-            for z, e in zip(noise.latents, noise.extras["encoder_latents"], strict=True)
-        ]
-        return replace(noise, latents=latents)
+    def _fit_answering_rows(self, noise: LatentNoise, parents: Mapping[str, Tensor]) -> LatentNoise:
+        """`abduction.fit`, run where it can change the answer: rows abducted afresh with fitted latents (and the
+        residual against their decode) are those whose shape parents change, or every row without a residual; a
+        null or gain-only change returns the image's own pixels whatever the latents. Rows whose withheld parents
+        change keep the encoder's latents unless `fit.withheld` (the fit chases the factual's own strokes, which a
+        digit of another class does not share). Rows are fitted independently, so fitting a subset of the batch
+        gives each row what fitting the whole batch would."""
+        image = noise.extras["fit_image"]
+        extras = {k: v for k, v in noise.extras.items() if k != "fit_image"}
+        noise = replace(noise, extras=extras)
+        rows = torch.ones(noise.batch_size, dtype=torch.bool, device=noise.latents[0].device)
+        if noise.residual is not None:
+            rows = self._changed_rows(noise, parents, self.shape_parents).flatten().bool()
+        if not self.fit["withheld"] and self.withhold_residual_on:
+            rows = rows & ~self._changed_rows(noise, parents, self.withhold_residual_on).flatten().bool()
+        if not rows.any():
+            return noise
+        factual = {p: v[rows.to(v.device)] for p, v in extras["parents"].items()}
+        part = self._abduct(image[rows.to(image.device)], factual, fit=True)
+
+        def merge(full: Any, fitted: Any) -> Any:
+            if isinstance(full, tuple):
+                return tuple(merge(f, g) for f, g in zip(full, fitted, strict=True))
+            full = full.clone()
+            full[rows.to(full.device)] = fitted.to(full.dtype)
+            return full
+
+        for key in ("tone", "decoded"):
+            if key in extras:
+                extras[key] = merge(extras[key], part.extras[key])
+        residual = None if noise.residual is None else merge(noise.residual, part.residual)
+        latents = [merge(z, f) for z, f in zip(noise.latents, part.latents, strict=True)]
+        return replace(noise, latents=latents, residual=residual, extras=extras)
 
     def image_log_likelihood(self, x: Tensor, noise: LatentNoise, cond: Tensor, gain: Tensor | None) -> Tensor:
         """(B,) log p(x | latents, parents) in nats under the family's likelihood, for `abduction.fit`; families

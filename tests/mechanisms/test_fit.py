@@ -1,5 +1,6 @@
 """`abduction.fit`: the encoder's latents fitted to the image under the model's own likelihood (a maximum a
-posteriori abduction; ELBOImageMechanism)."""
+posteriori abduction; ELBOImageMechanism), run by `predict` on the rows whose answer it can change.
+`_abduct(x, pa, fit=True)` is the fitted abduction of every row, what those rows are answered from."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def test_one_step_is_adams_first_step_on_the_log_joint(family) -> None:
     plain, fitted = build(family), build(family, steps=1, rate=0.02, prior=0.5)
     with torch.no_grad():
         z0 = plain.abduct(x, pa).latents
-        got = fitted.abduct(x, pa).latents
+        got = fitted._abduct(x, pa, fit=True).latents
     leaves = [z.clone().requires_grad_(True) for z in z0]
     grads = torch.autograd.grad(neg_log_joint(plain, x, pa, leaves, prior=0.5).sum(), leaves)
     for z, g, new in zip(z0, grads, got, strict=True):
@@ -69,9 +70,9 @@ def test_steps_lower_the_negative_log_joint_of_every_row_and_rows_are_fitted_alo
     plain, fitted = build(family), build(family, steps=20, rate=0.05)
     with torch.no_grad():
         start = neg_log_joint(plain, x, pa, plain.abduct(x, pa).latents)
-        batch = fitted.abduct(x, pa).latents
+        batch = fitted._abduct(x, pa, fit=True).latents
         end = neg_log_joint(plain, x, pa, batch)
-        alone = fitted.abduct(x[2:3], {p: v[2:3] for p, v in pa.items()}).latents
+        alone = fitted._abduct(x[2:3], {p: v[2:3] for p, v in pa.items()}, fit=True).latents
     assert (end < start).all()
     for b, a in zip(batch, alone, strict=True):
         assert torch.allclose(b[2:3], a, atol=1e-5)
@@ -84,8 +85,9 @@ def test_fitted_abduction_stays_exact_and_carries_more_of_the_image(family) -> N
     x, pa = query()
     plain, fitted = build(family), build(family, steps=20, rate=0.05)
     with torch.no_grad():
-        noise = fitted.abduct(x, pa)
+        noise = fitted._abduct(x, pa, fit=True)
         assert torch.allclose(fitted.predict(noise, pa), x, atol=1e-5)
+        assert torch.allclose(fitted.predict(fitted.abduct(x, pa), pa), x, atol=1e-5)
         base = plain.abduct(x, pa)
     assert noise.residual.pow(2).mean() < base.residual.pow(2).mean()
 
@@ -110,14 +112,51 @@ def test_rows_whose_digit_changes_answer_from_the_encoders_latents(family) -> No
     assert not torch.allclose(all_fitted[[1, 3, 5]], base[[1, 3, 5]], atol=1e-4)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fit_runs_only_on_rows_whose_answer_it_changes(family, monkeypatch) -> None:
+    """With the residual kept, a null or gain-free unchanged row returns the image whatever the latents, so
+    `predict` fits no row for the null intervention and only the rows whose shape parents change otherwise
+    (not those whose digit changes, `withheld: false`); those rows get exactly the answer of the whole batch
+    fitted. Without a residual every row's answer is its decode, so every row is fitted."""
+    x, pa = query()
+    fitted = build(family, steps=10, rate=0.05)
+    sizes: list[int] = []
+    original = fitted._fit_latents
+
+    def counting(noise, *args):
+        sizes.append(noise.batch_size)
+        return original(noise, *args)
+
+    monkeypatch.setattr(fitted, "_fit_latents", counting)
+    new = {**pa, "ink": pa["ink"] + torch.tensor([0.3, 0.3, 0.0, 0.3, 0.0, 0.0])[:, None]}  # rows 0, 1, 3
+    new["digit"] = F.one_hot(torch.tensor([0, 5, 2, 3, 4, 5]), 10).float()  # row 1's digit changes too
+    with torch.no_grad():
+        assert torch.allclose(fitted.predict(fitted.abduct(x, pa), pa), x, atol=1e-5)
+        assert sizes == []
+        got = fitted.predict(fitted.abduct(x, pa), new)
+        assert sizes == [2]  # rows 0 and 3
+        whole = fitted.predict(fitted._abduct(x, pa, fit=True), new)
+        assert sizes == [2, 6]
+        assert torch.allclose(got[[0, 3]], whole[[0, 3]], atol=1e-5)
+        assert torch.allclose(got[[2, 4, 5]], x[[2, 4, 5]], atol=1e-5)
+        bare = build(family, steps=10, rate=0.05)
+        bare.keep_residual = False
+        monkeypatch.setattr(bare, "_fit_latents", counting)
+        bare.predict(bare.abduct(x, pa), pa)
+        assert sizes == [2, 6, 6]
+
+
 def test_fit_is_skipped_in_training_mode() -> None:
-    """Training (counterfactual fine-tuning, the realism stage) abducts with the encoder's latents."""
+    """Training (counterfactual fine-tuning, the realism stage) answers from the encoder's latents."""
     x, pa = query()
     plain, fitted = build(ConditionalVAE), build(ConditionalVAE, steps=5)
     plain.train()
     fitted.train()
+    new = {**pa, "ink": pa["ink"] + 0.3}
     with torch.no_grad():
-        assert torch.equal(fitted.abduct(x, pa).latents[0], plain.abduct(x, pa).latents[0])
+        noise = fitted.abduct(x, pa)
+        assert "fit_image" not in noise.extras
+        assert torch.equal(fitted.predict(noise, new), plain.predict(plain.abduct(x, pa), new))
 
 
 def test_fit_needs_a_likelihood_and_prior_centred_latents_and_bad_values_are_named() -> None:
