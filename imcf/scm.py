@@ -428,8 +428,8 @@ class SCM(nn.Module):
     def set_inference_options(self, node: str, options: Mapping[str, Any]) -> None:
         """Answer queries on `node` under other `inference_options` of its family (e.g. a DDIM's guidance_scale, a
         VAE's abduction): the mechanism is rebuilt with them and keeps its weights; a dict value (abduction) updates
-        the one it replaces. Keys the family does not list are refused, naming them: they would change what the
-        weights mean."""
+        the one it replaces key by key, at every depth (`{"abduction": {"fit": {"steps": 5}}}` keeps fit's rate).
+        Keys the family does not list are refused, naming them: they would change what the weights mean."""
         if node not in self.mechanisms:
             raise KeyError(f"inference options for {node!r}: no such node; nodes: {list(self.graph.nodes)}")
         mech = self.mechanisms[node]
@@ -440,10 +440,7 @@ class SCM(nn.Module):
                 f"inference options for {node!r}: {bad} are not inference options of {family.registry_name!r}; "
                 f"it has {list(family.inference_options) or 'none'}"
             )
-        config = dict(mech.config)
-        for key, value in options.items():
-            old = config.get(key)
-            config[key] = {**old, **value} if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+        config = _merged(dict(mech.config), options)
         new = family(node, mech.kind, mech.parent_kinds, **config)
         new.config = config
         new.load_state_dict(mech.state_dict())
@@ -471,6 +468,13 @@ class SCM(nn.Module):
         mech = self.mechanisms[node]
         saved_state = {k: v for k, v in ckpt["state_dict"][node].items() if k not in mech.retired_state}
         return _shape_differences(saved_state, mech.state_dict())
+
+
+def _merged(old: Any, new: Any) -> Any:
+    """`new` over `old`, mappings merged key by key at every depth (other values replaced)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return {**old, **{k: _merged(old.get(k), v) for k, v in new.items()}}
+    return new
 
 
 def _check_mapping(factual: Any) -> None:

@@ -417,6 +417,10 @@ def test_inference_options_rebuild_the_mechanism_with_its_weights():
     assert not torch.allclose(scm.counterfactual(factual, flipped)["x"], before)  # and the option acts
     scm.set_inference_options("x", {"abduction": {"withheld_latent_scale": 0.5}})
     torch.testing.assert_close(scm.counterfactual(factual, flipped)["x"], before)
+    scm.set_inference_options("x", {"abduction": {"fit": {"steps": 3, "rate": 0.02}}})
+    scm.set_inference_options("x", {"abduction": {"fit": {"steps": 5}}})  # nested: the rate set before stays
+    assert scm.mechanisms["x"].config["abduction"] == {"withheld_latent_scale": 0.5, "fit": {"steps": 5, "rate": 0.02}}
+    assert scm.mechanisms["x"].fit == {"steps": 5, "rate": 0.02, "prior": 1.0, "withheld": False}
     with pytest.raises(KeyError, match=r"\['latent_dim'\].*'vae'.*abduction"):
         scm.set_inference_options("x", {"latent_dim": 8})  # would change what the weights mean
     with pytest.raises(KeyError, match="'y': no such node"):
