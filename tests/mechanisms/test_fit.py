@@ -146,6 +146,27 @@ def test_fit_runs_only_on_rows_whose_answer_it_changes(family, monkeypatch) -> N
         assert sizes == [2, 6, 6]
 
 
+@pytest.mark.parametrize("residual", ["relative", "tone", "transported"])
+def test_fitted_rows_answer_as_the_whole_batch_fitted_under_every_residual_mode(residual) -> None:
+    """The rows `predict` fits carry their own residual, tone curve or decode (merged into the batch's noise): each
+    answers as when every row is fitted (to float rounding), the unchanged rows return the image, under each
+    residual mode."""
+    x, pa = query()
+    torch.manual_seed(3)
+    cfg = {**TINY_VAE, "abduction": {"residual": residual, "fit": {"steps": 20, "rate": 0.5}}}
+    mech = ConditionalVAE.from_graph(GRAPH, "image", **cfg).eval()
+    new = {**pa, "ink": pa["ink"] + torch.tensor([0.3, 0.0, 0.3, 0.0, 0.0, 0.3])[:, None]}  # rows 0, 2, 5
+    with torch.no_grad():
+        got = mech.predict(mech.abduct(x, pa), new)
+        whole = mech.predict(mech._abduct(x, pa, fit=True), new)
+        unfitted = mech.predict(mech._abduct(x, pa, fit=False), new)
+    # the tone curve's steep pieces turn the batches' float rounding (latents within 2e-6) into up to 1e-4
+    rounding = (got[[0, 2, 5]] - whole[[0, 2, 5]]).abs().amax()
+    assert rounding < 1e-3
+    assert (got[[0, 2, 5]] - unfitted[[0, 2, 5]]).abs().amax() > 10 * rounding
+    assert torch.allclose(got[[1, 3, 4]], x[[1, 3, 4]], atol=1e-5)
+
+
 def test_fit_is_skipped_in_training_mode() -> None:
     """Training (counterfactual fine-tuning, the realism stage) answers from the encoder's latents."""
     x, pa = query()
