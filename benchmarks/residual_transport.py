@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from machine import write_json  # benchmarks/ is on sys.path when a script runs
+from omegaconf import OmegaConf
 
 import imcf.mechanisms.latent_image as latent_image
 from imcf.data.datamodule import build_dataset
@@ -54,16 +55,6 @@ def counterfactuals(scm, factual: dict, do: dict, batch: int = 100) -> dict:
     parts = [scm.counterfactual({k: v[c] for k, v in factual.items()}, {k: v[c] for k, v in do.items()})
              for c in chunks]  # fmt: skip
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
-def _number(value: str) -> int | float | str:
-    """A variant setting's value: an int or float where it reads as one, else the string."""
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 def by_change(change: np.ndarray, error: np.ndarray, bins: tuple[float, ...] = CHANGE_BINS) -> list[dict]:
@@ -107,17 +98,14 @@ def main() -> None:
     rows = []
     for variant in args.variants:
         mode, *settings = variant.split(":")
-        options = {"residual": mode}
+        given = []  # abduction options of this variant, `fit.steps=10` a key of a nested option (OmegaConf dotlist)
         for setting in settings:
             name, value = setting.split("=")
             if name.isupper():  # a module constant, kept for the variants after it
                 setattr(latent_image, name, type(getattr(latent_image, name))(float(value)))
-            else:  # an abduction option of this variant; `fit.steps=10`: a key of a nested option
-                *outer, key = name.split(".")
-                into = options
-                for part in outer:
-                    into = into.setdefault(part, {})
-                into[key] = {"true": True, "false": False}.get(value, _number(value))
+            else:
+                given.append(setting)
+        options = {"residual": mode, **OmegaConf.to_container(OmegaConf.from_dotlist(given))}
         scm.set_inference_options("image", {"abduction": options})
         with torch.no_grad():
             start = time.process_time()
