@@ -816,8 +816,7 @@ class ELBOImageMechanism(LatentImageMechanism):
         **kwargs: Any,
     ) -> None:
         super().__init__(node, kind, parent_kinds, **kwargs)
-        if float(kl_weight) < 0:
-            raise ValueError(f"{type(self).__name__} {node!r}: kl_weight must be >= 0, got {kl_weight}")
+        check_number(self.family_name(), node, "kl_weight", kl_weight, 0.0)
         self.kl_weight = float(kl_weight)
         check_sizes(self.family_name(), node, 0, kl_warmup=kl_warmup)
         self.kl_warmup = int(kl_warmup)
