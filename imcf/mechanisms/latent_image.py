@@ -564,7 +564,7 @@ class LatentImageMechanism(Mechanism):
         if self.shrinks_withheld and "parents" in noise.extras:
             noise = self._shrink_withheld(noise, parents)
         cond = self.condition(parents, noise.batch_size)
-        if self.refine["steps"] and "parents" in noise.extras:
+        if self.refine["steps"] and not self.training and "parents" in noise.extras:  # answer time only, as the fit
             noise = self._refine_withheld(noise, parents, cond, gain is not None)
         out = self._decode_shape(noise, cond, gain is not None)
         if "tone" in noise.extras:

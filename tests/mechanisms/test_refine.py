@@ -66,6 +66,25 @@ def test_one_step_is_the_gradient_step_on_the_critic_and_other_rows_are_untouche
     assert torch.equal(got[[0, 2, 4]], base[[0, 2, 4]])
 
 
+def test_refine_is_skipped_in_training_mode() -> None:
+    """Training (counterfactual fine-tuning) answers from the abducted latents, as the fit does: no refinement, so
+    no power-iteration step of the critic's spectral norm per counterfactual forward pass."""
+    x, pa, new = query()
+    plain, refined = build(ConditionalVAE), build(ConditionalVAE, steps=3, rate=100.0, proximity=0.01)
+    plain.train()
+    refined.train()
+    u = [b.clone() for n, b in refined.critic.named_buffers() if n.endswith("_u")]
+    with torch.no_grad():
+        got = refined.predict(refined.abduct(x, pa), new)
+        assert torch.equal(got, plain.predict(plain.abduct(x, pa), new))
+    assert u and all(
+        torch.equal(a, b) for a, b in zip(u, [b for n, b in refined.critic.named_buffers() if n.endswith("_u")])
+    )
+    refined.eval()
+    with torch.no_grad():
+        assert not torch.allclose(refined.predict(refined.abduct(x, pa), new)[[1, 3, 5]], got[[1, 3, 5]], atol=1e-4)
+
+
 @pytest.mark.parametrize("family", [ConditionalVAE, HierarchicalVAE])
 def test_steps_raise_the_critic_and_proximity_holds_the_latents_near_the_abduction(family) -> None:
     """More steps read as more real to the critic (the mean logit of the changed rows rises); a larger proximity
