@@ -73,13 +73,15 @@ def test_refine_is_skipped_in_training_mode() -> None:
     plain, refined = build(ConditionalVAE), build(ConditionalVAE, steps=3, rate=100.0, proximity=0.01)
     plain.train()
     refined.train()
-    u = [b.clone() for n, b in refined.critic.named_buffers() if n.endswith("_u")]
+
+    def power_vectors() -> list[torch.Tensor]:  # the spectral norms' power-iteration vectors
+        return [b.clone() for n, b in refined.critic.named_buffers() if n.endswith("_u")]
+
+    before = power_vectors()
     with torch.no_grad():
         got = refined.predict(refined.abduct(x, pa), new)
         assert torch.equal(got, plain.predict(plain.abduct(x, pa), new))
-    assert u and all(
-        torch.equal(a, b) for a, b in zip(u, [b for n, b in refined.critic.named_buffers() if n.endswith("_u")])
-    )
+    assert before and all(torch.equal(a, b) for a, b in zip(before, power_vectors(), strict=True))
     refined.eval()
     with torch.no_grad():
         assert not torch.allclose(refined.predict(refined.abduct(x, pa), new)[[1, 3, 5]], got[[1, 3, 5]], atol=1e-4)
